@@ -1,0 +1,51 @@
+# The two commands a new machine needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ETCD_STAMP := .cache/etcd/.provisioned
+
+.PHONY: run test setup etcd lint typecheck unit proto bench bench-store soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) etcd
+
+# etcd >= 3.5 from PATH, or Debian's newest etcd-server unpacked into .cache/etcd.
+etcd: $(STAMP)
+	$(PY) -m keel.dev.etcd_provision
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest -q
+
+test: setup lint typecheck unit
+
+run: setup
+	$(VENV)/bin/keel store demo --store sqlite:///.keel/keel.db
+
+# Regenerate the etcd descriptor module from our own .proto subset.
+proto: $(STAMP)
+	$(PY) -m keel.dev.gen_proto
+
+bench-store: setup
+	$(PY) benchmarks/store.py
+
+bench: bench-store
+
+# Long runs, outside the default suite.
+soak: setup
+	$(VENV)/bin/pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .cache build dist *.egg-info
