@@ -16,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     from keel.dev.cli import add_dev_commands
+    from keel.store_cli import add_store_commands
 
+    add_store_commands(commands)
     add_dev_commands(commands)
     return parser
 

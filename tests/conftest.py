@@ -1,0 +1,71 @@
+"""Shared fixtures: real etcd clusters on loopback and stores of every backend."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from keel.dev.etcd_cluster import EtcdCluster
+from keel.store import Store, open_store
+
+BACKENDS = ["sqlite", "etcd1", "etcd3"]
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster_1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A single-member etcd shared by the session; tests keep to their own key prefix."""
+    cluster = EtcdCluster.start(tmp_path_factory.mktemp("etcd1"), 1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster_3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A 3-member etcd shared by the session; tests that kill members use new_etcd_cluster."""
+    cluster = EtcdCluster.start(tmp_path_factory.mktemp("etcd3"), 3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def new_etcd_cluster(tmp_path: Path) -> Iterator[Callable[[int], EtcdCluster]]:
+    """Start a private cluster of N members, stopped when the test ends."""
+    started: list[EtcdCluster] = []
+
+    def start(members: int = 3) -> EtcdCluster:
+        cluster = EtcdCluster.start(tmp_path / f"etcd-{len(started)}", members)
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()
+
+
+@pytest.fixture
+def prefix() -> bytes:
+    """A key prefix of this test's own, so tests can share an etcd cluster."""
+    return f"/t/{uuid.uuid4().hex[:12]}/".encode()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    backend: str = request.param
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'keel.db'}?progress_interval=1"
+    cluster: EtcdCluster = request.getfixturevalue(
+        "etcd_cluster_1" if backend == "etcd1" else "etcd_cluster_3"
+    )
+    return cluster.url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
