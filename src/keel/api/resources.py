@@ -1,0 +1,459 @@
+"""Every resource kind of keel.dev/v1 as a frozen, strictly validated msgspec Struct.
+
+Decoding is the validation: unknown fields, wrong types and out-of-range values raise
+`msgspec.ValidationError` naming the JSON path (`$.spec.replicas`). Field names are camelCase
+on the wire. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from keel.api.quantity import parse_cpu, parse_memory
+
+API_GROUP = "keel.dev"
+API_VERSION = "keel.dev/v1"
+
+# DNS-1123 subdomain for names (as Kubernetes); label keys and values as Kubernetes.
+NAME_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_RE, max_length=253)]
+OptionalName = Annotated[
+    str, msgspec.Meta(pattern=r"^(|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$", max_length=253)
+]
+_LABEL_KEY_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+Quantity = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[int, msgspec.Meta(ge=0)]
+Timestamp = str  # RFC 3339, UTC, set by the server
+
+
+class Model(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, rename="camel"
+):
+    """Base of every wire record."""
+
+
+def _check_labels(field: str, labels: dict[str, str]) -> None:
+    for key, value in labels.items():
+        if not _LABEL_KEY_RE.match(key):
+            raise ValueError(f"{field}: invalid label key {key!r}")
+        if not _LABEL_VALUE_RE.match(value):
+            raise ValueError(f"{field}: invalid label value {value!r} for {key!r}")
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+class OwnerReference(Model, frozen=True):
+    api_version: str
+    kind: str
+    name: Name
+    uid: str
+    controller: bool = False
+    block_owner_deletion: bool = False
+
+
+class ObjectMeta(Model, frozen=True):
+    name: OptionalName = ""
+    generate_name: str = ""
+    namespace: OptionalName = ""
+    uid: str = ""
+    resource_version: str = ""
+    generation: int = 0
+    creation_timestamp: Timestamp | None = None
+    deletion_timestamp: Timestamp | None = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    owner_references: list[OwnerReference] = []
+    finalizers: list[str] = []
+
+    def __post_init__(self) -> None:
+        _check_labels("metadata.labels", self.labels)
+
+
+class Condition(Model, frozen=True):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: Timestamp | None = None
+    observed_generation: int = 0
+
+
+class LabelSelector(Model, frozen=True):
+    match_labels: dict[str, str] = {}
+
+
+class ResourceList(Model, frozen=True):
+    cpu: Quantity = "0"
+    memory: Quantity = "0"
+
+    @property
+    def millicpu(self) -> int:
+        return parse_cpu(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_memory(self.memory)
+
+
+class Resource(Model, frozen=True):
+    """Base of every top-level kind. Subclasses set `kind` and the spec/status types."""
+
+    kind_name: ClassVar[str] = ""
+    api_version: str = API_VERSION
+    kind: str = ""
+    metadata: ObjectMeta = ObjectMeta()
+
+    def __post_init__(self) -> None:
+        if self.api_version != API_VERSION:
+            raise ValueError(f"apiVersion: expected {API_VERSION!r}, got {self.api_version!r}")
+        if self.kind and self.kind != self.kind_name:
+            raise ValueError(f"kind: expected {self.kind_name!r}, got {self.kind!r}")
+
+
+# --------------------------------------------------------------------------- membership
+
+
+class Taint(Model, frozen=True):
+    key: str
+    effect: Literal["NoSchedule", "NoExecute", "PreferNoSchedule"]
+    value: str = ""
+
+
+class NodeSpec(Model, frozen=True):
+    cluster: OptionalName = ""
+    capacity: ResourceList = ResourceList()
+    unschedulable: bool = False
+    taints: list[Taint] = []
+
+
+class NodeAddress(Model, frozen=True):
+    type: Literal["InternalIP", "ExternalIP", "Hostname"]
+    address: str
+
+
+class NodeStatus(Model, frozen=True):
+    conditions: list[Condition] = []
+    allocatable: ResourceList | None = None
+    addresses: list[NodeAddress] = []
+
+
+class Node(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Node"
+    spec: NodeSpec = NodeSpec()
+    status: NodeStatus = NodeStatus()
+
+
+class ClusterSpec(Model, frozen=True):
+    region: str = ""
+    zone: str = ""
+
+
+class ClusterStatus(Model, frozen=True):
+    conditions: list[Condition] = []
+    nodes: int = 0
+    ready_nodes: int = 0
+
+
+class Cluster(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Cluster"
+    spec: ClusterSpec = ClusterSpec()
+    status: ClusterStatus = ClusterStatus()
+
+
+class NamespaceSpec(Model, frozen=True):
+    finalizers: list[str] = []
+
+
+class NamespaceStatus(Model, frozen=True):
+    phase: Literal["Active", "Terminating"] = "Active"
+
+
+class Namespace(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Namespace"
+    spec: NamespaceSpec = NamespaceSpec()
+    status: NamespaceStatus = NamespaceStatus()
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+class PortSpec(Model, frozen=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")]
+    port: Port = 0  # 0: the agent assigns one
+
+
+class HealthCheck(Model, frozen=True):
+    type: Literal["http", "tcp", "exec"]
+    path: str = "/"
+    port: str | int = ""  # a port name or number
+    command: list[str] = []
+    period_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    timeout_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 1
+    failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    success_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    initial_delay_seconds: Seconds = 0
+
+    def __post_init__(self) -> None:
+        if self.type == "exec" and not self.command:
+            raise ValueError("healthCheck.command: required for an exec check")
+
+
+class InstanceSpec(Model, frozen=True):
+    command: Annotated[list[str], msgspec.Meta(min_length=1)]
+    node_name: OptionalName = ""
+    env: dict[str, str] = {}
+    working_dir: str = ""
+    resources: ResourceList = ResourceList()
+    ports: list[PortSpec] = []
+    health_check: HealthCheck | None = None
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    exclusive: bool = False
+    priority: int = 0
+    termination_grace_period_seconds: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 10
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.ports]
+        if len(names) != len(set(names)):
+            raise ValueError("ports: port names must be unique")
+
+
+class PortStatus(Model, frozen=True):
+    name: str
+    port: Port
+
+
+class InstanceStatus(Model, frozen=True):
+    phase: Literal["Pending", "Scheduled", "Running", "Succeeded", "Failed"] = "Pending"
+    conditions: list[Condition] = []
+    host_ip: str = ""
+    ports: list[PortStatus] = []
+    started_at: Timestamp | None = None
+    message: str = ""
+
+
+class Instance(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Instance"
+    spec: InstanceSpec
+    status: InstanceStatus = InstanceStatus()
+
+
+class TemplateMeta(Model, frozen=True):
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        _check_labels("template.metadata.labels", self.labels)
+
+
+class InstanceTemplate(Model, frozen=True):
+    spec: InstanceSpec
+    metadata: TemplateMeta = TemplateMeta()
+
+
+IntOrPercent = (
+    Annotated[str, msgspec.Meta(pattern=r"^[0-9]+%?$")] | Annotated[int, msgspec.Meta(ge=0)]
+)
+
+
+class RollingUpdate(Model, frozen=True):
+    max_surge: IntOrPercent = "25%"
+    max_unavailable: IntOrPercent = "25%"
+
+
+class CanaryStep(Model, frozen=True):
+    weight: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    pause_seconds: Seconds = 0
+
+
+class Canary(Model, frozen=True):
+    steps: list[CanaryStep] = []
+
+
+class Strategy(Model, frozen=True):
+    type: Literal["RollingUpdate", "Canary", "Recreate"] = "RollingUpdate"
+    rolling_update: RollingUpdate = RollingUpdate()
+    canary: Canary | None = None
+
+
+class Placement(Model, frozen=True):
+    clusters: list[Name] = []
+    spread_across: Literal["cluster", "node", "none"] = "node"
+    node_selector: dict[str, str] = {}
+
+
+class DeploymentSpec(Model, frozen=True):
+    template: InstanceTemplate
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 1
+    selector: LabelSelector | None = None
+    strategy: Strategy = Strategy()
+    placement: Placement = Placement()
+    priority: int = 0
+    min_ready_seconds: Seconds = 0
+    progress_deadline_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
+    revision_history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
+    auto_rollback: bool = False
+    paused: bool = False
+
+
+class DeploymentStatus(Model, frozen=True):
+    observed_generation: int = 0
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    available_replicas: int = 0
+    current_revision: str = ""
+    update_revision: str = ""
+    conditions: list[Condition] = []
+
+
+class Deployment(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Deployment"
+    spec: DeploymentSpec
+    status: DeploymentStatus = DeploymentStatus()
+
+
+class RevisionSpec(Model, frozen=True):
+    revision: Annotated[int, msgspec.Meta(ge=1)]
+    template: InstanceTemplate
+    deployment: Name = "unknown"
+
+
+class Revision(Resource, frozen=True, kw_only=True):
+    """An immutable snapshot of a Deployment's template."""
+
+    kind_name: ClassVar[str] = "Revision"
+    spec: RevisionSpec
+
+
+# --------------------------------------------------------------------------- services
+
+
+class ServicePort(Model, frozen=True):
+    name: str = ""
+    port: Port = 0
+    target_port: str | int = ""  # instance port name or number
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+class ServiceSpec(Model, frozen=True):
+    selector: dict[str, str] | None = None  # None: external registrations
+    ports: list[ServicePort] = []
+
+
+class Service(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Service"
+    spec: ServiceSpec = ServiceSpec()
+    status: dict[str, Any] = {}
+
+
+class EndpointAddress(Model, frozen=True):
+    ip: str
+    port: Port
+    instance: str = ""
+    node: str = ""
+    ready: bool = True
+    lease: str = ""  # external registrations: the Lease that keeps it alive
+
+
+class EndpointSubset(Model, frozen=True):
+    addresses: list[EndpointAddress] = []
+    name: str = ""
+
+
+class Endpoints(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Endpoints"
+    subsets: list[EndpointSubset] = []
+
+
+# --------------------------------------------------------------------------- leases
+
+
+class LeaseSpec(Model, frozen=True):
+    holder_identity: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+    lease_duration_seconds: Annotated[int, msgspec.Meta(ge=2, le=3600)]
+
+
+class LeaseStatus(Model, frozen=True):
+    fencing_token: int = 0
+    acquire_time: Timestamp | None = None
+
+
+class Lease(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "Lease"
+    spec: LeaseSpec
+    status: LeaseStatus = LeaseStatus()
+
+
+class LeaseRenewal(Model, frozen=True):
+    holder_identity: str
+    fencing_token: int
+
+
+# --------------------------------------------------------------------------- API records
+
+
+class Binding(Model, frozen=True):
+    """POST body of instances/{name}/binding."""
+
+    target: NodeTarget
+    api_version: str = API_VERSION
+    kind: str = "Binding"
+    metadata: ObjectMeta = ObjectMeta()
+
+
+class NodeTarget(Model, frozen=True):
+    name: Name
+    kind: str = "Node"
+
+
+class StatusCause(Model, frozen=True):
+    field: str = ""
+    message: str = ""
+    reason: str = ""
+
+
+class StatusDetails(Model, frozen=True):
+    name: str = ""
+    kind: str = ""
+    causes: list[StatusCause] = []
+    retry_after_seconds: int = 0
+
+
+class ListMeta(Model, frozen=True):
+    resource_version: str = ""
+    continue_: str = msgspec.field(default="", name="continue")
+    remaining_item_count: int | None = None
+
+
+class Status(Model, frozen=True):
+    """Kubernetes' error (and success) record."""
+
+    status: Literal["Success", "Failure"] = "Failure"
+    message: str = ""
+    reason: str = ""
+    code: int = 500
+    details: StatusDetails | None = None
+    api_version: str = "v1"
+    kind: str = "Status"
+    metadata: ListMeta = ListMeta()
+
+
+KINDS: tuple[type[Resource], ...] = (
+    Cluster,
+    Node,
+    Namespace,
+    Deployment,
+    Revision,
+    Instance,
+    Service,
+    Endpoints,
+    Lease,
+)

@@ -1,0 +1,33 @@
+"""Smoke runs of the benchmarks: they run end to end and print their figures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_store_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "store.py"),
+            "--quick",
+            "--backends",
+            "sqlite,etcd1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    out = proc.stdout
+    for backend in ("sqlite", "etcd1", "etcd1-stub", "sqlite3-bare"):
+        assert f"\n{backend} " in out, out
+    for workload in ("put", "cas", "txn4", "watch"):
+        assert f" {workload} " in out, out
+    assert "sqlite put@64:" in out
+    assert "etcd1 put@64: client" in out
+    assert "sqlite watch delivery: p50" in out
