@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import sqlite3
 import statistics
@@ -122,7 +123,6 @@ async def bench_watch(store: Store, backend: str, duration: float) -> Result:
     start = (await store.status()).revision + 1
     sent: dict[int, float] = {}
     latencies: list[float] = []
-    done = asyncio.Event()
 
     async def watcher() -> None:
         async for batch in store.watch(prefix, start_revision=start):
@@ -131,9 +131,10 @@ async def bench_watch(store: Store, backend: str, duration: float) -> Result:
                 t0 = sent.pop(int(event.kv.value), None)
                 if t0 is not None:
                     latencies.append(now - t0)
-            if done.is_set() and not sent:
-                return
+            if writing_done.is_set() and not sent:
+                drained.set()
 
+    writing_done, drained = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(watcher())
     stop_at = time.perf_counter() + duration
     i = 0
@@ -143,8 +144,15 @@ async def bench_watch(store: Store, backend: str, duration: float) -> Result:
         await store.put(prefix + b"k%d" % (i % 10), b"%d" % i)
         i += 1
         await asyncio.sleep(0.002)
-    done.set()
-    await asyncio.wait_for(task, timeout=30)
+    writing_done.set()
+    if sent:  # let the last events arrive
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained.wait(), 30)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    if sent:
+        raise RuntimeError(f"{backend}: {len(sent)} watch events never arrived")
     return Result(backend, "watch", 1, i, time.perf_counter() - t_begin, latencies)
 
 
