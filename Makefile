@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ETCD_STAMP := .cache/etcd/.provisioned
 
-.PHONY: run test setup etcd lint typecheck unit proto bench bench-store soak clean
+.PHONY: run test setup etcd lint typecheck unit proto bench bench-store bench-api soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,9 @@ unit: setup
 
 test: setup lint typecheck unit
 
+# The platform on one machine: embedded store in .keel, API on 127.0.0.1:7070 (Ctrl-C stops).
 run: setup
-	$(VENV)/bin/keel store demo --store sqlite:///.keel/keel.db
+	$(VENV)/bin/keel up --state-dir .keel --listen 127.0.0.1:7070
 
 # Regenerate the etcd descriptor module from our own .proto subset.
 proto: $(STAMP)
@@ -41,7 +42,10 @@ proto: $(STAMP)
 bench-store: setup
 	$(PY) benchmarks/store.py
 
-bench: bench-store
+bench-api: setup
+	$(PY) benchmarks/api.py
+
+bench: bench-store bench-api
 
 # Long runs, outside the default suite.
 soak: setup

@@ -31,3 +31,24 @@ def test_store_benchmark_quick_run_prints_every_figure() -> None:
     assert "sqlite put@64:" in out
     assert "etcd1 put@64: client" in out
     assert "sqlite watch delivery: p50" in out
+
+
+def test_api_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "api.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    out = proc.stdout
+    for line in (
+        "raw store create",
+        "API create (HTTP)",
+        "raw store update (CAS)",
+        "API update (HTTP PUT, OCC)",
+        "of the raw store",
+        "fan-out    100 watchers",
+    ):
+        assert line in out, out
+    assert "(100.0% of" in out, out  # every watcher got every event

@@ -15,9 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
+    from keel.apiserver_cli import add_apiserver_commands
     from keel.dev.cli import add_dev_commands
     from keel.store_cli import add_store_commands
 
+    add_apiserver_commands(commands)
     add_store_commands(commands)
     add_dev_commands(commands)
     return parser

@@ -33,10 +33,10 @@ Seconds = Annotated[int, msgspec.Meta(ge=0)]
 Timestamp = str  # RFC 3339, UTC, set by the server
 
 
-class Model(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, rename="camel"
-):
-    """Base of every wire record."""
+class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """Base of every wire record. Defaults are written out, so a reader sees
+    `spec.replicas: 1` rather than nothing (metadata alone omits empty fields, as
+    Kubernetes does)."""
 
 
 def _check_labels(field: str, labels: dict[str, str]) -> None:
@@ -59,7 +59,7 @@ class OwnerReference(Model, frozen=True):
     block_owner_deletion: bool = False
 
 
-class ObjectMeta(Model, frozen=True):
+class ObjectMeta(Model, frozen=True, omit_defaults=True):
     name: OptionalName = ""
     generate_name: str = ""
     namespace: OptionalName = ""
@@ -420,14 +420,14 @@ class StatusCause(Model, frozen=True):
     reason: str = ""
 
 
-class StatusDetails(Model, frozen=True):
+class StatusDetails(Model, frozen=True, omit_defaults=True):
     name: str = ""
     kind: str = ""
     causes: list[StatusCause] = []
     retry_after_seconds: int = 0
 
 
-class ListMeta(Model, frozen=True):
+class ListMeta(Model, frozen=True, omit_defaults=True):
     resource_version: str = ""
     continue_: str = msgspec.field(default="", name="continue")
     remaining_item_count: int | None = None

@@ -1,0 +1,332 @@
+"""Who is calling (bearer tokens from a token file) and what each role may do.
+
+Authentication maps `Authorization: Bearer T` to a `Principal`; authorization is the pure
+function `authorize(principal, request)` over the rule table `RULES`. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from keel.api.registry import KINDS, KindInfo
+
+Role = Literal["admin", "viewer", "controller", "scheduler", "node"]
+Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete", "renew"]
+
+ROLES: tuple[str, ...] = get_args(Role)
+NODE_LEASE_NAMESPACE = "keel-node-lease"
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role
+    node: str | None = None  # for role node (written "node:NAME" in the token file)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {self.role!r}")
+        if (self.role == "node") != (self.node is not None):
+            raise ValueError("node: required for role node (node:NAME), and only for it")
+
+    def __str__(self) -> str:
+        role = f"node:{self.node}" if self.role == "node" else self.role
+        return f"{self.name} ({role})"
+
+
+# --------------------------------------------------------------------------- token file
+
+
+class TokenFileError(ValueError):
+    """A token file line that does not parse; the message names the file and line."""
+
+
+def _parse_role(text: str) -> tuple[Role, str | None]:
+    """`admin` -> ("admin", None); `node:n1` -> ("node", "n1"); ValueError otherwise."""
+    if text.startswith("node:"):
+        node = text[len("node:") :]
+        if not _NAME_RE.match(node):
+            raise ValueError(
+                f"role {text!r}: the node name after 'node:' must be a DNS name "
+                "(lowercase letters, digits, '-' and '.')"
+            )
+        return "node", node
+    plain: dict[str, Role] = {
+        "admin": "admin",
+        "viewer": "viewer",
+        "controller": "controller",
+        "scheduler": "scheduler",
+    }
+    if text in plain:
+        return plain[text], None
+    raise ValueError(
+        f"role {text!r}: expected one of admin, viewer, controller, scheduler or node:NAME"
+    )
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenFile:
+    """Bearer tokens, one per line: `token,name,role` (role `node:NAME` for a node agent).
+
+    Blank lines and lines starting with '#' are ignored. Tokens are kept only as SHA-256
+    digests, and looked up by digest (see `authenticate`).
+    """
+
+    def __init__(self, entries: dict[bytes, Principal]) -> None:
+        self._by_digest = entries
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    @classmethod
+    def parse(cls, text: str, source: str = "<tokens>") -> TokenFile:
+        entries: dict[bytes, Principal] = {}
+        for lineno, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{source}:{lineno}"
+            fields = [field.strip() for field in line.split(",")]
+            if len(fields) != 3:
+                raise TokenFileError(
+                    f"{where}: expected 3 comma-separated fields 'token,name,role', "
+                    f"got {len(fields)}"
+                )
+            token, name, role_text = fields
+            if not token or any(c.isspace() for c in token):
+                raise TokenFileError(f"{where}: expected a non-empty token without spaces")
+            if not name:
+                raise TokenFileError(f"{where}: expected a non-empty name in the second field")
+            try:
+                role, node = _parse_role(role_text)
+            except ValueError as exc:
+                raise TokenFileError(f"{where}: {exc}") from None
+            digest = _digest(token)
+            if digest in entries:
+                raise TokenFileError(f"{where}: duplicate token (already given to another line)")
+            entries[digest] = Principal(name, role, node)
+        return cls(entries)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenFile:
+        return cls.parse(Path(path).read_text(encoding="utf-8"), str(path))
+
+    @staticmethod
+    def create(path: Path) -> str:
+        """Write a new token file (mode 0600) holding one admin token, and return the token.
+
+        Refuses to overwrite an existing file (FileExistsError).
+        """
+        token = new_token()
+        _write_private(
+            Path(path),
+            f"# Keel API tokens: token,name,role (role: admin, viewer, controller, scheduler,"
+            f" node:NAME)\n{token},admin,admin\n",
+            exclusive=True,
+        )
+        return token
+
+    @staticmethod
+    def append(path: Path, name: str, role: str) -> str:
+        """Add a line with a new random token for `name` and `role`; return the token."""
+        _parse_role(role)  # validate before writing
+        if not name or "," in name or "\n" in name:
+            raise ValueError(f"name {name!r}: expected a non-empty name without ',' or newline")
+        token = new_token()
+        _write_private(Path(path), f"{token},{name},{role}\n", exclusive=False)
+        return token
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        """The principal of an `Authorization: Bearer T` header value, or None."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        # The lookup compares SHA-256 digests, never tokens: how long it takes can tell an
+        # attacker at most how many leading bytes of a digest matched, which says nothing
+        # about any token, so it is as good as a constant-time comparison.
+        return self._by_digest.get(_digest(token))
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _write_private(path: Path, text: str, *, exclusive: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_APPEND)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# --------------------------------------------------------------------------- authorization
+
+
+@dataclass(frozen=True)
+class Request:
+    """What authorization needs to know about a request, no I/O.
+
+    For `create`, `name` is the name of the object in the body. For telemetry `kind` is None
+    and `telemetry_node` is the node the telemetry is about (see keel.api.telemetry).
+    """
+
+    verb: Verb
+    kind: KindInfo | None  # None for telemetry
+    namespace: str | None
+    name: str | None
+    subresource: str | None  # "status", "binding", None
+    node_name: str | None = None  # Instance: spec.nodeName of the stored object (status)
+    telemetry_node: str | None = None
+
+
+class Scope(enum.Enum):
+    """Which objects a rule covers, beyond its verbs, kinds and subresources."""
+
+    ANY = "any object"
+    OWN_NODE = "its own Node"
+    OWN_NODE_LEASE = f"its Lease {NODE_LEASE_NAMESPACE}/NAME"
+    BOUND_INSTANCE = "Instances bound to it"
+    OWN_TELEMETRY = "telemetry about itself"
+
+
+def _own_node(p: Principal, r: Request) -> bool:
+    return r.name is not None and r.name == p.node
+
+
+def _own_node_lease(p: Principal, r: Request) -> bool:
+    return r.namespace == NODE_LEASE_NAMESPACE and r.name is not None and r.name == p.node
+
+
+def _bound_instance(p: Principal, r: Request) -> bool:
+    return bool(r.node_name) and r.node_name == p.node
+
+
+def _own_telemetry(p: Principal, r: Request) -> bool:
+    return bool(r.telemetry_node) and r.telemetry_node == p.node
+
+
+SCOPE_CHECKS: dict[Scope, Callable[[Principal, Request], bool]] = {
+    Scope.ANY: lambda p, r: True,
+    Scope.OWN_NODE: _own_node,
+    Scope.OWN_NODE_LEASE: _own_node_lease,
+    Scope.BOUND_INSTANCE: _bound_instance,
+    Scope.OWN_TELEMETRY: _own_telemetry,
+}
+
+TELEMETRY = "telemetry"  # the rules' name for the kind of /apis/telemetry.keel.dev/v1/...
+OBJECT_KINDS = frozenset(info.plural for info in KINDS)
+EVERY_KIND = OBJECT_KINDS | {TELEMETRY}
+
+READ: frozenset[Verb] = frozenset({"get", "list", "watch"})
+WRITE: frozenset[Verb] = frozenset({"create", "update", "patch", "delete"})
+EVERY_VERB: frozenset[Verb] = frozenset(get_args(Verb))
+TELEMETRY_WRITE: frozenset[Verb] = frozenset({"create", "update"})  # POST and PUT
+LEASE_WRITE: frozenset[Verb] = WRITE | {"renew"}
+STATUS_WRITE: frozenset[Verb] = frozenset({"update", "patch"})
+
+MAIN = frozenset({None})  # the object itself, no subresource
+STATUS = frozenset({"status"})
+BINDING = frozenset({"binding"})
+EVERY_PART = frozenset({None, "status", "binding"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    verbs: frozenset[Verb]
+    kinds: frozenset[str]  # plurals, and TELEMETRY
+    parts: frozenset[str | None]  # subresources; None = the object itself
+    scope: Scope
+    why: str
+
+
+# fmt: off
+RULES: dict[Role, tuple[Rule, ...]] = {
+    "admin": (
+        Rule(EVERY_VERB, EVERY_KIND, EVERY_PART, Scope.ANY, "operates the platform"),
+    ),
+    "viewer": (
+        Rule(READ, EVERY_KIND, EVERY_PART, Scope.ANY, "read-only dashboards and humans"),
+    ),
+    "controller": (
+        Rule(READ, EVERY_KIND, EVERY_PART, Scope.ANY, "controllers reconcile what they see"),
+        Rule(WRITE, OBJECT_KINDS, MAIN | STATUS, Scope.ANY,
+             "owns desired state and status of every kind; binding is the scheduler's"),
+        Rule(frozenset({"renew"}), frozenset({"leases"}), MAIN, Scope.ANY,
+             "its leader election"),
+        Rule(TELEMETRY_WRITE, frozenset({TELEMETRY}), MAIN, Scope.ANY, "events it records"),
+    ),
+    "scheduler": (
+        Rule(READ, EVERY_KIND, EVERY_PART, Scope.ANY, "the scheduler's snapshot"),
+        Rule(frozenset({"create"}), frozenset({"instances"}), BINDING, Scope.ANY,
+             "binding an Instance to a Node is the scheduler's decision"),
+        Rule(STATUS_WRITE, frozenset({"instances"}), STATUS, Scope.ANY,
+             "records why an Instance is unschedulable"),
+        Rule(LEASE_WRITE, frozenset({"leases"}), MAIN, Scope.ANY, "its leader election"),
+        Rule(TELEMETRY_WRITE, frozenset({TELEMETRY}), MAIN, Scope.ANY,
+             "scheduling events"),
+    ),
+    "node": (
+        Rule(READ, EVERY_KIND, EVERY_PART, Scope.ANY, "agents watch their bindings"),
+        Rule(frozenset({"create", "update", "patch"}), frozenset({"nodes"}), MAIN | STATUS,
+             Scope.OWN_NODE, "registers itself and reports its conditions"),
+        Rule(LEASE_WRITE, frozenset({"leases"}), MAIN, Scope.OWN_NODE_LEASE,
+             "its node lease is its heartbeat"),
+        Rule(STATUS_WRITE, frozenset({"instances"}), STATUS, Scope.BOUND_INSTANCE,
+             "reports phase and readiness of what it runs"),
+        Rule(TELEMETRY_WRITE, frozenset({TELEMETRY}), MAIN, Scope.OWN_TELEMETRY,
+             "heartbeats, usage and events about itself"),
+    ),
+}
+# fmt: on
+
+ROLE_SUMMARY: dict[Role, str] = {
+    "admin": "an admin may do everything",
+    "viewer": "a viewer may only get, list and watch",
+    "controller": "a controller may read everything and write every kind and its status, "
+    "but not the binding subresource",
+    "scheduler": "a scheduler may read everything, bind Instances, write Instance status "
+    "and Leases",
+    "node": f"a node may write only its own Node, its Lease {NODE_LEASE_NAMESPACE}/NAME, "
+    "the status of Instances bound to it, and telemetry about itself",
+}
+
+
+def _describe(request: Request) -> str:
+    kind = request.kind.plural if request.kind else TELEMETRY
+    target = kind
+    if request.name:
+        target += f"/{request.name}"
+    if request.subresource:
+        target += f"/{request.subresource}"
+    if request.namespace:
+        target += f" in namespace {request.namespace}"
+    return target
+
+
+def authorize(principal: Principal, request: Request) -> str | None:
+    """None when `principal` may make `request`, else the reason it may not (for a 403)."""
+    kind = request.kind.plural if request.kind else TELEMETRY
+    for rule in RULES[principal.role]:
+        if (
+            request.verb in rule.verbs
+            and kind in rule.kinds
+            and request.subresource in rule.parts
+            and SCOPE_CHECKS[rule.scope](principal, request)
+        ):
+            return None
+    summary = ROLE_SUMMARY[principal.role]
+    return f"{principal} may not {request.verb} {_describe(request)}: {summary}"

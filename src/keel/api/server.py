@@ -1,0 +1,1249 @@
+"""The HTTP API of DESIGN.md section 4 as an ASGI app (Starlette routing, uvicorn serving).
+
+Handlers stay thin: parse the request (`parse_path`, `decode_body`, selectors), authorize,
+then call `Storage` for writes and the `WatchCache` for reads and watches. Every failure is
+answered as a Kubernetes `Status` with the usual code and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import math
+import platform
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from keel.api import auth
+from keel.api import telemetry as telemetry_mod
+from keel.api.admission import TokenBucketAdmission
+from keel.api.compactor import Compactor
+from keel.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from keel.api.metrics import ApiMetrics
+from keel.api.patch import PatchError, PatchTestFailed, json_patch, merge_patch
+from keel.api.registry import (
+    BY_PLURAL,
+    KINDS,
+    REGISTRY_PREFIX,
+    TELEMETRY_GROUP,
+    TELEMETRY_KINDS,
+    KindInfo,
+)
+from keel.api.resources import (
+    API_GROUP,
+    API_VERSION,
+    Binding,
+    LeaseRenewal,
+    ListMeta,
+    Resource,
+    Status,
+    StatusCause,
+    StatusDetails,
+)
+from keel.api.selectors import (
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+    supported_fields,
+)
+from keel.api.storage import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    ApiError,
+    Fencing,
+    Preconditions,
+    Storage,
+    WriteCounter,
+    bad_request,
+    from_kv,
+    invalid,
+    not_found,
+    too_large,
+)
+from keel.api.watchcache import CachedObject, Expired, WatchCache, encode_object, expired_line
+from keel.store import (
+    CompactedError,
+    LeaseNotFound,
+    Store,
+    StoreError,
+    Unavailable,
+    ValueTooLarge,
+)
+
+log = logging.getLogger("keel.apiserver")
+
+VERSION = "0.1.0"
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+FENCING_HEADER = "keel-fencing-token"
+
+
+# ------------------------------------------------------------------------- pure parsing
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a /apis/keel.dev/v1/... path addresses."""
+
+    info: KindInfo
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+def _no_route(path: str) -> ApiError:
+    return ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+
+
+def parse_path(rest: str) -> Target:
+    """`[namespaces/{ns}/]{plural}[/{name}[/{subresource}]]`, checked against the registry."""
+    segments = [s for s in rest.split("/") if s]
+    namespace: str | None = None
+    if len(segments) >= 3 and segments[0] == "namespaces":
+        candidate = BY_PLURAL.get(segments[2])
+        if candidate is not None and candidate.namespaced:
+            namespace = segments[1]
+            segments = segments[2:]
+    if not segments or len(segments) > 3:
+        raise _no_route(rest)
+    info = BY_PLURAL.get(segments[0])
+    if info is None:
+        raise _no_route(rest)
+    name = segments[1] if len(segments) > 1 else None
+    sub = segments[2] if len(segments) > 2 else None
+    if namespace is not None and not info.namespaced:
+        raise _no_route(rest)
+    if info.namespaced and namespace is None and name is not None:
+        raise _no_route(rest)
+    if sub is not None and sub not in subresources(info):
+        raise _no_route(rest)
+    return Target(info, namespace, name, sub)
+
+
+def subresources(info: KindInfo) -> tuple[str, ...]:
+    return (*info.subresources, "renew") if info.kind == "Lease" else info.subresources
+
+
+class _HeadMeta(msgspec.Struct, rename="camel"):
+    name: str = ""
+    namespace: str = ""
+
+
+class _Head(msgspec.Struct, rename="camel"):
+    """The identifying fields of a body, read before strict decoding."""
+
+    api_version: str = ""
+    kind: str = ""
+    metadata: _HeadMeta = msgspec.field(default_factory=_HeadMeta)
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_FIELD_NAME = re.compile(r"field `(?P<name>[^`]+)`")
+_PREFIX = re.compile(r"^(?P<field>[A-Za-z][A-Za-z0-9_.\[\]]*): (?P<rest>.*)$", re.S)
+
+
+def validation_cause(message: str) -> StatusCause:
+    """A msgspec validation message as a Status cause naming the field path."""
+    match = _AT.match(message)
+    assert match is not None
+    text = match["msg"]
+    path = (match["path"] or "").lstrip(".")
+    named = _FIELD_NAME.search(text)
+    if named and ("unknown field" in text or "missing required field" in text):
+        path = f"{path}.{named['name']}" if path else named["name"]
+        reason = "FieldValueNotSupported" if "unknown" in text else "FieldValueRequired"
+        return StatusCause(path, text, reason)
+    prefixed = _PREFIX.match(text)
+    if prefixed:
+        own = prefixed["field"]
+        first = own.split(".")[0]
+        if not path:
+            path = own
+        elif path == first or path.endswith("." + first):
+            path = path[: len(path) - len(first)] + own
+        else:
+            path = f"{path}.{own}"
+        text = prefixed["rest"]
+    return StatusCause(path, text, "FieldValueInvalid")
+
+
+_decoders: dict[type[Resource], msgspec.json.Decoder[Any]] = {}
+
+
+def body_name(body: bytes) -> str:
+    """metadata.name of a body, or "" when it has none or is not an object."""
+    try:
+        return msgspec.json.decode(body, type=_Head).metadata.name
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
+def decode_body(
+    info: KindInfo, body: bytes, *, namespace: str | None, name: str | None, max_bytes: int
+) -> Resource:
+    """Decode a request body into the kind's model, strictly. Identity mismatches with the
+    URL are 400; unknown or ill-typed fields are 422 naming the field path."""
+    if len(body) > 3 * max_bytes:
+        raise too_large(len(body), max_bytes)
+    try:
+        head = msgspec.json.decode(body, type=_Head)
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"request body is not a JSON object: {exc}") from None
+    if head.api_version and head.api_version != API_VERSION:
+        raise bad_request(
+            f"apiVersion {head.api_version!r} does not match the URL's {API_VERSION!r}"
+        )
+    if head.kind and head.kind != info.kind:
+        raise bad_request(f"kind {head.kind!r} does not match the URL's {info.kind!r}")
+    if info.namespaced and head.metadata.namespace and head.metadata.namespace != namespace:
+        raise bad_request(
+            f"the namespace of the object ({head.metadata.namespace!r}) does not match the "
+            f"namespace of the request ({namespace!r})"
+        )
+    if name is not None and head.metadata.name and head.metadata.name != name:
+        raise bad_request(
+            f"the name of the object ({head.metadata.name!r}) does not match the name in "
+            f"the URL ({name!r})"
+        )
+    decoder = _decoders.get(info.model)
+    if decoder is None:
+        decoder = _decoders[info.model] = msgspec.json.Decoder(info.model)
+    try:
+        obj: Resource = decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise invalid(info, name or head.metadata.name, [validation_cause(str(exc))]) from None
+    meta = obj.metadata
+    fixed = msgspec.structs.replace(
+        meta,
+        name=meta.name or (name or ""),
+        namespace=(namespace or "") if info.namespaced else "",
+    )
+    return msgspec.structs.replace(obj, kind=info.kind, metadata=fixed)
+
+
+def decode_record(model: type[Any], body: bytes, what: str) -> Any:
+    try:
+        return msgspec.json.decode(body, type=model)
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"{what}: request body is not valid JSON: {exc}") from None
+    except msgspec.ValidationError as exc:
+        cause = validation_cause(str(exc))
+        raise ApiError(
+            422,
+            "Invalid",
+            f"{what} is invalid: {cause.field}: {cause.message}",
+            details=StatusDetails(kind=what, causes=[cause]),
+        ) from None
+
+
+def full_builtins(value: Any) -> Any:
+    """Like msgspec.to_builtins, but keeping fields equal to their defaults: a patch must
+    see (and may test or replace) every field, not only the non-default ones."""
+    if isinstance(value, msgspec.Struct):
+        return {
+            f.encode_name: full_builtins(getattr(value, f.name))
+            for f in msgspec.structs.fields(value)
+        }
+    if isinstance(value, dict):
+        return {k: full_builtins(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [full_builtins(v) for v in value]
+    return value
+
+
+def pointer_field(pointer: str) -> str:
+    """A JSON pointer as a field path: /spec/ports/0/name -> spec.ports[0].name."""
+    out = ""
+    for raw in pointer.split("/")[1:]:
+        token = raw.replace("~1", "/").replace("~0", "~")
+        out += f"[{token}]" if token.isdigit() else (f".{token}" if out else token)
+    return out
+
+
+def encode_continue(revision: int, last_key: bytes) -> str:
+    raw = json.dumps({"rv": revision, "start": base64.b64encode(last_key).decode()})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_continue(token: str) -> tuple[int, bytes]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        return int(data["rv"]), base64.b64decode(data["start"])
+    except (ValueError, KeyError, TypeError):
+        raise bad_request("invalid continue token") from None
+
+
+def watch_line(kind: str, obj_json: bytes) -> bytes:
+    return b'{"type":"' + kind.encode() + b'","object":' + obj_json + b"}\n"
+
+
+def encode_status(status: Status) -> bytes:
+    """A Status with every field a client looks for (the model omits its defaults)."""
+    fields = msgspec.to_builtins(status)
+    fields.update(
+        kind="Status", apiVersion="v1", status=status.status, code=status.code, metadata={}
+    )
+    return msgspec.json.encode(fields)
+
+
+def list_body(info: KindInfo, items: list[bytes], meta: ListMeta) -> bytes:
+    head = (
+        b'{"apiVersion":"'
+        + API_VERSION.encode()
+        + b'","kind":"'
+        + info.kind.encode()
+        + b'List","metadata":'
+        + msgspec.json.encode(meta)
+        + b',"items":['
+    )
+    return head + b",".join(items) + b"]}"
+
+
+def verb_of(method: str, target: Target, watch: bool) -> str:
+    if target.subresource == "renew":
+        return "renew"
+    if target.subresource == "binding":
+        return "create"
+    if method == "GET":
+        if target.name is None:
+            return "watch" if watch else "list"
+        return "get"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+        method, "unknown"
+    )
+
+
+# ------------------------------------------------------------------------- discovery
+
+
+def discovery_resources() -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = []
+    for info in KINDS:
+        resources.append(
+            {
+                "name": info.plural,
+                "singularName": info.singular,
+                "namespaced": info.namespaced,
+                "kind": info.kind,
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                "shortNames": list(info.short_names),
+                "storageClass": info.storage.value,
+            }
+        )
+        for sub in subresources(info):
+            kind, verbs = {
+                "status": (info.kind, ["get", "patch", "update"]),
+                "binding": ("Binding", ["create"]),
+                "renew": ("LeaseRenewal", ["create"]),
+            }[sub]
+            resources.append(
+                {
+                    "name": f"{info.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": info.namespaced,
+                    "kind": kind,
+                    "verbs": verbs,
+                }
+            )
+    return resources
+
+
+def _group(name: str) -> dict[str, Any]:
+    version = {"groupVersion": f"{name}/v1", "version": "v1"}
+    return {"name": name, "versions": [version], "preferredVersion": version}
+
+
+# ------------------------------------------------------------------------- the server
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type=JSON)
+
+
+def _error(exc: ApiError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return Response(
+        encode_status(exc.status()), status_code=exc.code, media_type=JSON, headers=headers
+    )
+
+
+def store_error(exc: StoreError) -> ApiError:
+    if isinstance(exc, ValueTooLarge):
+        return ApiError(
+            413,
+            "RequestEntityTooLarge",
+            f"the store refused the write: {exc}; nothing was stored",
+        )
+    if isinstance(exc, Unavailable):
+        if exc.ambiguous:
+            return ApiError(
+                504,
+                "Timeout",
+                f"the store did not answer in time and the outcome is unknown (the write may "
+                f"or may not have been applied; read back before retrying): {exc}",
+                retry_after=1,
+            )
+        return ApiError(
+            503, "ServiceUnavailable", f"the store is unavailable: {exc}", retry_after=1
+        )
+    if isinstance(exc, CompactedError):
+        return ApiError(410, "Expired", f"the requested revision is no longer available: {exc}")
+    if isinstance(exc, LeaseNotFound):
+        return ApiError(404, "NotFound", f"the object's store lease is gone: {exc}")
+    return ApiError(500, "InternalError", f"store error: {exc}")
+
+
+class ApiServer:
+    """One API server process: stateless apart from its watch cache and telemetry."""
+
+    def __init__(
+        self,
+        store: Store,
+        tokens: auth.TokenFile,
+        *,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        admission: TokenBucketAdmission | None = None,
+        metrics: ApiMetrics | None = None,
+        cache: WatchCache | None = None,
+        telemetry: telemetry_mod.TelemetryStore | None = None,
+        compaction_interval: float = 60.0,
+        compaction_retention: float = 300.0,
+        ready_timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.max_object_bytes = max_object_bytes
+        self.metrics = metrics if metrics is not None else ApiMetrics()
+        self.writes = WriteCounter(
+            listeners=[lambda kind, verb: self.metrics.store_writes.labels(kind, verb).inc()]
+        )
+        self.storage = Storage(store, max_object_bytes=max_object_bytes, writes=self.writes)
+        self.admission = admission if admission is not None else TokenBucketAdmission()
+        self.cache = cache if cache is not None else WatchCache(store)
+        self.telemetry = telemetry if telemetry is not None else telemetry_mod.TelemetryStore()
+        self.compaction_interval = compaction_interval
+        self.compaction_retention = compaction_retention
+        self.ready_timeout = ready_timeout  # how long a read waits for the cache at boot
+        self.ready = asyncio.Event()
+        self.boot_error: BaseException | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._compactor: Compactor | None = None
+        self.app = self._build_app()
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Begin booting in the background; /readyz says when reads can be served."""
+        self._tasks.append(asyncio.create_task(self._boot(), name="keel-apiserver-boot"))
+
+    async def _boot(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.storage.ensure_namespaces()
+                await self.cache.start()
+                break
+            except (StoreError, OSError) as exc:
+                self.boot_error = exc
+                log.warning("boot: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.boot_error = None
+        self._start_compactor()
+        self.metrics.registry.add_collector(self._collect)
+        self._tasks.append(asyncio.create_task(self._sweep_telemetry(), name="keel-telemetry"))
+        self.ready.set()
+
+    async def _sweep_telemetry(self, interval: float = 30.0) -> None:
+        """Expired telemetry is never served; the sweep also gives its memory back."""
+        while True:
+            await asyncio.sleep(interval)
+            self.telemetry.sweep()
+
+    def _start_compactor(self) -> None:
+        self._compactor = Compactor(
+            self.store,
+            interval=self.compaction_interval,
+            retention=self.compaction_retention,
+            on_compact=self.cache.note_compacted,
+        )
+        self._compactor.start()
+
+    async def end_watches(self) -> None:
+        """Finish every open watch stream (the first step of a clean shutdown), so the
+        HTTP server is not left waiting for streams that never end on their own."""
+        self.ready.clear()
+        with contextlib.suppress(Exception):
+            await self.cache.stop()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._compactor is not None:
+            await self._compactor.stop()
+        with contextlib.suppress(Exception):
+            await self.cache.stop()
+
+    def _collect(self) -> None:
+        for kind, stats in self.cache.stats().items():
+            self.metrics.watchers.labels(kind).set(stats.watchers)
+            self.metrics.cache_objects.labels(kind).set(stats.objects)
+            self.metrics.cache_events.labels(kind).set(stats.events)
+
+    # -- app
+
+    def _build_app(self) -> Starlette:
+        methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        routes = [
+            # the hot path first: Starlette tries routes in order
+            Route(f"/apis/{API_GROUP}/v1/{{rest:path}}", self.resource_endpoint, methods=methods),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/livez", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/version", self.version, methods=["GET"]),
+            Route("/api", self.guarded(self.api_versions), methods=["GET"]),
+            Route("/api/v1", self.guarded(self.api_core), methods=["GET"]),
+            Route("/apis", self.guarded(self.api_groups), methods=["GET"]),
+            Route(f"/apis/{API_GROUP}", self.guarded(self.api_group), methods=["GET"]),
+            Route(f"/apis/{API_GROUP}/v1", self.guarded(self.api_resources), methods=["GET"]),
+            Route(f"/apis/{TELEMETRY_GROUP}", self.guarded(self.telemetry_group), methods=["GET"]),
+            Route(
+                f"/apis/{TELEMETRY_GROUP}/v1",
+                self.guarded(self.telemetry_resources),
+                methods=["GET"],
+            ),
+            Route(
+                f"/apis/{TELEMETRY_GROUP}/v1/{{rest:path}}",
+                self.telemetry_endpoint,
+                methods=methods,
+            ),
+            Route("/metrics", self.guarded(self.metrics_endpoint), methods=["GET"]),
+            Route("/openapi/v3", self.guarded(self.openapi), methods=["GET"]),
+        ]
+
+        async def http_error(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, HTTPException)
+            if exc.status_code == 405:
+                return _error(
+                    ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+                )
+            return _error(_no_route(request.url.path))
+
+        return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+    # -- plumbing
+
+    def _authenticate(self, request: Request) -> auth.Principal:
+        principal = self.tokens.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            raise ApiError(401, "Unauthorized", "a valid bearer token is required")
+        wait = self.admission.admit(principal.name)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                f"too many requests from {principal.name}; retry in {seconds}s",
+                details=StatusDetails(retry_after_seconds=seconds),
+                retry_after=seconds,
+            )
+        return principal
+
+    @staticmethod
+    def _authorize(principal: auth.Principal, request: auth.Request) -> None:
+        reason = auth.authorize(principal, request)
+        if reason is not None:
+            raise ApiError(403, "Forbidden", f"{principal.name} is not allowed: {reason}")
+
+    def guarded(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Any authenticated principal may read discovery, metrics and the schema."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                self._authenticate(request)
+                return await handler(request)
+            except ApiError as exc:
+                return _error(exc)
+
+        return endpoint
+
+    async def _ensure_ready(self) -> None:
+        if self.ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.ready.wait(), self.ready_timeout)
+        except TimeoutError:
+            raise ApiError(
+                503, "ServiceUnavailable", "the watch cache is not ready yet", retry_after=1
+            ) from None
+
+    async def _fresh(self) -> bool:
+        """Make the cache at least as fresh as a quorum read; False if it cannot be soon."""
+        revision = (await self.store.range(REGISTRY_PREFIX, limit=1)).revision
+        return await self.cache.wait_fresh(revision)
+
+    # -- simple endpoints
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b"ok", media_type="text/plain")
+
+    async def readyz(self, request: Request) -> Response:
+        if self.ready.is_set():
+            return Response(b"ok", media_type="text/plain")
+        detail = f": {self.boot_error}" if self.boot_error else ""
+        return Response(
+            f"not ready: the watch cache is not synced{detail}".encode(),
+            status_code=503,
+            media_type="text/plain",
+        )
+
+    async def version(self, request: Request) -> Response:
+        return _json(
+            {
+                "major": "0",
+                "minor": "1",
+                "gitVersion": f"v{VERSION}",
+                "platform": f"{platform.system().lower()}/{platform.machine()}",
+                "pythonVersion": platform.python_version(),
+            }
+        )
+
+    async def api_versions(self, request: Request) -> Response:
+        return _json(
+            {
+                "kind": "APIVersions",
+                "apiVersion": "v1",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": request.url.netloc}
+                ],
+            }
+        )
+
+    async def api_core(self, request: Request) -> Response:
+        return _json(
+            {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": []}
+        )
+
+    async def api_groups(self, request: Request) -> Response:
+        return _json(
+            {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [_group(API_GROUP), _group(TELEMETRY_GROUP)],
+            }
+        )
+
+    async def api_group(self, request: Request) -> Response:
+        return _json({"kind": "APIGroup", "apiVersion": "v1", **_group(API_GROUP)})
+
+    async def telemetry_group(self, request: Request) -> Response:
+        return _json({"kind": "APIGroup", "apiVersion": "v1", **_group(TELEMETRY_GROUP)})
+
+    async def api_resources(self, request: Request) -> Response:
+        return _json(
+            {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": API_VERSION,
+                "resources": discovery_resources(),
+            }
+        )
+
+    async def telemetry_resources(self, request: Request) -> Response:
+        resources = [
+            {
+                "name": name,
+                "singularName": "",
+                "namespaced": name != "nodeheartbeats",
+                "kind": name,
+                "verbs": ["create", "get", "list", "update"],
+                "storageClass": "memory",
+                "description": why,
+            }
+            for name, why in TELEMETRY_KINDS.items()
+        ]
+        return _json(
+            {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{TELEMETRY_GROUP}/v1",
+                "resources": resources,
+            }
+        )
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render().encode(), media_type=METRICS_CONTENT_TYPE)
+
+    async def openapi(self, request: Request) -> Response:
+        from keel.api.openapi import build_openapi
+
+        return _json(build_openapi(KINDS))
+
+    # -- resources
+
+    async def resource_endpoint(self, request: Request) -> Response:
+        started = time.perf_counter()
+        verb, kind, code = request.method.lower(), "unknown", 500
+        try:
+            target = parse_path(request.path_params["rest"])
+            kind = target.info.kind
+            watch = request.query_params.get("watch", "").lower() in ("true", "1")
+            verb = verb_of(request.method, target, watch)
+            principal = self._authenticate(request)
+            response = await self._dispatch(request, principal, target, verb)
+        except ApiError as exc:
+            response = _error(exc)
+        except StoreError as exc:
+            response = _error(store_error(exc))
+        except Exception as exc:
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            response = _error(ApiError(500, "InternalError", f"internal error: {exc!r}"))
+        code = response.status_code
+        self.metrics.observe_request(verb, kind, code, time.perf_counter() - started)
+        return response
+
+    async def _dispatch(
+        self, request: Request, principal: auth.Principal, target: Target, verb: str
+    ) -> Response:
+        info, method = target.info, request.method
+        if target.name is None:
+            if method == "GET":
+                self._authorize(principal, self._auth_request(verb, target))
+                if verb == "watch":
+                    return await self.watch(request, target)
+                return await self.list(request, target)
+            if method == "POST":
+                if info.namespaced and target.namespace is None:
+                    raise ApiError(
+                        405,
+                        "MethodNotAllowed",
+                        f"{info.plural} are namespaced: POST to "
+                        f"/apis/{API_VERSION}/namespaces/{{namespace}}/{info.plural}",
+                    )
+                return await self.create(request, principal, target)
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a collection")
+        if target.subresource == "binding":
+            if method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "binding takes POST")
+            self._authorize(principal, self._auth_request("create", target))
+            return await self.bind(request, target)
+        if target.subresource == "renew":
+            if method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "renew takes POST")
+            self._authorize(principal, self._auth_request("renew", target))
+            return await self.renew(request, target)
+        node_name = None
+        if target.subresource == "status" and info.kind == "Instance":
+            node_name = await self._stored_node_name(target)
+        self._authorize(principal, self._auth_request(verb, target, node_name=node_name))
+        if method == "GET":
+            return await self.get(request, target)
+        if method == "PUT":
+            return await self.replace(request, target)
+        if method == "PATCH":
+            return await self.patch(request, target)
+        if method == "DELETE":
+            if target.subresource is not None:
+                raise ApiError(405, "MethodNotAllowed", "DELETE of a subresource")
+            return await self.delete(request, target)
+        raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    @staticmethod
+    def _auth_request(
+        verb: str, target: Target, *, name: str | None = None, node_name: str | None = None
+    ) -> auth.Request:
+        return auth.Request(
+            verb=verb,  # type: ignore[arg-type]
+            kind=target.info,
+            namespace=target.namespace,
+            name=name if name is not None else target.name,
+            # renewal is its own verb on the Lease itself
+            subresource=None if target.subresource == "renew" else target.subresource,
+            node_name=node_name,
+        )
+
+    async def _stored_node_name(self, target: Target) -> str | None:
+        await self._ensure_ready()
+        cached = self.cache.get(target.info, target.namespace or "", target.name or "")
+        if cached is None:
+            stored = await self.storage.read(target.info, target.namespace or "", target.name or "")
+            return getattr(getattr(stored, "spec", None), "node_name", None) if stored else None
+        return getattr(getattr(cached.obj, "spec", None), "node_name", None)
+
+    @staticmethod
+    def _fencing(request: Request) -> Fencing | None:
+        header = request.headers.get(FENCING_HEADER)
+        return Fencing.parse(header) if header is not None else None
+
+    @staticmethod
+    def _object(obj: Resource, status: int = 200) -> Response:
+        return Response(encode_object(obj), status_code=status, media_type=JSON)
+
+    # -- reads
+
+    async def get(self, request: Request, target: Target) -> Response:
+        await self._ensure_ready()
+        info, namespace, name = target.info, target.namespace or "", target.name or ""
+        if request.query_params.get("resourceVersion") == "0" or await self._fresh():
+            cached = self.cache.get(info, namespace, name)
+            if cached is None:
+                raise not_found(info, name)
+            return Response(cached.data, media_type=JSON)
+        stored = await self.storage.read(info, namespace, name)
+        if stored is None:
+            raise not_found(info, name)
+        return self._object(stored)
+
+    def _predicate(self, request: Request, info: KindInfo) -> Callable[[Resource], bool] | None:
+        try:
+            labels = parse_label_selector(request.query_params.get("labelSelector"))
+            fields = parse_field_selector(
+                request.query_params.get("fieldSelector"), supported_fields(info.model)
+            )
+        except SelectorError as exc:
+            raise bad_request(str(exc)) from None
+        if labels.empty and fields.empty:
+            return None
+
+        def matches(obj: Resource) -> bool:
+            return labels.matches(obj.metadata.labels) and fields.matches(obj)
+
+        return matches
+
+    @staticmethod
+    def _cached_predicate(
+        predicate: Callable[[Resource], bool] | None,
+    ) -> Callable[[CachedObject], bool] | None:
+        if predicate is None:
+            return None
+        return lambda cached: predicate(cached.obj)
+
+    async def list(self, request: Request, target: Target) -> Response:
+        await self._ensure_ready()
+        info = target.info
+        params = request.query_params
+        predicate = self._predicate(request, info)
+        limit_text = params.get("limit", "")
+        try:
+            limit = int(limit_text) if limit_text else 0
+        except ValueError:
+            raise bad_request(f"limit: expected an integer, got {limit_text!r}") from None
+        if limit < 0:
+            raise bad_request("limit: expected a non-negative integer")
+        token = params.get("continue", "")
+        if token:
+            revision, after = decode_continue(token)
+            return await self._list_from_store(target, predicate, limit, revision, after)
+        if params.get("resourceVersion") != "0" and not await self._fresh():
+            return await self._list_from_store(target, predicate, limit, None, b"")
+        objects, revision = self.cache.list(
+            info, target.namespace, self._cached_predicate(predicate)
+        )
+        meta = ListMeta(resource_version=str(revision))
+        if limit and len(objects) > limit:
+            page = objects[:limit]
+            meta = ListMeta(
+                resource_version=str(revision),
+                continue_=encode_continue(revision, page[-1].key),
+                remaining_item_count=len(objects) - limit,
+            )
+            objects = page
+        return Response(list_body(info, [c.data for c in objects], meta), media_type=JSON)
+
+    async def _list_from_store(
+        self,
+        target: Target,
+        predicate: Callable[[Resource], bool] | None,
+        limit: int,
+        revision: int | None,
+        after: bytes,
+    ) -> Response:
+        """Continue pages (and lists the cache cannot serve fresh enough) read the store, at
+        the first page's revision so that the pages form one snapshot."""
+        info = target.info
+        try:
+            result = await self.store.range(info.key_prefix(target.namespace), revision=revision)
+        except CompactedError:
+            raise ApiError(
+                410,
+                "Expired",
+                "the continue token is too old: its revision has been compacted; "
+                "list again from the start",
+            ) from None
+        at = revision if revision is not None else result.revision
+        items: list[Resource] = []
+        more = 0
+        last_key = b""
+        for kv in result.kvs:
+            if kv.key <= after:
+                continue
+            obj = from_kv(info, kv)
+            if predicate is not None and not predicate(obj):
+                continue
+            if limit and len(items) >= limit:
+                more += 1
+                continue
+            items.append(obj)
+            last_key = kv.key
+        meta = ListMeta(resource_version=str(at))
+        if more:
+            meta = ListMeta(
+                resource_version=str(at),
+                continue_=encode_continue(at, last_key),
+                remaining_item_count=more,
+            )
+        return Response(list_body(info, [encode_object(o) for o in items], meta), media_type=JSON)
+
+    async def watch(self, request: Request, target: Target) -> Response:
+        await self._ensure_ready()
+        info = target.info
+        params = request.query_params
+        predicate = self._cached_predicate(self._predicate(request, info))
+        bookmarks = params.get("allowWatchBookmarks", "").lower() in ("true", "1")
+        timeout_text = params.get("timeoutSeconds", "")
+        try:
+            timeout = float(timeout_text) if timeout_text else None
+        except ValueError:
+            raise bad_request(f"timeoutSeconds: expected a number, got {timeout_text!r}") from None
+        rv_text = params.get("resourceVersion", "")
+        initial: list[bytes] = []
+        if rv_text in ("", "0"):
+            if rv_text == "" and not await self._fresh():
+                raise ApiError(
+                    504,
+                    "Timeout",
+                    "the watch cache could not catch up with the store",
+                    retry_after=1,
+                )
+            objects, start = self.cache.list(info, target.namespace, predicate)
+            initial = [watch_line("ADDED", c.data) for c in objects]
+        else:
+            try:
+                start = int(rv_text)
+            except ValueError:
+                raise bad_request(
+                    f"resourceVersion: expected an integer, got {rv_text!r}"
+                ) from None
+            if start > self.cache.revision:
+                await self.cache.wait_fresh(start)
+        try:
+            stream = self.cache.watch(info, target.namespace, start, predicate, bookmarks=bookmarks)
+        except Expired as exc:
+            message = (
+                f"too old resource version: {start} (the oldest a watch may start from is "
+                f"{exc.oldest})"
+            )
+            return Response(expired_line(message), media_type=JSON)
+
+        async def body() -> AsyncIterator[bytes]:
+            deadline = time.monotonic() + timeout if timeout else None
+            try:
+                if initial:
+                    yield b"".join(initial)
+                iterator = stream.__aiter__()
+                while True:
+                    if deadline is None:
+                        line = await iterator.__anext__()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return
+                        try:
+                            line = await asyncio.wait_for(iterator.__anext__(), remaining)
+                        except TimeoutError:
+                            return
+                    yield line
+            except StopAsyncIteration:
+                return
+            finally:
+                stream.close()
+
+        return StreamingResponse(body(), media_type=JSON)
+
+    # -- writes
+
+    async def _body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        limit = 3 * self.max_object_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large(int(length), self.max_object_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(size, self.max_object_bytes)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def create(self, request: Request, principal: auth.Principal, target: Target) -> Response:
+        info = target.info
+        body = await self._body(request)
+        # authorize before validating: who may not create gets 403 whatever the body says
+        self._authorize(principal, self._auth_request("create", target, name=body_name(body)))
+        obj = decode_body(
+            info, body, namespace=target.namespace, name=None, max_bytes=self.max_object_bytes
+        )
+        fencing = self._fencing(request)
+        created = await self.storage.create(
+            info, obj, namespace=target.namespace or "", fencing=fencing
+        )
+        return self._object(created, 201)
+
+    async def replace(self, request: Request, target: Target) -> Response:
+        info = target.info
+        body = await self._body(request)
+        obj = decode_body(
+            info,
+            body,
+            namespace=target.namespace,
+            name=target.name,
+            max_bytes=self.max_object_bytes,
+        )
+        updated = await self.storage.update(
+            info,
+            target.namespace or "",
+            target.name or "",
+            lambda current: obj,
+            subresource=target.subresource,
+            fencing=self._fencing(request),
+            verb="status" if target.subresource == "status" else "update",
+        )
+        return self._object(updated)
+
+    async def patch(self, request: Request, target: Target) -> Response:
+        info = target.info
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in (MERGE_PATCH, JSON_PATCH):
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of a PATCH must be {MERGE_PATCH} or {JSON_PATCH}, "
+                f"not {content_type or 'unspecified'!r}",
+            )
+        body = await self._body(request)
+        try:
+            patch_doc = json.loads(body)
+        except ValueError as exc:
+            raise bad_request(f"the patch is not valid JSON: {exc}") from None
+        if content_type == MERGE_PATCH and not isinstance(patch_doc, dict):
+            raise bad_request("a merge patch must be a JSON object")
+
+        def mutate(current: Resource) -> Resource:
+            document = full_builtins(current)
+            try:
+                if content_type == MERGE_PATCH:
+                    patched = merge_patch(document, patch_doc)
+                else:
+                    patched = json_patch(document, patch_doc)
+            except PatchTestFailed as exc:
+                raise ApiError(409, "Conflict", f"the patch's test failed: {exc}") from None
+            except PatchError as exc:
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"the patch cannot be applied: {exc}",
+                    details=StatusDetails(
+                        name=target.name or "",
+                        kind=info.plural,
+                        causes=[
+                            StatusCause(pointer_field(exc.path), str(exc), "FieldValueInvalid")
+                        ],
+                    ),
+                ) from None
+            return decode_body(
+                info,
+                msgspec.json.encode(patched),
+                namespace=target.namespace,
+                name=target.name,
+                max_bytes=self.max_object_bytes,
+            )
+
+        updated = await self.storage.update(
+            info,
+            target.namespace or "",
+            target.name or "",
+            mutate,
+            subresource=target.subresource,
+            fencing=self._fencing(request),
+            verb="status" if target.subresource == "status" else "patch",
+        )
+        return self._object(updated)
+
+    async def delete(self, request: Request, target: Target) -> Response:
+        body = await self._body(request)
+        pre = Preconditions()
+        if body.strip():
+            try:
+                options = json.loads(body)
+            except ValueError as exc:
+                raise bad_request(f"DeleteOptions: not valid JSON: {exc}") from None
+            raw = options.get("preconditions") if isinstance(options, dict) else None
+            if raw is not None and not isinstance(raw, dict):
+                raise bad_request("DeleteOptions.preconditions must be an object")
+            if raw:
+                pre = Preconditions(
+                    uid=raw.get("uid") or None, resource_version=raw.get("resourceVersion") or None
+                )
+        obj, _gone = await self.storage.delete(
+            target.info,
+            target.namespace or "",
+            target.name or "",
+            preconditions=pre,
+            fencing=self._fencing(request),
+        )
+        return self._object(obj)
+
+    async def bind(self, request: Request, target: Target) -> Response:
+        binding: Binding = decode_record(Binding, await self._body(request), "Binding")
+        if binding.metadata.name and binding.metadata.name != target.name:
+            raise bad_request(
+                f"the binding's name ({binding.metadata.name!r}) does not match the "
+                f"instance in the URL ({target.name!r})"
+            )
+        bound = await self.storage.bind(
+            target.info,
+            target.namespace or "",
+            target.name or "",
+            binding.target.name,
+            resource_version=binding.metadata.resource_version,
+            fencing=self._fencing(request),
+        )
+        return self._object(bound, 201)
+
+    async def renew(self, request: Request, target: Target) -> Response:
+        renewal: LeaseRenewal = decode_record(
+            LeaseRenewal, await self._body(request), "LeaseRenewal"
+        )
+        lease = await self.storage.renew(
+            target.namespace or "",
+            target.name or "",
+            renewal.holder_identity,
+            renewal.fencing_token,
+        )
+        return self._object(lease)
+
+    # -- telemetry
+
+    async def telemetry_endpoint(self, request: Request) -> Response:
+        started = time.perf_counter()
+        verb = request.method.lower()
+        try:
+            principal = self._authenticate(request)
+            response = await self._telemetry(request, principal)
+        except ApiError as exc:
+            response = _error(exc)
+        self.metrics.observe_request(
+            verb, "telemetry", response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    async def _telemetry(self, request: Request, principal: auth.Principal) -> Response:
+        segments = [s for s in request.path_params["rest"].split("/") if s]
+        namespace: str | None = None
+        if len(segments) >= 3 and segments[0] == "namespaces":
+            namespace, segments = segments[1], segments[2:]
+        if not segments or len(segments) > 2 or segments[0] not in telemetry_mod.MODELS:
+            raise _no_route(request.url.path)
+        kind = segments[0]
+        if telemetry_mod.NAMESPACED[kind] != (namespace is not None) and request.method != "GET":
+            scope = "namespaced" if telemetry_mod.NAMESPACED[kind] else "cluster-scoped"
+            raise _no_route(f"{request.url.path} ({kind} is {scope})")
+        name = segments[1] if len(segments) == 2 else None
+        method = request.method
+        if method == "GET":
+            self._authorize(
+                principal,
+                auth.Request(
+                    verb="get" if name else "list",
+                    kind=None,
+                    namespace=namespace,
+                    name=name,
+                    subresource=None,
+                ),
+            )
+            return self._telemetry_read(kind, namespace, name)
+        if method not in ("PUT", "POST"):
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on telemetry")
+        raw = await self._body(request)
+        try:
+            body = telemetry_mod.decode(kind, raw)
+            key = telemetry_mod.key_of(kind, namespace, name, body)
+        except telemetry_mod.TelemetryError as exc:
+            raise ApiError(
+                422,
+                "Invalid",
+                str(exc),
+                details=StatusDetails(
+                    kind=kind, causes=[StatusCause(exc.field, str(exc), "FieldValueInvalid")]
+                ),
+            ) from None
+        self._authorize(
+            principal,
+            auth.Request(
+                verb="create" if method == "POST" else "update",
+                kind=None,
+                namespace=namespace,
+                name=key,
+                subresource=None,
+                telemetry_node=telemetry_mod.subject_node(kind, body),
+            ),
+        )
+        ttl_text = request.query_params.get("ttlSeconds")
+        try:
+            ttl = float(ttl_text) if ttl_text else None
+        except ValueError:
+            raise bad_request(f"ttlSeconds: expected a number, got {ttl_text!r}") from None
+        self.telemetry.put(kind, namespace, key, body, ttl)
+        return _json(body, 201 if method == "POST" else 200)
+
+    def _telemetry_read(self, kind: str, namespace: str | None, name: str | None) -> Response:
+        if name is None:
+            items = self.telemetry.list(kind, namespace)
+            return _json(
+                {
+                    "apiVersion": telemetry_mod.TELEMETRY_GROUP_VERSION,
+                    "kind": "List",
+                    "metadata": {},
+                    "items": items,
+                }
+            )
+        if kind == telemetry_mod.EVENTS:
+            events = self.telemetry.events(namespace, name)
+            return _json(
+                {
+                    "apiVersion": telemetry_mod.TELEMETRY_GROUP_VERSION,
+                    "kind": "List",
+                    "metadata": {},
+                    "items": events,
+                }
+            )
+        item = self.telemetry.get(kind, namespace, name)
+        if item is None:
+            raise ApiError(
+                404,
+                "NotFound",
+                f'{kind} "{name}" not found (telemetry expires when not refreshed)',
+                details=StatusDetails(name=name, kind=kind),
+            )
+        return _json(item)

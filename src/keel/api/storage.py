@@ -1,0 +1,738 @@
+"""Objects over the store: create, update, delete, bind and renew, each one store transaction.
+
+Optimistic concurrency rides on `mod_revision` compares, fencing tokens on a compare of the
+lease key's `create_revision` in the same transaction, and Lease objects on store leases. The
+decisions (what an update may change, what a DELETE does given finalizers) are pure functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from keel.api.registry import BY_KIND, KindInfo
+from keel.api.resources import (
+    API_VERSION,
+    NAME_RE,
+    Lease,
+    LeaseStatus,
+    Namespace,
+    ObjectMeta,
+    Resource,
+    Status,
+    StatusCause,
+    StatusDetails,
+)
+from keel.store import Compare, KeyValue, LeaseNotFound, Op, RangeResult, Store, TxnResult
+
+DEFAULT_MAX_OBJECT_BYTES = 1024 * 1024
+SYSTEM_NAMESPACES = ("default", "keel-system", "keel-node-lease")
+_UPDATE_ATTEMPTS = 16
+_GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_NAME = re.compile(NAME_RE)
+
+Mutate = Callable[[Resource], Resource]
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+class ApiError(Exception):
+    """An answer other than success, carried up to the handler as a Kubernetes Status."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: StatusDetails | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details
+        self.retry_after = retry_after
+
+    def status(self) -> Status:
+        return Status(
+            status="Failure",
+            message=self.message,
+            reason=self.reason,
+            code=self.code,
+            details=self.details,
+        )
+
+
+def _resource(info: KindInfo | None) -> str:
+    return info.plural if info else "objects"
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def not_found(info: KindInfo, name: str) -> ApiError:
+    return ApiError(
+        404,
+        "NotFound",
+        f'{info.plural} "{name}" not found',
+        details=StatusDetails(name=name, kind=info.plural),
+    )
+
+
+class _NamespaceChanged(Exception):
+    """The namespace's mod_revision moved between the check and the create txn."""
+
+
+def namespace_terminating(namespace: str) -> ApiError:
+    return ApiError(
+        403,
+        "Forbidden",
+        f'namespace "{namespace}" is being deleted: no new objects may be created in it',
+        details=StatusDetails(name=namespace, kind="namespaces"),
+    )
+
+
+def namespace_not_found(namespace: str) -> ApiError:
+    return ApiError(
+        404,
+        "NotFound",
+        f'namespaces "{namespace}" not found',
+        details=StatusDetails(name=namespace, kind="namespaces"),
+    )
+
+
+def already_exists(info: KindInfo, name: str) -> ApiError:
+    return ApiError(
+        409,
+        "AlreadyExists",
+        f'{info.plural} "{name}" already exists',
+        details=StatusDetails(name=name, kind=info.plural),
+    )
+
+
+def conflict(info: KindInfo, name: str, why: str) -> ApiError:
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {info.plural} "{name}": {why}',
+        details=StatusDetails(name=name, kind=info.plural),
+    )
+
+
+def invalid(info: KindInfo, name: str, causes: list[StatusCause]) -> ApiError:
+    summary = "; ".join(f"{c.field}: {c.message}" if c.field else c.message for c in causes)
+    return ApiError(
+        422,
+        "Invalid",
+        f'{info.kind} "{name}" is invalid: {summary}',
+        details=StatusDetails(name=name, kind=info.plural, causes=causes),
+    )
+
+
+def too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "RequestEntityTooLarge",
+        f"object of {size} bytes exceeds the limit of {limit} bytes; nothing was stored",
+    )
+
+
+# ------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True, slots=True)
+class Fencing:
+    """A `Keel-Fencing-Token: {namespace}/{lease}={token}` header, parsed."""
+
+    namespace: str
+    lease: str
+    token: int
+
+    @property
+    def key(self) -> bytes:
+        return BY_KIND["Lease"].key(self.namespace, self.lease)
+
+    @classmethod
+    def parse(cls, header: str) -> Fencing:
+        target, sep, token = header.strip().rpartition("=")
+        namespace, slash, lease = target.partition("/")
+        if not sep or not slash or not namespace or not lease or not token.strip().isdigit():
+            raise bad_request(
+                f"malformed Keel-Fencing-Token header {header!r}: expected "
+                "'{namespace}/{lease}={token}' with an integer token"
+            )
+        return cls(namespace, lease, int(token))
+
+
+@dataclass(frozen=True, slots=True)
+class Preconditions:
+    uid: str | None = None
+    resource_version: str | None = None
+
+
+@dataclass(slots=True)
+class WriteCounter:
+    """Store writes per (kind, verb): the consensus boundary, measured."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    listeners: list[Callable[[str, str], None]] = field(default_factory=list)
+
+    def add(self, kind: str, verb: str) -> None:
+        self.counts[(kind, verb)] = self.counts.get((kind, verb), 0) + 1
+        for listener in self.listeners:
+            listener(kind, verb)
+
+
+# ------------------------------------------------------------------------------ codecs
+
+_decoders: dict[type[Resource], msgspec.json.Decoder[Any]] = {}
+_encoder = msgspec.json.Encoder()
+
+
+def _decoder(model: type[Resource]) -> msgspec.json.Decoder[Any]:
+    decoder = _decoders.get(model)
+    if decoder is None:
+        decoder = _decoders[model] = msgspec.json.Decoder(model)
+    return decoder
+
+
+def encode(obj: Resource) -> bytes:
+    return _encoder.encode(obj)
+
+
+def from_kv(info: KindInfo, kv: KeyValue) -> Resource:
+    """A stored object as clients see it: resourceVersion (and a Lease's fencing token)
+    come from the store's revisions, never from the stored bytes."""
+    obj: Resource = _decoder(info.model).decode(kv.value)
+    obj = msgspec.structs.replace(
+        obj, metadata=msgspec.structs.replace(obj.metadata, resource_version=str(kv.mod_revision))
+    )
+    if isinstance(obj, Lease):
+        obj = msgspec.structs.replace(
+            obj, status=msgspec.structs.replace(obj.status, fencing_token=kv.create_revision)
+        )
+    return obj
+
+
+def to_stored(obj: Resource) -> Resource:
+    """The form kept in the store: no resourceVersion, no fencing token."""
+    obj = msgspec.structs.replace(
+        obj, metadata=msgspec.structs.replace(obj.metadata, resource_version="")
+    )
+    if isinstance(obj, Lease):
+        obj = msgspec.structs.replace(
+            obj, status=msgspec.structs.replace(obj.status, fencing_token=0)
+        )
+    return obj
+
+
+def with_revision(obj: Resource, revision: int, create_revision: int | None = None) -> Resource:
+    obj = msgspec.structs.replace(
+        obj, metadata=msgspec.structs.replace(obj.metadata, resource_version=str(revision))
+    )
+    if isinstance(obj, Lease) and create_revision is not None:
+        obj = msgspec.structs.replace(
+            obj, status=msgspec.structs.replace(obj.status, fencing_token=create_revision)
+        )
+    return obj
+
+
+def timestamp(now: float, *, micro: bool = False) -> str:
+    moment = dt.datetime.fromtimestamp(now, dt.UTC)
+    if micro:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------ decisions
+
+
+def _content(obj: Resource) -> tuple[Any, ...]:
+    """Everything but metadata and status: what `generation` counts changes of. Compared
+    as structs (field by field), never as encodings, which may omit defaults or not."""
+    skip = ("metadata", "status", "kind", "api_version")
+    return tuple(getattr(obj, f) for f in obj.__struct_fields__ if f not in skip)
+
+
+def has_status(info: KindInfo) -> bool:
+    return "status" in info.subresources
+
+
+def prepare_create(
+    info: KindInfo, obj: Resource, *, namespace: str, name: str, uid: str, now: float
+) -> Resource:
+    """The object as first stored: identity and bookkeeping fields are the server's."""
+    meta = msgspec.structs.replace(
+        obj.metadata,
+        name=name,
+        namespace=namespace if info.namespaced else "",
+        uid=uid,
+        resource_version="",
+        generation=1,
+        creation_timestamp=timestamp(now),
+        deletion_timestamp=None,
+    )
+    created = msgspec.structs.replace(obj, api_version=API_VERSION, kind=info.kind, metadata=meta)
+    if isinstance(created, Lease):
+        created = msgspec.structs.replace(
+            created, status=LeaseStatus(acquire_time=timestamp(now, micro=True))
+        )
+    return created
+
+
+def prepare_update(
+    info: KindInfo, current: Resource, proposed: Resource, *, subresource: str | None
+) -> Resource:
+    """What an update may change. `status`: only .status. Main resource: spec and the
+    user-owned metadata (labels, annotations, ownerReferences, finalizers); identity,
+    deletionTimestamp and (for kinds with a status subresource) status stay as stored.
+    `generation` rises when anything outside metadata and status changes."""
+    name = current.metadata.name
+    if subresource == "status":
+        return msgspec.structs.replace(current, status=proposed.status)  # type: ignore[attr-defined]
+    if subresource == "binding":
+        meta = msgspec.structs.replace(current.metadata, generation=current.metadata.generation + 1)
+        return msgspec.structs.replace(current, spec=proposed.spec, metadata=meta)  # type: ignore[attr-defined]
+    meta = msgspec.structs.replace(
+        current.metadata,
+        labels=proposed.metadata.labels,
+        annotations=proposed.metadata.annotations,
+        owner_references=proposed.metadata.owner_references,
+        finalizers=proposed.metadata.finalizers,
+    )
+    updated = msgspec.structs.replace(proposed, kind=info.kind, metadata=meta)
+    if has_status(info) or isinstance(current, Lease):
+        updated = msgspec.structs.replace(updated, status=current.status)  # type: ignore[attr-defined]
+    causes = immutable_changes(info, current, updated)
+    if causes:
+        raise invalid(info, name, causes)
+    if _content(updated) != _content(current):
+        meta = msgspec.structs.replace(meta, generation=current.metadata.generation + 1)
+        updated = msgspec.structs.replace(updated, metadata=meta)
+    return updated
+
+
+def immutable_changes(info: KindInfo, current: Resource, updated: Resource) -> list[StatusCause]:
+    """Fields that must not change after creation, and why."""
+    causes: list[StatusCause] = []
+    spec_old = getattr(current, "spec", None)
+    spec_new = getattr(updated, "spec", None)
+    if info.kind == "Revision" and _content(current) != _content(updated):
+        causes.append(
+            StatusCause("spec", "field is immutable: a Revision is a snapshot", "FieldValueInvalid")
+        )
+    node_old = getattr(spec_old, "node_name", None)
+    if node_old and node_old != getattr(spec_new, "node_name", None):
+        causes.append(
+            StatusCause(
+                "spec.nodeName",
+                "field is immutable once bound (use the binding subresource to bind)",
+                "FieldValueInvalid",
+            )
+        )
+    if node_old == "" and getattr(spec_new, "node_name", None):
+        causes.append(
+            StatusCause(
+                "spec.nodeName",
+                "an unbound instance is bound through the binding subresource",
+                "FieldValueInvalid",
+            )
+        )
+    holder_old = getattr(spec_old, "holder_identity", None)
+    if holder_old is not None and holder_old != getattr(spec_new, "holder_identity", None):
+        causes.append(
+            StatusCause(
+                "spec.holderIdentity",
+                "field is immutable: a new holder acquires the lease by creating it, which "
+                "gives it a new fencing token",
+                "FieldValueInvalid",
+            )
+        )
+    return causes
+
+
+DeleteAction = Literal["delete", "mark", "wait"]
+
+
+def plan_delete(obj: Resource, now: float) -> tuple[DeleteAction, Resource]:
+    """DELETE honours finalizers: with some left, the object is only marked with a
+    deletionTimestamp (once) and stays until an update empties them."""
+    if not obj.metadata.finalizers:
+        return "delete", obj
+    if obj.metadata.deletion_timestamp:
+        return "wait", obj
+    meta = msgspec.structs.replace(obj.metadata, deletion_timestamp=timestamp(now))
+    marked = msgspec.structs.replace(obj, metadata=meta)
+    if isinstance(marked, Namespace):
+        marked = msgspec.structs.replace(
+            marked, status=msgspec.structs.replace(marked.status, phase="Terminating")
+        )
+    return "mark", marked
+
+
+def finished_deleting(obj: Resource) -> bool:
+    """An update that empties the finalizers of a marked object completes its deletion."""
+    return bool(obj.metadata.deletion_timestamp) and not obj.metadata.finalizers
+
+
+def check_preconditions(info: KindInfo, obj: Resource, pre: Preconditions) -> None:
+    name = obj.metadata.name
+    if pre.uid and pre.uid != obj.metadata.uid:
+        raise conflict(info, name, f"precondition failed: uid is {obj.metadata.uid}, not {pre.uid}")
+    if pre.resource_version and pre.resource_version != obj.metadata.resource_version:
+        raise conflict(
+            info,
+            name,
+            "the object has been modified; please apply your changes to the latest version "
+            f"and try again (resourceVersion is {obj.metadata.resource_version}, "
+            f"not {pre.resource_version})",
+        )
+
+
+def generated_name(prefix: str, rng: random.Random) -> str:
+    return prefix + "".join(rng.choice(_GENERATE_ALPHABET) for _ in range(5))
+
+
+# ------------------------------------------------------------------------------ storage
+
+
+class Storage:
+    """Object CRUD over the store. Every write is one store transaction under /registry/."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        clock: Callable[[], float] | None = None,
+        writes: WriteCounter | None = None,
+    ) -> None:
+        import time
+
+        self.store = store
+        self.max_object_bytes = max_object_bytes
+        self.clock = clock or time.time
+        self.writes = writes if writes is not None else WriteCounter()
+        self._rng = random.Random()
+
+    # -- helpers
+
+    def _encode_checked(self, obj: Resource) -> bytes:
+        data = encode(to_stored(obj))
+        if len(data) > self.max_object_bytes:
+            raise too_large(len(data), self.max_object_bytes)
+        return data
+
+    @staticmethod
+    def _guards(fencing: Fencing | None) -> tuple[list[Compare], list[Op]]:
+        if fencing is None:
+            return [], []
+        return [Compare.create_revision(fencing.key, "==", fencing.token)], [Op.get(fencing.key)]
+
+    @staticmethod
+    def _fencing_failed(fencing: Fencing | None, result: TxnResult) -> ApiError | None:
+        """After a failed txn whose last failure op read the lease key: was it the token?"""
+        if fencing is None:
+            return None
+        response = result.responses[-1]
+        assert isinstance(response, RangeResult)
+        holder = response.kvs[0].create_revision if response.kvs else 0
+        if holder == fencing.token:
+            return None
+        now = f"the current token is {holder}" if holder else "the lease is not held"
+        return ApiError(
+            409,
+            "FencingTokenRejected",
+            f"fencing token {fencing.token} of lease {fencing.namespace}/{fencing.lease} "
+            f"is no longer current ({now}); nothing was written",
+            details=StatusDetails(name=fencing.lease, kind="leases"),
+        )
+
+    async def read(self, info: KindInfo, namespace: str, name: str) -> Resource | None:
+        """A linearizable read straight from the store."""
+        kv = await self.store.get(info.key(namespace, name))
+        return from_kv(info, kv) if kv is not None else None
+
+    # -- create
+
+    async def create(
+        self, info: KindInfo, obj: Resource, *, namespace: str, fencing: Fencing | None = None
+    ) -> Resource:
+        meta = obj.metadata
+        if not meta.name and not meta.generate_name:
+            raise invalid(
+                info,
+                "",
+                [
+                    StatusCause(
+                        "metadata.name", "name or generateName is required", "FieldValueRequired"
+                    )
+                ],
+            )
+        attempts = 1 if meta.name else 8
+        for _ in range(attempts):
+            name = meta.name or generated_name(meta.generate_name, self._rng)
+            if not _NAME.match(name):
+                raise invalid(
+                    info,
+                    name,
+                    [
+                        StatusCause(
+                            "metadata.generateName",
+                            f"{meta.generate_name!r} does not make a valid name (lower-case "
+                            "letters, digits, '-' and '.')",
+                            "FieldValueInvalid",
+                        )
+                    ],
+                )
+            try:
+                return await self._create_once_retrying(info, obj, namespace, name, fencing)
+            except ApiError as exc:
+                if meta.name or exc.reason != "AlreadyExists":
+                    raise
+        raise ApiError(
+            500, "InternalError", f"could not generate a unique name from {meta.generate_name!r}"
+        )
+
+    async def _create_once_retrying(
+        self, info: KindInfo, obj: Resource, namespace: str, name: str, fencing: Fencing | None
+    ) -> Resource:
+        for _ in range(5):
+            try:
+                return await self._create_once(info, obj, namespace, name, fencing)
+            except _NamespaceChanged:
+                continue  # the namespace was updated between our check and the txn
+        raise ApiError(409, "Conflict", f'namespace "{namespace}" kept changing; retry the create')
+
+    async def _create_once(
+        self, info: KindInfo, obj: Resource, namespace: str, name: str, fencing: Fencing | None
+    ) -> Resource:
+        now = self.clock()
+        created = prepare_create(
+            info, obj, namespace=namespace, name=name, uid=str(uuid.uuid4()), now=now
+        )
+        data = self._encode_checked(created)
+        key = info.key(namespace, name)
+        compares = [Compare.create_revision(key, "==", 0)]
+        failure = [Op.get(key)]
+        ns_key = BY_KIND["Namespace"].key("", namespace) if info.namespaced else None
+        if ns_key is not None:
+            # The namespace must exist and not be terminating, as of the same revision as
+            # the create: compare on the mod_revision of the namespace we checked.
+            ns_kv = await self.store.get(ns_key)
+            if ns_kv is None:
+                raise namespace_not_found(namespace)
+            if msgspec.json.decode(ns_kv.value, type=Namespace).metadata.deletion_timestamp:
+                raise namespace_terminating(namespace)
+            compares.append(Compare.mod_revision(ns_key, "==", ns_kv.mod_revision))
+            failure.append(Op.get(ns_key))
+        fence_compares, fence_ops = self._guards(fencing)
+        lease_id = 0
+        if isinstance(created, Lease):
+            lease_id = (await self.store.grant_lease(created.spec.lease_duration_seconds)).id
+            self.writes.add(info.kind, "grant")
+        try:
+            result = await self.store.txn(
+                compares + fence_compares, [Op.put(key, data, lease_id)], failure + fence_ops
+            )
+        except BaseException:
+            if lease_id:
+                await self._revoke_quietly(info, lease_id)
+            raise
+        if not result.succeeded:
+            if lease_id:
+                await self._revoke_quietly(info, lease_id)
+            fenced = self._fencing_failed(fencing, result)
+            if fenced is not None:
+                raise fenced
+            existing = result.responses[0]
+            assert isinstance(existing, RangeResult)
+            if existing.kvs:
+                raise already_exists(info, name)
+            raise _NamespaceChanged(namespace)
+        self.writes.add(info.kind, "create")
+        return with_revision(created, result.revision, result.revision)
+
+    async def _revoke_quietly(self, info: KindInfo, lease_id: int) -> None:
+        try:
+            await self.store.revoke_lease(lease_id)
+            self.writes.add(info.kind, "revoke")
+        except LeaseNotFound:
+            pass
+
+    # -- update
+
+    async def update(
+        self,
+        info: KindInfo,
+        namespace: str,
+        name: str,
+        mutate: Mutate,
+        *,
+        subresource: str | None = None,
+        fencing: Fencing | None = None,
+        verb: str = "update",
+    ) -> Resource:
+        """Read, `mutate`, write back if unchanged meanwhile; retried on a lost race unless
+        the mutated object names a resourceVersion (then that is a precondition: 409)."""
+        key = info.key(namespace, name)
+        for _ in range(_UPDATE_ATTEMPTS):
+            kv = await self.store.get(key)
+            if kv is None:
+                raise not_found(info, name)
+            current = from_kv(info, kv)
+            proposed = mutate(current)
+            wanted = proposed.metadata.resource_version
+            if wanted and wanted != current.metadata.resource_version:
+                check_preconditions(info, current, Preconditions(resource_version=wanted))
+            updated = prepare_update(info, current, proposed, subresource=subresource)
+            if updated == current:
+                return current  # nothing to write: an idle client writes nothing
+            if finished_deleting(updated):
+                ops = [Op.delete(key)]
+                data = b""
+            else:
+                data = self._encode_checked(updated)
+                ops = [Op.put(key, data, kv.lease or None)]
+            fence_compares, fence_ops = self._guards(fencing)
+            result = await self.store.txn(
+                [Compare.mod_revision(key, "==", kv.mod_revision), *fence_compares],
+                ops,
+                fence_ops,
+            )
+            if result.succeeded:
+                if not data:
+                    self.writes.add(info.kind, "delete")
+                    if kv.lease:
+                        await self._revoke_quietly(info, kv.lease)
+                else:
+                    self.writes.add(info.kind, verb)
+                return with_revision(updated, result.revision, kv.create_revision)
+            fenced = self._fencing_failed(fencing, result)
+            if fenced is not None:
+                raise fenced
+        raise conflict(info, name, "too many concurrent writers; try again")
+
+    async def bind(
+        self,
+        info: KindInfo,
+        namespace: str,
+        name: str,
+        node: str,
+        *,
+        resource_version: str = "",
+        fencing: Fencing | None = None,
+    ) -> Resource:
+        """Set spec.nodeName once (the scheduler's binding), with OCC."""
+
+        def mutate(current: Resource) -> Resource:
+            spec = current.spec  # type: ignore[attr-defined]
+            if current.metadata.deletion_timestamp:
+                raise conflict(info, name, "the instance is being deleted")
+            if spec.node_name:
+                raise conflict(info, name, f"already bound to node {spec.node_name!r}")
+            if resource_version and resource_version != current.metadata.resource_version:
+                check_preconditions(info, current, Preconditions(resource_version=resource_version))
+            return msgspec.structs.replace(
+                current, spec=msgspec.structs.replace(spec, node_name=node)
+            )
+
+        return await self.update(
+            info, namespace, name, mutate, subresource="binding", fencing=fencing, verb="binding"
+        )
+
+    # -- delete
+
+    async def delete(
+        self,
+        info: KindInfo,
+        namespace: str,
+        name: str,
+        *,
+        preconditions: Preconditions = Preconditions(),
+        fencing: Fencing | None = None,
+    ) -> tuple[Resource, bool]:
+        """Delete, or mark for deletion when finalizers remain. Returns the object (its
+        last state) and whether it is gone."""
+        key = info.key(namespace, name)
+        for _ in range(_UPDATE_ATTEMPTS):
+            kv = await self.store.get(key)
+            if kv is None:
+                raise not_found(info, name)
+            current = from_kv(info, kv)
+            check_preconditions(info, current, preconditions)
+            action, target = plan_delete(current, self.clock())
+            if action == "wait":
+                return current, False
+            fence_compares, fence_ops = self._guards(fencing)
+            if action == "delete":
+                op = Op.delete(key)
+            else:
+                op = Op.put(key, self._encode_checked(target), kv.lease or None)
+            result = await self.store.txn(
+                [Compare.mod_revision(key, "==", kv.mod_revision), *fence_compares],
+                [op],
+                fence_ops,
+            )
+            if result.succeeded:
+                if action == "delete":
+                    self.writes.add(info.kind, "delete")
+                    if kv.lease:
+                        await self._revoke_quietly(info, kv.lease)
+                else:
+                    self.writes.add(info.kind, "update")
+                return with_revision(
+                    target, result.revision, kv.create_revision
+                ), action == "delete"
+            fenced = self._fencing_failed(fencing, result)
+            if fenced is not None:
+                raise fenced
+        raise conflict(info, name, "too many concurrent writers; try again")
+
+    # -- leases
+
+    async def renew(self, namespace: str, name: str, holder: str, token: int) -> Resource:
+        """A lease renewal is a store keep-alive, never a store write."""
+        info = BY_KIND["Lease"]
+        kv = await self.store.get(info.key(namespace, name))
+        if kv is None:
+            raise not_found(info, name)
+        lease = from_kv(info, kv)
+        assert isinstance(lease, Lease)
+        if lease.spec.holder_identity != holder or kv.create_revision != token:
+            raise conflict(
+                info,
+                name,
+                f"held by {lease.spec.holder_identity!r} with fencing token "
+                f"{kv.create_revision}, not {holder!r} with {token}",
+            )
+        try:
+            await self.store.keepalive(kv.lease)
+        except LeaseNotFound:
+            raise not_found(info, name) from None
+        return lease
+
+    # -- bootstrap
+
+    async def ensure_namespaces(self, names: tuple[str, ...] = SYSTEM_NAMESPACES) -> None:
+        info = BY_KIND["Namespace"]
+        for name in names:
+            if await self.store.get(info.key("", name)) is not None:
+                continue
+            obj = Namespace(metadata=ObjectMeta(name=name))
+            try:
+                await self.create(info, obj, namespace="")
+            except ApiError as exc:
+                if exc.reason != "AlreadyExists":  # another API server was quicker
+                    raise
