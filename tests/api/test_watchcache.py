@@ -347,10 +347,17 @@ async def test_undecodable_value_is_skipped_and_the_cache_keeps_going(
     errors = cache.decode_errors
     await store.put(LEASES.key(ns, "bad"), b'{"spec": {"holderIdentity": 7}}')
     await store.put(LEASES.key(ns, "worse"), b"not json")
+    # Keys that are not an object's: an unknown kind, a bad shape, bytes that aren't UTF-8.
+    await store.put(b"/registry/widgets/" + ns.encode() + b"/w", lease_value(ns, "w"))
+    await store.put(LEASES.key(ns, "x") + b"/extra", lease_value(ns, "x"))
+    await store.put(LEASES.key_prefix(ns) + b"\xff\xfe", lease_value(ns, "y"))
     good = await put_lease(store, ns, "good")
     assert summary(await read_lines(watch, 1)) == [("ADDED", "good", str(good))]
     assert cache.decode_errors == errors + 2
     assert cache.get(LEASES, ns, "bad") is None
+    assert cache.relists == 0
+    await store.txn([], [Op.delete(b"/registry/widgets/" + ns.encode() + b"/", prefix=True)])
+    await store.txn([], [Op.delete(LEASES.key_prefix(ns), prefix=True)])
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -614,6 +621,27 @@ async def test_predicate_transitions_send_added_and_deleted(
     ]
     # The DELETED of a transition carries the new state: the reason it left.
     assert lines[2]["object"]["metadata"]["labels"] == {"app": "db"}
+
+
+async def test_a_shared_predicate_is_evaluated_per_change_not_per_watcher(
+    store: Store, cache: WatchCache, ns: str
+) -> None:
+    calls = 0
+
+    def web(o: CachedObject) -> bool:
+        nonlocal calls
+        calls += 1
+        return o.obj.metadata.labels.get("app") == "web"
+
+    watchers = [cache.watch(SERVICES, ns, 0, web) for _ in range(200)]
+    first = await put_service(store, ns, "s", {"app": "web"})
+    second = await put_service(store, ns, "s", {"app": "web", "v": "2"})
+    for watch in watchers:
+        assert summary(await read_lines(watch, 2)) == [
+            ("ADDED", "s", str(first)),
+            ("MODIFIED", "s", str(second)),
+        ]
+    assert calls <= 4  # new and previous state of two changes, for all 200 watchers
 
 
 async def test_a_failing_predicate_hides_the_object_but_breaks_nothing(

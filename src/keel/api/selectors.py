@@ -6,6 +6,7 @@ says what was expected; the server answers 400 with it.
 
 from __future__ import annotations
 
+import functools
 import re
 import typing
 from collections.abc import Iterable, Mapping
@@ -197,6 +198,7 @@ def _model_has(model: type, path: str) -> bool:
     return True
 
 
+@functools.cache
 def supported_fields(model: type) -> frozenset[str]:
     """The field paths of FIELD_PATHS that a kind's model has."""
     return frozenset(p for p in FIELD_PATHS if _model_has(model, p))

@@ -442,6 +442,9 @@ class ApiServer:
         self.boot_error: BaseException | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._compactor: Compactor | None = None
+        self._predicates: dict[
+            tuple[str, str | None, str | None], Callable[[CachedObject], bool] | None
+        ] = {}
         self.app = self._build_app()
 
     # -- lifecycle
@@ -830,6 +833,21 @@ class ApiServer:
 
         return matches
 
+    def _shared_cache_predicate(
+        self, request: Request, info: KindInfo
+    ) -> Callable[[CachedObject], bool] | None:
+        """One predicate object per (kind, selectors), so the watch cache evaluates it once
+        per change for all the watchers that share it, not once per watcher."""
+        params = request.query_params
+        key = (info.plural, params.get("labelSelector"), params.get("fieldSelector"))
+        if key in self._predicates:
+            return self._predicates[key]
+        predicate = self._cached_predicate(self._predicate(request, info))
+        if len(self._predicates) >= 1024:
+            self._predicates.pop(next(iter(self._predicates)))
+        self._predicates[key] = predicate
+        return predicate
+
     @staticmethod
     def _cached_predicate(
         predicate: Callable[[Resource], bool] | None,
@@ -918,7 +936,7 @@ class ApiServer:
         await self._ensure_ready()
         info = target.info
         params = request.query_params
-        predicate = self._cached_predicate(self._predicate(request, info))
+        predicate = self._shared_cache_predicate(request, info)
         bookmarks = params.get("allowWatchBookmarks", "").lower() in ("true", "1")
         timeout_text = params.get("timeoutSeconds", "")
         try:

@@ -22,6 +22,21 @@ from keel.api.registry import BY_PLURAL, REGISTRY_PREFIX, KindInfo
 from keel.api.resources import API_VERSION, Lease, Resource
 from keel.store import CompactedError, Event, EventType, KeyValue, Store, WatchBatch
 
+__all__ = [
+    "ADDED",
+    "DELETED",
+    "MODIFIED",
+    "CacheWatch",
+    "CachedObject",
+    "Expired",
+    "KindStats",
+    "Predicate",
+    "WatchCache",
+    "bookmark_line",
+    "encode_object",
+    "expired_line",
+]
+
 log = logging.getLogger(__name__)
 
 ADDED = "ADDED"
@@ -267,10 +282,11 @@ class _KindCache:
         self.ring = _Ring()
         # Every change with revision > horizon is in the ring: the oldest exclusive start.
         self.horizon = horizon
-        # Watchers without predicate or start filter, all namespaces / one namespace: they
-        # take every line of a batch as is. The rest decide per change.
-        self.plain_all: dict[CacheWatch, None] = {}
-        self.plain_ns: dict[str, dict[CacheWatch, None]] = {}
+        # Watchers by namespace (None: all) and predicate (None: everything). A predicate is
+        # evaluated once per change for its whole group, so watchers sharing a selector
+        # (the server passes one predicate object per selector) cost a list extend each.
+        self.groups: dict[str | None, dict[Predicate | None, dict[CacheWatch, None]]] = {}
+        # Watchers starting ahead of the cache, which must skip changes one by one.
         self.slow: dict[CacheWatch, None] = {}
 
     def put(self, cached: CachedObject) -> CachedObject | None:
@@ -308,13 +324,14 @@ class _KindCache:
         self.horizon = max(self.horizon, horizon)
 
     def watchers(self) -> Iterable[CacheWatch]:
-        yield from self.plain_all
-        for group in self.plain_ns.values():
-            yield from group
+        for by_predicate in self.groups.values():
+            for group in by_predicate.values():
+                yield from group
         yield from self.slow
 
     def watcher_count(self) -> int:
-        return len(self.plain_all) + sum(len(g) for g in self.plain_ns.values()) + len(self.slow)
+        grouped = sum(len(g) for by_pred in self.groups.values() for g in by_pred.values())
+        return grouped + len(self.slow)
 
 
 class CacheWatch:
@@ -455,13 +472,40 @@ class CacheWatch:
         return len(self._queue)
 
 
+def _push_groups(
+    by_predicate: dict[Predicate | None, dict[CacheWatch, None]],
+    changes: Sequence[_Change],
+    behind: list[CacheWatch],
+) -> None:
+    """Give each group of watchers its lines: decided once per group, shared by members."""
+    for predicate, members in by_predicate.items():
+        if predicate is None:
+            lines = [c.line for c in changes]
+        else:
+            lines = [line for c in changes if (line := _line_for(c, predicate)) is not None]
+            if not lines:
+                continue
+        for watcher in members:
+            if not watcher._push(lines):
+                behind.append(watcher)
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
 
 class WatchCache:
-    """Every kind's cache, fed by ONE store watch on /registry/ (demultiplexed by kind)."""
+    """Every kind's cache, fed by ONE store watch on /registry/ (demultiplexed by kind).
+
+    The ring keeps at least `ring_seconds` of changes or `ring_min_events` per kind, whichever
+    is more (`ring_max_events`, if set, is a hard cap). A watcher with more than
+    `max_pending_per_watcher` lines unread is cut off with a 410 line. Readers are woken in
+    rounds at least `delivery_interval` apart (the first change after a quiet spell goes
+    out at once), so a busy stream is written in chunks of many lines. If the store watch
+    fails, it resumes from the next revision; only when the store has compacted that away
+    (or a batch was half applied) does the cache relist.
+    """
 
     def __init__(
         self,
@@ -639,42 +683,44 @@ class WatchCache:
 
     def _register(self, watcher: CacheWatch) -> None:
         kind = watcher._kind
-        if watcher.predicate is not None or watcher.after > self.revision:
+        if watcher.after > self.revision:
             kind.slow[watcher] = None
-        elif watcher.namespace is None:
-            kind.plain_all[watcher] = None
         else:
-            kind.plain_ns.setdefault(watcher.namespace, {})[watcher] = None
+            by_predicate = kind.groups.setdefault(watcher.namespace, {})
+            by_predicate.setdefault(watcher.predicate, {})[watcher] = None
 
     def _unregister(self, watcher: CacheWatch) -> None:
         kind = watcher._kind
-        kind.plain_all.pop(watcher, None)
-        kind.slow.pop(watcher, None)
-        if watcher.namespace is not None:
-            group = kind.plain_ns.get(watcher.namespace)
-            if group is not None:
-                group.pop(watcher, None)
-                if not group:
-                    del kind.plain_ns[watcher.namespace]
+        if watcher in kind.slow:
+            del kind.slow[watcher]
+            return
+        by_predicate = kind.groups.get(watcher.namespace)
+        if by_predicate is None:
+            return
+        group = by_predicate.get(watcher.predicate)
+        if group is not None:
+            group.pop(watcher, None)
+            if not group:
+                del by_predicate[watcher.predicate]
+                if not by_predicate:
+                    del kind.groups[watcher.namespace]
 
     def _fan_out(self, kind: _KindCache, changes: Sequence[_Change]) -> None:
         """Hand a batch of one kind's changes to its watchers. Per watcher this is a list
         extend, plus a predicate call for filtered watchers: no encoding here."""
         behind: list[CacheWatch] = []
-        if kind.plain_all:
-            lines = [c.line for c in changes]
-            for watcher in kind.plain_all:
-                if not watcher._push(lines):
-                    behind.append(watcher)
-        if kind.plain_ns:
-            by_ns: dict[str, list[bytes]] = {}
-            for c in changes:
-                if c.namespace in kind.plain_ns:
-                    by_ns.setdefault(c.namespace, []).append(c.line)
-            for ns, lines in by_ns.items():
-                for watcher in kind.plain_ns[ns]:
-                    if not watcher._push(lines):
-                        behind.append(watcher)
+        groups = kind.groups
+        if groups:
+            everywhere = groups.get(None)
+            if everywhere:
+                _push_groups(everywhere, changes, behind)
+            if len(groups) > (1 if everywhere else 0):
+                by_ns: dict[str, list[_Change]] = {}
+                for c in changes:
+                    if c.namespace in groups:
+                        by_ns.setdefault(c.namespace, []).append(c)
+                for ns, ns_changes in by_ns.items():
+                    _push_groups(groups[ns], ns_changes, behind)
         if kind.slow:
             for watcher in kind.slow:
                 namespace, after, predicate = watcher.namespace, watcher.after, watcher.predicate
@@ -717,18 +763,19 @@ class WatchCache:
     # ------------------------------------------------------------------ applying changes
 
     def _locate(self, key: bytes) -> tuple[_KindCache, str, str] | None:
-        """Kind, namespace and name of a /registry/ key, or None for a foreign key."""
+        """Kind, namespace and name of a /registry/ key, or None for a foreign key (such
+        keys are not the API server's: they are ignored, not an error)."""
         parts = key[len(REGISTRY_PREFIX) :].split(b"/")
         kind = self._kinds.get(parts[0].decode(errors="replace"))
-        if kind is None:
+        if kind is None or len(parts) != (3 if kind.info.namespaced else 2):
+            return None
+        try:
+            names = [part.decode() for part in parts[1:]]
+        except UnicodeDecodeError:
             return None
         if kind.info.namespaced:
-            if len(parts) != 3:
-                return None
-            return kind, parts[1].decode(), parts[2].decode()
-        if len(parts) != 2:
-            return None
-        return kind, "", parts[1].decode()
+            return kind, names[0], names[1]
+        return kind, "", names[0]
 
     def _stamp(
         self, kind: _KindCache, namespace: str, name: str, obj: Resource, kv: KeyValue
@@ -761,7 +808,7 @@ class WatchCache:
         kind, namespace, name = located
         try:
             obj = kind.decoder.decode(kv.value)
-        except (msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
             self.decode_errors += 1
             log.warning("watch cache: skipping %r at revision %d: %s", kv.key, kv.mod_revision, exc)
             return None
