@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ETCD_STAMP := .cache/etcd/.provisioned
 
-.PHONY: run test setup etcd lint typecheck unit proto bench bench-store bench-api soak clean
+.PHONY: run test setup etcd lint typecheck unit proto bench bench-store bench-api bench-runtime soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,10 @@ unit: setup
 
 test: setup lint typecheck unit
 
-# The platform on one machine: embedded store in .keel, API on 127.0.0.1:7070 (Ctrl-C stops).
+# The platform on one machine: embedded store in .keel, API on 127.0.0.1:7070, 2 clusters x 2
+# node agents, and examples/hello.yaml deployed. Ctrl-C stops everything, workloads included.
 run: setup
-	$(VENV)/bin/keel up --state-dir .keel --listen 127.0.0.1:7070
+	$(VENV)/bin/keel up --state-dir .keel --listen 127.0.0.1:7070 --apply examples/hello.yaml
 
 # Regenerate the etcd descriptor module from our own .proto subset.
 proto: $(STAMP)
@@ -45,7 +46,10 @@ bench-store: setup
 bench-api: setup
 	$(PY) benchmarks/api.py
 
-bench: bench-store bench-api
+bench-runtime: setup
+	$(PY) benchmarks/runtime.py
+
+bench: bench-store bench-api bench-runtime
 
 # Long runs, outside the default suite.
 soak: setup

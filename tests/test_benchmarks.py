@@ -52,3 +52,21 @@ def test_api_benchmark_quick_run_prints_every_figure() -> None:
     ):
         assert line in out, out
     assert "(100.0% of" in out, out  # every watcher got every event
+
+
+def test_runtime_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "runtime.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    out = proc.stdout
+    for line in (
+        "cold start, 2,000 objects: every key reconciled once after",
+        "informer restart, 2,000 objects: full relist",
+        "failover after SIGKILL of the leader",
+        "failover after SIGSTOP of the leader",
+    ):
+        assert line in out, out

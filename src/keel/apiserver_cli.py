@@ -122,7 +122,11 @@ class ServeOptions:
 async def serve(
     options: ServeOptions,
     after_ready: Callable[[Any], Coroutine[Any, Any, None]] | None = None,
+    before_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
+    """Serve until SIGINT/SIGTERM. `after_ready(api)` runs once the API is up;
+    `before_stop()` runs on the signal, while the API still serves (`keel up` stops its
+    agents there, so they can still report and release their leases)."""
     import uvicorn
 
     from keel.api.server import ApiServer
@@ -174,10 +178,24 @@ async def serve(
     loop = asyncio.get_running_loop()
     ending: list[asyncio.Task[None]] = []
 
+    async def shut_down() -> None:
+        if before_stop is not None:
+            try:
+                await before_stop()
+            except Exception:
+                log.exception("stopping components failed")
+        await api.end_watches()
+
     def on_signal() -> None:
-        if not ending:
-            ending.append(asyncio.create_task(api.end_watches()))
-        server.request_exit()
+        if ending:  # a second Ctrl-C: stop now
+            server.request_exit()
+            return
+        task = asyncio.create_task(shut_down())
+        # Streams still open when uvicorn's grace ends are cancelled on purpose; that is
+        # not an error worth a traceback on the user's terminal.
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+        task.add_done_callback(lambda _: server.request_exit())
+        ending.append(task)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -274,13 +292,44 @@ def cmd_apiserver(args: argparse.Namespace) -> int:
     return _guarded("apiserver", lambda: _run(serve(_options(args, "apiserver"))))
 
 
+def component_tokens(token_path: Path, items: list[Any]) -> dict[str, str]:
+    """A token of its role for every component, added to the token file on first use and
+    reused afterwards. Must run before the server loads the file."""
+    by_name = {(name, role): token for token, (name, role) in read_tokens(token_path).items()}
+    tokens: dict[str, str] = {}
+    for item in items:
+        name = item.name.split("/")[-1]
+        token = by_name.get((name, item.role)) or by_name.get((item.role, item.role))
+        if token is None:
+            token = TokenFile.append(token_path, name, item.role)
+        tokens[name] = token
+    return tokens
+
+
+def component_kubeconfigs(
+    state_dir: Path, url: str, tokens: dict[str, str], ca_file: str | None
+) -> None:
+    """A kubeconfig per component: STATE/kubeconfigs/NAME."""
+    directory = state_dir / "kubeconfigs"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, token in tokens.items():
+        write_kubeconfig(directory / name, url, token, ca_file)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    from keel.up import Supervisor, components
+
     if args.clusters < 0 or args.nodes_per_cluster < 0:
         print("keel up: --clusters and --nodes-per-cluster must be >= 0", file=sys.stderr)
         return 1
     options = _options(args, "up")
+    items = components(options.state_dir, options.clusters, args.nodes_per_cluster)
+    supervisor = Supervisor(items, options.state_dir / "logs")
+    token_path = options.token_file or options.state_dir / TOKEN_FILE
+    ensure_tokens(token_path)
+    tokens = component_tokens(token_path, items)  # before the server loads the file
 
-    async def create_clusters(api: Any) -> None:
+    async def start_platform(api: Any) -> None:
         from keel.api.registry import BY_KIND
         from keel.api.resources import Cluster, ObjectMeta
 
@@ -294,14 +343,31 @@ def cmd_up(args: argparse.Namespace) -> int:
                 await api.storage.create(
                     info, Cluster(metadata=ObjectMeta(name=name)), namespace=""
                 )
-        if args.nodes_per_cluster:
-            print(
-                f"keel up: {options.clusters} cluster(s) ready; node agents arrive in a later "
-                f"release, so --nodes-per-cluster {args.nodes_per_cluster} starts no nodes yet",
-                flush=True,
-            )
+        url = load_kubeconfig(options.state_dir / KUBECONFIG)[0]
+        component_kubeconfigs(options.state_dir, url, tokens, options.tls_cert)
+        await supervisor.start()
+        print(
+            f"keel up: {options.clusters} cluster(s), {len(items) - 2} node agent(s), "
+            f"controller-manager and scheduler started (logs in {options.state_dir / 'logs'})",
+            flush=True,
+        )
+        if args.apply:
+            await apply_and_report(args.apply, options.state_dir / KUBECONFIG)
 
-    return _guarded("up", lambda: _run(serve(options, create_clusters)))
+    return _guarded("up", lambda: _run(serve(options, start_platform, supervisor.stop)))
+
+
+async def apply_and_report(path: str, kubeconfig: Path) -> None:
+    """`keel up --apply FILE`: apply it, then say how to reach its Services."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "keel", "apply", "-f", path, "--kubeconfig", str(kubeconfig)
+    )
+    if await proc.wait() != 0:
+        print(f"keel up: applying {path} failed (see above)", flush=True)
+        return
+    from keel.up import report_services
+
+    await report_services(path, kubeconfig)
 
 
 # ------------------------------------------------------------------------- boundary
@@ -420,13 +486,12 @@ def _serve_arguments(parser: argparse.ArgumentParser, *, up: bool) -> None:
         "--admission-burst", type=int, default=400, help="burst per principal (default 400)"
     )
     if up:
-        parser.add_argument("--clusters", type=int, default=1, help="Cluster objects (default 1)")
+        parser.add_argument("--clusters", type=int, default=2, help="clusters (default 2)")
         parser.add_argument(
-            "--nodes-per-cluster",
-            type=int,
-            default=0,
-            help="node agents per cluster (accepted; agents arrive in a later release, so "
-            "no nodes are started yet)",
+            "--nodes-per-cluster", type=int, default=2, help="node agents per cluster (default 2)"
+        )
+        parser.add_argument(
+            "--apply", default=None, metavar="FILE", help="apply FILE once the platform is up"
         )
 
 
@@ -439,8 +504,8 @@ def add_apiserver_commands(commands: Any) -> None:
 
     up = commands.add_parser(
         "up",
-        help="the platform on one machine: API server over an embedded store, Cluster "
-        "objects (agents arrive in a later release)",
+        help="the platform on one machine: API server over an embedded store, "
+        "controller-manager, scheduler and node agents",
     )
     _serve_arguments(up, up=True)
     up.set_defaults(run=cmd_up)

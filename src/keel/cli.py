@@ -15,11 +15,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
+    from keel.agent_cli import add_agent_commands
     from keel.apiserver_cli import add_apiserver_commands
+    from keel.commands import add_client_commands
+    from keel.controller_manager_cli import add_controller_manager_commands
     from keel.dev.cli import add_dev_commands
+    from keel.scheduler_cli import add_scheduler_commands
     from keel.store_cli import add_store_commands
 
     add_apiserver_commands(commands)
+    add_controller_manager_commands(commands)
+    add_scheduler_commands(commands)
+    add_agent_commands(commands)
+    add_client_commands(commands)
     add_store_commands(commands)
     add_dev_commands(commands)
     return parser

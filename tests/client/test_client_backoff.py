@@ -91,6 +91,20 @@ def test_watch_cursor_resumes_at_once_after_progress_and_backs_off_without() -> 
     assert cursor.resource_version == "7"
 
 
+def test_simultaneous_relists_after_410_are_spread_over_time() -> None:
+    rng = random.Random(1)
+    delays = []
+    for _ in range(200):
+        cursor = WatchCursor("5")
+        cursor.connecting()
+        cursor.observed("9")  # the connection had made progress: still no instant relist
+        cursor.ended(expired=True)
+        delays.append(cursor.delay(Backoff(), rng))
+    assert all(0.0 <= d <= 1.0 for d in delays)
+    assert max(delays) - min(delays) > 0.8  # spread over the window, not in lockstep
+    assert sum(d < 0.1 for d in delays) < 40
+
+
 def test_watch_cursor_relists_after_expiry_and_then_continues_from_the_list() -> None:
     cursor = WatchCursor("5")
     cursor.connecting()

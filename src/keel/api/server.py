@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import json
 import logging
@@ -912,14 +913,17 @@ class ApiServer:
         items: list[Resource] = []
         more = 0
         last_key = b""
-        for kv in result.kvs:
-            if kv.key <= after:
-                continue
+        kvs = result.kvs
+        start = bisect.bisect_right([kv.key for kv in kvs], after) if after else 0
+        for index in range(start, len(kvs)):
+            kv = kvs[index]
+            if limit and len(items) >= limit:
+                # Count what is left without decoding it when there is no selector (as
+                # Kubernetes, no count with one): a page costs O(limit) decodes.
+                more = len(kvs) - index if predicate is None else -1
+                break
             obj = from_kv(info, kv)
             if predicate is not None and not predicate(obj):
-                continue
-            if limit and len(items) >= limit:
-                more += 1
                 continue
             items.append(obj)
             last_key = kv.key
@@ -928,7 +932,7 @@ class ApiServer:
             meta = ListMeta(
                 resource_version=str(at),
                 continue_=encode_continue(at, last_key),
-                remaining_item_count=more,
+                remaining_item_count=more if more > 0 else None,
             )
         return Response(list_body(info, [encode_object(o) for o in items], meta), media_type=JSON)
 

@@ -72,6 +72,7 @@ class InstanceUsage(_Record, frozen=True):
     restarts: Annotated[int, msgspec.Meta(ge=0)]
     time: Time | None = None
     ttl_seconds: TtlSeconds | None = None
+    log_path: Annotated[str, msgspec.Meta(max_length=4096)] | None = None  # for `keel logs`
 
 
 class ObjectReference(_Record, frozen=True):

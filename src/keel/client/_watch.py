@@ -57,6 +57,9 @@ class Bookmark(msgspec.Struct):
     metadata: _RVMeta = msgspec.field(default_factory=_RVMeta)
 
 
+RELIST_SPREAD = 1.0  # seconds over which simultaneous relists are spread
+
+
 @dataclass
 class WatchCursor:
     """Where a watch stands, and what it must do next after a connection ends."""
@@ -92,8 +95,12 @@ class WatchCursor:
         """Seconds to wait before the next connection or relist.
 
         A connection that delivered something and then ended is resumed at once; only
-        attempts that made no progress back off, exponentially and with jitter.
+        attempts that made no progress back off, exponentially and with jitter. A relist
+        after 410 always waits a random time in [0, max(RELIST_SPREAD, backoff)]: after an
+        API-server restart every watcher gets 410 at once, and lists are the expensive call.
         """
+        if self.relist_needed:
+            return rng.uniform(0.0, max(RELIST_SPREAD, backoff.ceiling(self.failures)))
         if self.failures == 0:
             return 0.0
         return backoff.delay(self.failures - 1, rng)

@@ -1,0 +1,685 @@
+"""The node agent's asyncio shell: registers the Node, holds and renews the node lease,
+watches the Instances bound here, and executes what `plan` decides (start, stop, probe,
+report a status transition) while usage and events go to telemetry, never to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msgspec.structs import replace
+
+from keel.agent import _driver, _health, _procfs
+from keel.agent._plan import (
+    Action,
+    Forget,
+    Kill,
+    Probe,
+    Record,
+    Report,
+    Start,
+    Stop,
+    View,
+    instance_key,
+    iso_time,
+    new_record,
+    next_wakeup,
+    observe_exit,
+    observe_probe,
+    observe_start_failed,
+    observe_started,
+    observe_stopping,
+    plan,
+)
+from keel.agent._state import LeaseMemo, StateDir, load_lease, save_lease
+from keel.api.resources import (
+    Instance,
+    Lease,
+    Node,
+    NodeAddress,
+    NodeSpec,
+    NodeStatus,
+    ObjectMeta,
+    ResourceList,
+)
+from keel.client import (
+    AlreadyExists,
+    Backoff,
+    Conflict,
+    FencingTokenRejected,
+    Invalid,
+    KeelClient,
+    KeelClientError,
+    NotFound,
+)
+
+log = logging.getLogger("keel.agent")
+
+NODE_LEASE_NAMESPACE = "keel-node-lease"
+CLUSTER_LABEL = "keel.dev/cluster"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    cluster: str
+    state_dir: Path
+    capacity: ResourceList = field(default_factory=ResourceList)
+    lease_duration: int = 10
+    fence_margin: float = 2.0  # stop exclusive instances this long before the lease ends
+    host_ip: str = "127.0.0.1"
+    heartbeat_interval: float = 5.0
+    leave_running: bool = False  # on shutdown, leave workloads running (re-adopted later)
+    tick: float = 0.25  # how often exits of adopted processes are polled
+    reconnect: Backoff = field(default_factory=lambda: Backoff(0.5, 10.0, 2.0, 0.5))
+
+
+class Agent:
+    def __init__(
+        self, client: KeelClient, config: AgentConfig, *, rng: random.Random | None = None
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.rng = rng or random.Random()
+        self.state = StateDir(config.state_dir)
+        self.records: dict[str, Record] = {}
+        self._saved: dict[str, Record] = {}
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.desired: dict[str, Instance] = {}
+        self.synced = False
+        self.watch_rv = 0
+        self.lease: Lease | None = None
+        self.lease_ok_at = 0.0  # monotonic send time of the last successful renewal
+        self.stopping_all = False
+        self._wake = asyncio.Event()
+        self._reporting: set[str] = set()
+        self._report_retry: dict[str, float] = {}
+        self._probing: set[str] = set()
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._usage: dict[str, tuple[float, int]] = {}  # key -> (time, cpu ticks)
+        self._log_path_accepted = True
+        self._adopted_lease = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; then stop the workloads (unless `leave_running`)."""
+        self._adopt()
+        background: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            self._register_loop,
+            self._lease_loop,
+            self._watch_loop,
+            self._telemetry_loop,
+            self._event_loop,
+        ]
+        self._tasks = [asyncio.create_task(fn(), name=fn.__name__) for fn in background]
+        try:
+            while not stop.is_set():
+                try:
+                    await self._reconcile_once()
+                except Exception:
+                    log.exception("reconcile failed")  # keep going: workloads depend on it
+                await self._sleep_until_due(stop)
+            if not self.config.leave_running:
+                await self._stop_everything()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._persist()
+            await self._flush_events()
+
+    async def _stop_everything(self) -> None:
+        log.info("stopping %d workload(s)", sum(r.running for r in self.records.values()))
+        self.stopping_all = True
+        longest = max(
+            (r.spec.termination_grace_period_seconds for r in self.records.values()), default=0
+        )
+        deadline = time.monotonic() + longest + 10.0  # SIGKILL was sent long before this
+        while any(r.running for r in self.records.values()) and time.monotonic() < deadline:
+            await self._reconcile_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.tick)
+            self._wake.clear()
+        lease = self.lease
+        if lease is not None:
+            self.lease = None
+            save_lease(self.config.state_dir, None)
+            with contextlib.suppress(KeelClientError, OSError, TimeoutError):
+                await asyncio.wait_for(self.client.release_lease(lease), 2.0)
+
+    async def _sleep_until_due(self, stop: asyncio.Event) -> None:
+        now = time.time()
+        delay = min(self.config.tick, next_wakeup(self.records.values(), now) - now)
+        waiter = asyncio.create_task(self._wake.wait())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait(
+                {waiter, stopper}, timeout=max(0.0, delay), return_when="FIRST_COMPLETED"
+            )
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ adoption
+
+    def _adopt(self) -> None:
+        """Take over what an earlier agent started: live processes keep running, and a
+        recently renewed node lease is renewed again rather than waited out."""
+        now = time.time()
+        memo = load_lease(self.config.state_dir)
+        age = now - memo.renewed_at if memo is not None else -1.0
+        duration = min(
+            self.config.lease_duration,
+            memo.lease.spec.lease_duration_seconds if memo is not None else 0,
+        )
+        if memo is not None and 0 <= age < duration:
+            self.lease = memo.lease
+            self.lease_ok_at = time.monotonic() - age
+            self._adopted_lease = True
+        for key, loaded in self.state.load().items():
+            record = loaded
+            if record.running and not _procfs.alive(record.pid, record.proc_start):
+                log.info("%s: process %d ended while the agent was away", key, record.pid)
+                _driver.kill_leftovers(record.pid)
+                record = observe_exit(record, None, now)
+                self._event(record, "Exited", record.message or "exited", warning=True)
+            elif record.running:
+                log.info("%s: re-adopted running process %d", key, record.pid)
+            self.records[key] = record
+            self._saved[key] = loaded
+
+    # ------------------------------------------------------------------ reconcile
+
+    @property
+    def lease_fresh(self) -> bool:
+        """Renewed recently enough that exclusive instances may keep running: the lease
+        cannot expire (and the control plane move them) within `fence_margin` seconds."""
+        if self.lease is None:
+            return False
+        fresh_until = self.lease_ok_at + self.config.lease_duration - self.config.fence_margin
+        return time.monotonic() < fresh_until
+
+    @property
+    def bindings_fresh(self) -> bool:
+        """The watched bindings are at least as new as the lease's acquisition."""
+        lease = self.lease
+        return lease is not None and self.watch_rv >= _rv(lease.metadata.resource_version)
+
+    def view(self) -> View:
+        return View(
+            node=self.config.node,
+            host_ip=self.config.host_ip,
+            synced=self.synced,
+            exclusive_ok=self.lease_fresh,
+            bindings_fresh=self.bindings_fresh,
+            fence_grace=max(0.0, self.config.fence_margin - 0.5),
+            stopping_all=self.stopping_all,
+        )
+
+    async def _reconcile_once(self) -> None:
+        now = time.time()
+        self._observe_exits(now)
+        for action in plan(self.desired, self.records, now, self.view()):
+            try:
+                self._execute(action, now)
+            except Exception:
+                log.exception("executing %s failed", action)
+        self._persist()
+
+    def _observe_exits(self, now: float) -> None:
+        for key, record in list(self.records.items()):
+            if not record.running:
+                continue
+            child = self.children.get(key)
+            code: int | None
+            if child is not None and child.pid == record.pid:
+                code = child.poll()
+                if code is None:
+                    continue
+            elif _procfs.alive(record.pid, record.proc_start):
+                continue
+            else:
+                code = None
+            self.children.pop(key, None)
+            _driver.kill_leftovers(record.pid)
+            after = observe_exit(record, code, now)
+            self.records[key] = after
+            if not record.stopping:
+                text = after.message or "exited with code 0"
+                if after.next_start_at:
+                    text += f" in {after.next_start_at - now:g}s"
+                self._event(after, "Exited", text, warning=code != 0)
+            else:
+                self._event(after, "Stopped", after.message or "stopped")
+
+    def _execute(self, action: Action, now: float) -> None:
+        if isinstance(action, Start):
+            self._start(action, now)
+        elif isinstance(action, Stop):
+            record = self.records[action.key]
+            _driver.signal_group(record.pid, signal.SIGTERM)
+            self.records[action.key] = observe_stopping(record, action.reason, action.grace, now)
+            self._event(
+                record,
+                "Stopping",
+                f"SIGTERM ({action.reason}), grace {action.grace:g}s",
+                warning=action.reason == "fenced",
+            )
+        elif isinstance(action, Kill):
+            record = self.records[action.key]
+            _driver.signal_group(record.pid, signal.SIGKILL)
+            self.records[action.key] = replace(record, killed=True)
+            self._event(record, "Killed", "grace period over: SIGKILL", warning=True)
+        elif isinstance(action, Probe):
+            if action.key not in self._probing:
+                self._probing.add(action.key)
+                self._spawn(self._probe(action.key))
+        elif isinstance(action, Report):
+            self._report(action, now)
+        elif isinstance(action, Forget):
+            record = self.records.pop(action.key)
+            self._saved.pop(action.key, None)
+            self.children.pop(action.key, None)
+            self._usage.pop(action.key, None)
+            self.state.remove(record)
+
+    def _start(self, action: Start, now: float) -> None:
+        record = self.records.get(action.key)
+        if record is None:
+            assert action.instance is not None
+            meta = action.instance.metadata
+            taken = {p for r in self.records.values() for p in r.ports.values()}
+            ports = _driver.assign_ports(action.instance.spec, taken)
+            log_path = self.state.log_path(meta.namespace, meta.name)
+            record = new_record(action.instance, ports, str(log_path))
+        env = _driver.process_env(record.spec, record.ports, self._extra_env(record))
+        try:
+            started = _driver.spawn(record.spec, env, Path(record.log_path), Path.cwd())
+        except OSError as exc:
+            after = observe_start_failed(record, str(exc), now)
+            self.records[action.key] = after
+            self._event(after, "FailedStart", after.message, warning=True)
+            return
+        self.children[action.key] = started.process
+        after = observe_started(record, started.pid, started.proc_start, now)
+        self.records[action.key] = after
+        what = "Started" if after.starts == 1 else "Restarted"
+        self._event(after, what, f"pid {started.pid}, ports {after.ports or {}}")
+        log.info("%s: %s pid %d", action.key, what.lower(), started.pid)
+
+    def _extra_env(self, record: Record) -> dict[str, str]:
+        return {
+            "KEEL_NODE": self.config.node,
+            "KEEL_NAMESPACE": record.namespace,
+            "KEEL_INSTANCE": record.name,
+        }
+
+    def _persist(self) -> None:
+        for key, record in self.records.items():
+            if self._saved.get(key) is not record:
+                try:
+                    self.state.save(record)
+                    self._saved[key] = record
+                except OSError as exc:
+                    log.warning("cannot save state of %s: %s", key, exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks_done)
+
+    def _tasks_done(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ health
+
+    async def _probe(self, key: str) -> None:
+        try:
+            record = self.records.get(key)
+            if record is None or record.spec.health_check is None:
+                return
+            env = _driver.process_env(record.spec, record.ports, self._extra_env(record))
+            cwd = Path(record.spec.working_dir) if record.spec.working_dir else None
+            ok = await _health.run_check(
+                record.spec.health_check, record.spec, record.ports, env=env, cwd=cwd
+            )
+            current = self.records.get(key)
+            if current is None or current.pid != record.pid or not current.running:
+                return
+            after = observe_probe(current, ok, time.time())
+            self.records[key] = after
+            if after.ready != current.ready:
+                if after.ready:
+                    self._event(after, "Ready", "health check passed")
+                else:
+                    self._event(after, "Unhealthy", "health check failing", warning=True)
+            self.wake()
+        finally:
+            self._probing.discard(key)
+
+    # ------------------------------------------------------------------ status
+
+    def _report(self, action: Report, now: float) -> None:
+        lease = self.lease
+        if lease is None or action.key in self._reporting:
+            return
+        if now < self._report_retry.get(action.key, 0.0):
+            return
+        instance = self.desired.get(action.key)
+        if instance is None:
+            return
+        self._reporting.add(action.key)
+        self._spawn(self._write_status(action.key, replace(instance, status=action.status), lease))
+
+    async def _write_status(self, key: str, instance: Instance, lease: Lease) -> None:
+        token = lease.status.fencing_token
+        try:
+            async with self.client.fenced(NODE_LEASE_NAMESPACE, self.config.node, token) as api:
+                written = await asyncio.wait_for(api.update_status(instance), 10.0)
+            self._observe_instance(written)
+            self._report_retry.pop(key, None)
+        except Conflict:
+            with contextlib.suppress(KeelClientError, OSError, TimeoutError):
+                meta = instance.metadata
+                fresh = await self.client.get(Instance, meta.name, namespace=meta.namespace)
+                self._observe_instance(fresh)
+        except FencingTokenRejected:
+            log.warning("status of %s rejected: node lease token %d is stale", key, token)
+            if self.lease is lease:
+                self.lease = None  # re-acquire
+            self._report_retry[key] = time.time() + 1.0
+        except NotFound:
+            pass  # deleted; the watch says so
+        except (KeelClientError, OSError, TimeoutError) as exc:
+            log.info("status of %s not written: %s", key, exc)
+            self._report_retry[key] = time.time() + 1.0 + self.rng.random()
+        finally:
+            self._reporting.discard(key)
+            self.wake()
+
+    def _observe_instance(self, instance: Instance) -> None:
+        key = instance_key(instance)
+        known = self.desired.get(key)
+        if known is not None and _rv(known.metadata.resource_version) > _rv(
+            instance.metadata.resource_version
+        ):
+            return
+        if instance.spec.node_name == self.config.node:
+            self.desired[key] = instance
+        else:
+            self.desired.pop(key, None)
+
+    # ------------------------------------------------------------------ control plane
+
+    async def _retrying(self, what: str, attempt: int) -> None:
+        delay = self.config.reconnect.delay(min(attempt, 30), self.rng)
+        log.debug("%s: retrying in %.2fs", what, delay)
+        await asyncio.sleep(delay)
+
+    async def _register_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._register()
+                return
+            except (KeelClientError, OSError, TimeoutError) as exc:
+                log.warning("registering node %s: %s", self.config.node, exc)
+                await self._retrying("register", attempt)
+                attempt += 1
+
+    async def _register(self) -> None:
+        cfg = self.config
+        spec = NodeSpec(cluster=cfg.cluster, capacity=cfg.capacity)
+        try:
+            node = await self.client.get(Node, cfg.node)
+        except NotFound:
+            meta = ObjectMeta(name=cfg.node, labels={CLUSTER_LABEL: cfg.cluster})
+            node = await self.client.create(Node(kind="Node", metadata=meta, spec=spec))
+        else:
+            if node.spec.cluster != cfg.cluster or node.spec.capacity != cfg.capacity:
+                labels = {**node.metadata.labels, CLUSTER_LABEL: cfg.cluster}
+                updated = replace(
+                    node,
+                    metadata=replace(node.metadata, labels=labels),
+                    spec=replace(node.spec, cluster=cfg.cluster, capacity=cfg.capacity),
+                )
+                node = await self.client.replace(updated)
+        addresses = [NodeAddress(type="InternalIP", address=cfg.host_ip)]
+        if node.status.addresses != addresses or node.status.allocatable != cfg.capacity:
+            status: NodeStatus = replace(node.status, addresses=addresses, allocatable=cfg.capacity)
+            await self.client.update_status(replace(node, status=status))
+        log.info("node %s registered in cluster %s", cfg.node, cfg.cluster)
+
+    async def _lease_loop(self) -> None:
+        cfg = self.config
+        interval = max(0.5, cfg.lease_duration / 3)
+        attempt = 0
+        while True:
+            lease = self.lease
+            sent = time.monotonic()
+            try:
+                if lease is None:
+                    self.lease = await asyncio.wait_for(self._acquire(), interval)
+                    self.lease_ok_at = sent
+                    self._remember_lease(self.lease, sent)
+                    log.info("node lease acquired (token %d)", self.lease.status.fencing_token)
+                else:
+                    renewed = await asyncio.wait_for(self.client.renew_lease(lease), interval)
+                    if self._adopted_lease:
+                        self._adopted_lease = False
+                        log.info(
+                            "renewed the saved node lease (token %d)", lease.status.fencing_token
+                        )
+                    if self.lease is lease:
+                        self.lease = renewed
+                        self.lease_ok_at = sent
+                        self._remember_lease(renewed, sent)
+                attempt = 0
+                self.wake()
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+            except (NotFound, Conflict, _LeaseHeld):
+                self._adopted_lease = False
+                if lease is not None:
+                    log.warning("node lease lost; re-acquiring")
+                    if self.lease is lease:
+                        self.lease = None
+                    self.wake()
+                else:
+                    await self._retrying("lease", attempt)
+                    attempt += 1
+            except (KeelClientError, OSError, TimeoutError) as exc:
+                log.info("node lease: %s", exc)
+                # A renewal failed: try again soon, the lease may still be saved.
+                await asyncio.sleep(
+                    min(interval / 2, self.config.reconnect.delay(attempt, self.rng))
+                )
+                attempt += 1
+
+    def _remember_lease(self, lease: Lease, sent: float) -> None:
+        renewed_at = time.time() - (time.monotonic() - sent)
+        try:
+            save_lease(self.config.state_dir, LeaseMemo(lease=lease, renewed_at=renewed_at))
+        except OSError as exc:
+            log.warning("cannot save the node lease: %s", exc)
+
+    async def _acquire(self) -> Lease:
+        cfg = self.config
+        try:
+            return await self.client.acquire_lease(
+                NODE_LEASE_NAMESPACE, cfg.node, cfg.node, cfg.lease_duration
+            )
+        except AlreadyExists:
+            # Held under our own name: an earlier run of this agent (killed, or restarted
+            # for an upgrade). Renewing it with its token continues it.
+            held = await self.client.get(Lease, cfg.node, namespace=NODE_LEASE_NAMESPACE)
+            if held.spec.holder_identity != cfg.node:
+                raise _LeaseHeld(held.spec.holder_identity) from None
+            return await self.client.renew_lease(held)
+
+    async def _watch_loop(self) -> None:
+        selector = f"spec.nodeName={self.config.node}"
+        attempt = 0
+        while True:
+            try:
+                listed = await self.client.list(Instance, field_selector=selector)
+                self.desired = {instance_key(i): i for i in listed.items}
+                self.synced = True
+                self.watch_rv = _rv(listed.resource_version)
+                self.wake()
+                watch = self.client.watch(
+                    Instance,
+                    resource_version=listed.resource_version,
+                    field_selector=selector,
+                    emit_bookmarks=True,
+                    idle_timeout=15.0,
+                )
+                async with watch:
+                    async for event in watch:
+                        attempt = 0
+                        if event.type == "RELIST":
+                            self.desired = {instance_key(i): i for i in event.objects}
+                        elif event.type == "DELETED" and event.object is not None:
+                            self.desired.pop(instance_key(event.object), None)
+                        elif event.object is not None:
+                            self._observe_instance(event.object)
+                        self.watch_rv = max(self.watch_rv, _rv(event.resource_version))
+                        self.wake()
+            except (KeelClientError, OSError, TimeoutError) as exc:
+                log.info("watching instances: %s", exc)
+                await self._retrying("watch", attempt)
+                attempt += 1
+
+    # ------------------------------------------------------------------ telemetry
+
+    def _event(self, record: Record, reason: str, message: str, *, warning: bool = False) -> None:
+        event = {
+            "involvedObject": {
+                "kind": "Instance",
+                "name": record.name,
+                "namespace": record.namespace,
+            },
+            "reason": reason,
+            "message": message[:4096],
+            "type": "Warning" if warning else "Normal",
+            "time": _now_rfc3339(),
+            "source": f"keel-agent/{self.config.node}",
+            "node": self.config.node,
+        }
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(event)
+
+    async def _event_loop(self) -> None:
+        while True:
+            event = await self._events.get()
+            await self._send_event(event)
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(self.client.record_event(event), 5.0)
+        except (KeelClientError, OSError, TimeoutError) as exc:
+            log.debug("event not recorded: %s", exc)
+
+    async def _flush_events(self) -> None:
+        deadline = time.monotonic() + 2.0
+        while not self._events.empty() and time.monotonic() < deadline:
+            await self._send_event(self._events.get_nowait())
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            try:
+                await self._report_usage()
+            except Exception:
+                log.exception("telemetry failed")
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def _report_usage(self) -> None:
+        now = time.monotonic()
+        stamp = _now_rfc3339()
+        sends = []
+        total_cpu = 0.0
+        total_mem = 0
+        for key, record in list(self.records.items()):
+            with contextlib.suppress(OSError):
+                _driver.rotate_log(Path(record.log_path))
+            cpu = 0.0
+            mem = 0
+            if record.running:
+                ticks, mem = _procfs.group_usage(record.pid)
+                previous = self._usage.get(key)
+                if previous is not None and now > previous[0] and ticks >= previous[1]:
+                    cpu = (ticks - previous[1]) / _procfs.CLOCK_TICKS / (now - previous[0])
+                self._usage[key] = (now, ticks)
+            total_cpu += cpu
+            total_mem += mem
+            body: dict[str, Any] = {
+                "instance": record.name,
+                "node": self.config.node,
+                "cpu": round(cpu, 4),
+                "memory": mem,
+                "restarts": record.restarts,
+                "time": stamp,
+            }
+            sends.append(self._put_usage(body, record))
+        heartbeat = {
+            "node": self.config.node,
+            "cpuUsage": round(total_cpu, 4),
+            "memoryUsage": total_mem,
+            "time": stamp,
+        }
+        sends.append(self._put_telemetry("nodeheartbeats", heartbeat, None))
+        await asyncio.gather(*sends)
+
+    async def _put_usage(self, body: dict[str, Any], record: Record) -> None:
+        # `logPath` tells `keel logs` where the output is; a server whose telemetry schema
+        # does not know the field yet answers 422, and then gets the record without it.
+        if self._log_path_accepted:
+            try:
+                full = {**body, "logPath": record.log_path}
+                await asyncio.wait_for(
+                    self.client.put_telemetry("instanceusages", full, namespace=record.namespace),
+                    5.0,
+                )
+                return
+            except Invalid:
+                self._log_path_accepted = False
+            except (KeelClientError, OSError, TimeoutError) as exc:
+                log.debug("usage of %s not sent: %s", record.key, exc)
+                return
+        await self._put_telemetry("instanceusages", body, record.namespace)
+
+    async def _put_telemetry(self, kind: str, body: dict[str, Any], namespace: str | None) -> None:
+        try:
+            await asyncio.wait_for(self.client.put_telemetry(kind, body, namespace=namespace), 5.0)
+        except (KeelClientError, OSError, TimeoutError) as exc:
+            log.debug("%s not sent: %s", kind, exc)
+
+
+class _LeaseHeld(Exception):
+    """The node lease is held by someone else under another name."""
+
+
+def _rv(value: str) -> int:
+    return int(value) if value.isdigit() else 0
+
+
+def _now_rfc3339() -> str:
+    return iso_time(time.time())

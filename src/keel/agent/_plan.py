@@ -1,0 +1,443 @@
+"""The agent's decisions, without I/O: what to start, stop, kill, probe or forget, and which
+status transition to report, from the desired Instances, the observed processes and `now`.
+
+The asyncio shell (`_agent.py`) feeds observations in through the `observe_*` functions and
+executes the `Action`s that `plan` returns; nothing here sleeps, reads a clock or a file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+from msgspec.structs import replace
+
+from keel.api.resources import Condition, Instance, InstanceSpec, InstanceStatus, PortStatus
+
+# Restart backoff: 1 s doubling to 60 s; a process that ran this long resets it.
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 60.0
+HEALTHY_RESET_SECONDS = 10.0
+
+StopReason = Literal["", "unwanted", "fenced", "shutdown"]
+Terminal = Literal["", "Succeeded", "Failed"]
+
+
+class Record(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What this node runs for one Instance; persisted in the state dir, so a restarted
+    agent re-adopts the process (`pid` + `proc_start` guard against PID reuse)."""
+
+    namespace: str
+    name: str
+    uid: str
+    spec: InstanceSpec
+    ports: dict[str, int] = {}
+    log_path: str = ""
+    pid: int = 0  # 0: no process
+    proc_start: int = 0  # /proc/PID/stat field 22 of `pid`
+    started_at: float = 0.0  # wall clock of the current (or last) process start
+    starts: int = 0  # processes started so far
+    crashes: int = 0  # consecutive short-lived exits (sets the backoff)
+    exit_code: int | None = None  # of the last exit (None: unknown, e.g. adopted)
+    next_start_at: float = 0.0  # earliest restart after an exit
+    stopping: StopReason = ""
+    stop_deadline: float = 0.0  # SIGKILL of the group after this
+    killed: bool = False
+    terminal: Terminal = ""
+    message: str = ""
+    # Health: consecutive probe results, and the Ready they drive.
+    ready: bool = False
+    successes: int = 0
+    failures: int = 0
+    next_probe_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def running(self) -> bool:
+        return self.pid > 0
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+
+def instance_key(instance: Instance) -> str:
+    return f"{instance.metadata.namespace}/{instance.metadata.name}"
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start (or restart) the process of `key`: new record from `instance` if there is none."""
+
+    key: str
+    instance: Instance | None  # None: restart from the record's own spec
+
+
+@dataclass(frozen=True)
+class Stop:
+    """SIGTERM the group; SIGKILL it `grace` seconds later unless it has exited."""
+
+    key: str
+    grace: float
+    reason: StopReason
+
+
+@dataclass(frozen=True)
+class Kill:
+    key: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    key: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """The process is gone and the Instance is no longer ours: drop the record."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Write this status (a transition) to the Instance."""
+
+    key: str
+    status: InstanceStatus
+
+
+Action = Start | Stop | Kill | Probe | Forget | Report
+
+
+@dataclass(frozen=True)
+class View:
+    """What the agent knows of the world when it plans."""
+
+    node: str
+    host_ip: str
+    synced: bool  # the desired set is a complete list (else keep running what we have)
+    exclusive_ok: bool  # the node lease is fresh: exclusive instances may keep running
+    # The bindings seen are at least as new as the lease: starting an exclusive instance is
+    # safe (it was not deleted and placed elsewhere while this node had no lease).
+    bindings_fresh: bool = True
+    fence_grace: float = 1.5  # grace of a self-fencing stop: SIGKILL before the lease ends
+    stopping_all: bool = False  # the agent is shutting down and stops its workloads
+
+
+# --------------------------------------------------------------------------- observations
+
+
+def backoff_delay(crashes: int) -> float:
+    """Delay before the restart that follows `crashes` consecutive short-lived exits."""
+    delay = BACKOFF_INITIAL
+    for _ in range(max(0, crashes - 1)):
+        delay *= 2
+        if delay >= BACKOFF_MAX:
+            return BACKOFF_MAX
+    return delay
+
+
+def new_record(instance: Instance, ports: Mapping[str, int], log_path: str) -> Record:
+    meta = instance.metadata
+    return Record(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid,
+        spec=instance.spec,
+        ports=dict(ports),
+        log_path=log_path,
+    )
+
+
+def observe_started(record: Record, pid: int, proc_start: int, now: float) -> Record:
+    check = record.spec.health_check
+    return replace(
+        record,
+        pid=pid,
+        proc_start=proc_start,
+        started_at=now,
+        starts=record.starts + 1,
+        exit_code=None,
+        next_start_at=0.0,
+        stopping="",
+        stop_deadline=0.0,
+        killed=False,
+        message="",
+        ready=check is None,
+        successes=0,
+        failures=0,
+        next_probe_at=now + (check.initial_delay_seconds if check else 0.0),
+    )
+
+
+def _restarts_after(policy: str, exit_code: int | None) -> bool:
+    # Restart policy table: Always restarts every exit; OnFailure only a failed one (an
+    # unknown exit code, as of a process that ended while the agent was away, counts as
+    # failed); Never leaves the instance Succeeded or Failed.
+    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+
+
+def _describe_exit(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "exited while the agent was away (exit code unknown)"
+    if exit_code < 0:
+        return f"killed by signal {-exit_code}"
+    return f"exited with code {exit_code}"
+
+
+def observe_exit(record: Record, exit_code: int | None, now: float) -> Record:
+    """The process of `record` is gone (`exit_code` None when unknown)."""
+    base = replace(
+        record,
+        pid=0,
+        proc_start=0,
+        exit_code=exit_code,
+        ready=False,
+        successes=0,
+        failures=0,
+        killed=False,
+        stop_deadline=0.0,
+    )
+    if record.stopping:
+        # Our own stop: not a crash. A fenced or shut-down instance starts again as soon as
+        # it may; an unwanted one is forgotten.
+        return replace(base, next_start_at=0.0, stopping="", message=_stopped(record.stopping))
+    ran = now - record.started_at
+    crashes = 0 if ran >= HEALTHY_RESET_SECONDS else record.crashes
+    what = _describe_exit(exit_code)
+    if _restarts_after(record.spec.restart_policy, exit_code):
+        delay = backoff_delay(crashes + 1)
+        return replace(
+            base,
+            crashes=crashes + 1,
+            next_start_at=now + delay,
+            # No delay in the message: it is written as status, and a crash loop should
+            # not make every back-off step a store write.
+            message=f"{what}; restarting",
+        )
+    terminal: Terminal = "Succeeded" if exit_code == 0 else "Failed"
+    return replace(base, crashes=crashes, terminal=terminal, message="" if exit_code == 0 else what)
+
+
+def _stopped(reason: StopReason) -> str:
+    return {
+        "fenced": "stopped: the node lease could not be renewed (self-fencing)",
+        "shutdown": "stopped: the agent shut down",
+        "unwanted": "stopped: no longer bound to this node",
+        "": "",
+    }[reason]
+
+
+def observe_start_failed(record: Record, error: str, now: float) -> Record:
+    """The process could not be started at all (no such command, bad working dir)."""
+    started = replace(record, starts=record.starts + 1, started_at=now, pid=0)
+    failed = observe_exit(started, 127, now)
+    return replace(failed, message=f"cannot start: {error}; {failed.message}".rstrip("; "))
+
+
+def observe_probe(record: Record, ok: bool, now: float) -> Record:
+    """A health check finished; thresholds turn results into Ready."""
+    check = record.spec.health_check
+    if check is None or not record.running:
+        return record
+    successes = record.successes + 1 if ok else 0
+    failures = 0 if ok else record.failures + 1
+    ready = record.ready
+    if ok and successes >= check.success_threshold:
+        ready = True
+    elif not ok and failures >= check.failure_threshold:
+        ready = False
+    return replace(
+        record,
+        successes=successes,
+        failures=failures,
+        ready=ready,
+        next_probe_at=now + check.period_seconds,
+    )
+
+
+def observe_stopping(record: Record, reason: StopReason, grace: float, now: float) -> Record:
+    return replace(record, stopping=reason, stop_deadline=now + grace, ready=False)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def iso_time(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def desired_status(record: Record) -> tuple[str, bool, str] | None:
+    """(phase, ready, message) the Instance should show, or None for "nothing to say yet"."""
+    if record.terminal:
+        return record.terminal, False, record.message
+    if record.starts == 0 or record.stopping:
+        return None
+    return "Running", record.running and record.ready, record.message
+
+
+def status_to_write(
+    record: Record, current: InstanceStatus, host_ip: str, now: float
+) -> InstanceStatus | None:
+    """The new status if it differs from `current` in what the agent owns, else None."""
+    wanted = desired_status(record)
+    if wanted is None:
+        return None
+    phase, ready, message = wanted
+    ports = [
+        PortStatus(name=p.name, port=record.ports.get(p.name, p.port)) for p in record.spec.ports
+    ]
+    started = iso_time(record.started_at) if record.started_at else None
+    ready_text: Literal["True", "False"] = "True" if ready else "False"
+    old_ready = next((c for c in current.conditions if c.type == "Ready"), None)
+    same = (
+        current.phase == phase
+        and current.message == message
+        and current.host_ip == host_ip
+        and current.ports == ports
+        and current.started_at == started
+        and old_ready is not None
+        and old_ready.status == ready_text
+    )
+    if same:
+        return None
+    condition = (
+        old_ready
+        if old_ready is not None and old_ready.status == ready_text
+        else Condition(
+            type="Ready",
+            status=ready_text,
+            reason="HealthCheckPassed" if ready else _not_ready_reason(record),
+            last_transition_time=iso_time(now),
+        )
+    )
+    others = [c for c in current.conditions if c.type != "Ready"]
+    return InstanceStatus(
+        phase=phase,  # type: ignore[arg-type]
+        conditions=[*others, condition],
+        host_ip=host_ip,
+        ports=ports,
+        started_at=started,
+        message=message,
+    )
+
+
+def _not_ready_reason(record: Record) -> str:
+    if record.terminal:
+        return record.terminal
+    if not record.running:
+        return "NotRunning"
+    return "HealthCheckFailing" if record.spec.health_check else "Starting"
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _wanted(instance: Instance | None, node: str) -> bool:
+    return (
+        instance is not None
+        and instance.spec.node_name == node
+        and instance.metadata.deletion_timestamp is None
+    )
+
+
+def plan(
+    desired: Mapping[str, Instance],
+    records: Mapping[str, Record],
+    now: float,
+    view: View,
+) -> list[Action]:
+    """Every action due now, for every Instance bound here and every process we hold."""
+    actions: list[Action] = []
+    keys: Iterable[str] = sorted(set(desired) | set(records))
+    for key in keys:
+        actions.extend(_plan_one(key, desired.get(key), records.get(key), now, view))
+    return actions
+
+
+def _plan_one(
+    key: str, instance: Instance | None, record: Record | None, now: float, view: View
+) -> list[Action]:
+    if record is None:
+        if view.stopping_all or instance is None or not _wanted(instance, view.node):
+            return []
+        if instance.status.phase in ("Succeeded", "Failed"):
+            return []  # finished here before; the state dir was lost
+        if instance.spec.exclusive and not (view.exclusive_ok and view.bindings_fresh):
+            return []
+        return [Start(key, instance)]
+
+    same_uid = instance is not None and instance.metadata.uid == record.uid
+    if view.stopping_all:
+        wanted = False
+        reason: StopReason = "shutdown"
+    elif not view.synced and instance is None:
+        wanted, reason = True, ""  # control plane unknown: keep what runs (static stability)
+    else:
+        wanted, reason = same_uid and _wanted(instance, view.node), "unwanted"
+    fenced = record.spec.exclusive and not view.exclusive_ok
+
+    if record.running:
+        if record.stopping:
+            if now >= record.stop_deadline and not record.killed:
+                return [Kill(key)]
+            return []
+        if not wanted:
+            return [Stop(key, float(record.spec.termination_grace_period_seconds), reason)]
+        if fenced:
+            grace = min(float(record.spec.termination_grace_period_seconds), view.fence_grace)
+            return [Stop(key, grace, "fenced")]
+        actions: list[Action] = []
+        check = record.spec.health_check
+        if check is not None and now >= record.next_probe_at:
+            actions.append(Probe(key))
+        actions.extend(_report(key, instance if same_uid else None, record, view, now))
+        return actions
+
+    # No process.
+    if view.stopping_all:
+        return []  # keep the record: the next agent starts it again with the same ports
+    if not wanted:
+        return [Forget(key)] if view.synced else []
+    if record.terminal:
+        return _report(key, instance if same_uid else None, record, view, now)
+    if fenced or (record.spec.exclusive and not view.bindings_fresh):
+        return []
+    actions = []
+    if now >= record.next_start_at:
+        actions.append(Start(key, None))
+    else:
+        actions.extend(_report(key, instance if same_uid else None, record, view, now))
+    return actions
+
+
+def _report(
+    key: str, instance: Instance | None, record: Record, view: View, now: float
+) -> list[Action]:
+    if instance is None:
+        return []
+    status = status_to_write(record, instance.status, view.host_ip, now)
+    return [Report(key, status)] if status is not None else []
+
+
+def next_wakeup(records: Iterable[Record], now: float) -> float:
+    """The earliest future time at which `plan` would answer differently by itself."""
+    times = [now + 60.0]
+    for r in records:
+        if r.running and r.stopping and not r.killed:
+            times.append(r.stop_deadline)
+        elif r.running and r.spec.health_check is not None:
+            times.append(r.next_probe_at)
+        elif not r.running and not r.terminal and r.next_start_at:
+            times.append(r.next_start_at)
+    return max(now, min(times))

@@ -1,0 +1,84 @@
+"""Clocks for everything in the runtime that waits: a real one and a manual one for tests.
+
+Code takes a `Clock` parameter instead of calling time/asyncio directly, so tests can run in
+virtual time (`ManualClock`) and never sleep to wait for a condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "ManualClock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Monotonic time in seconds plus a way to wait for it."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """`time.monotonic` and `asyncio.sleep`."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class ManualClock:
+    """Virtual time that moves only when a test calls `advance`.
+
+    `sleep(d)` returns once `advance` has moved time to or past `now + d`; a non-positive
+    sleep yields once to the event loop and returns.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), future))
+        await future
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps are pending (cancelled ones included until time passes them)."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    def next_deadline(self) -> float | None:
+        """The earliest pending wake-up time, if any."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose deadline has been reached."""
+        if seconds < 0:
+            raise ValueError("time cannot go backwards")
+        self.set(self._now + seconds)
+
+    def set(self, now: float) -> None:
+        """Move time to `now` (never backwards) and wake the sleepers that are due."""
+        if now < self._now:
+            raise ValueError("time cannot go backwards")
+        self._now = now
+        while self._sleepers and self._sleepers[0][0] <= now:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)

@@ -1,0 +1,46 @@
+"""The scheduler as a service: its controller on a `ControllerRunner` under leader election
+on Lease `keel-system/scheduler`, so only one replica binds and every binding carries the
+lease's fencing token (a deposed leader's late binding is rejected by the store).
+"""
+
+from __future__ import annotations
+
+import random
+
+from keel.client import KeelClient
+from keel.runtime.clock import Clock
+from keel.runtime.controller import ControllerRunner
+from keel.runtime.manager import ControllerManager
+from keel.scheduler.controller import RETRY_UNSCHEDULABLE, SchedulerController
+
+__all__ = ["LEASE_NAME", "LEASE_NAMESPACE", "new_scheduler"]
+
+LEASE_NAMESPACE = "keel-system"
+LEASE_NAME = "scheduler"
+
+
+def new_scheduler(
+    client: KeelClient,
+    *,
+    identity: str,
+    clock: Clock,
+    ttl: int = 2,
+    retry_after: float = RETRY_UNSCHEDULABLE,
+    rng: random.Random | None = None,
+) -> ControllerManager:
+    """A manager to `run()`: informers always (warm standby), binding only while leading.
+
+    One worker: each decision must see the previous one's binding.
+    """
+    runner = ControllerRunner(client, clock=clock, rng=rng)
+    runner.register(SchedulerController(runner.cache, retry_after=retry_after), workers=1)
+    return ControllerManager(
+        client,
+        runner,
+        identity=identity,
+        ttl=ttl,
+        clock=clock,
+        rng=rng,
+        namespace=LEASE_NAMESPACE,
+        lease_name=LEASE_NAME,
+    )

@@ -1,0 +1,105 @@
+"""`keel scheduler`: run the scheduler under leader election on Lease keel-system/scheduler
+(warm standby otherwise), binding with the lease's fencing token; logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from keel.client import KeelClient, KeelClientError
+from keel.runtime.clock import SystemClock
+
+__all__ = ["add_scheduler_commands", "main", "run_scheduler"]
+
+log = logging.getLogger("keel.scheduler")
+
+
+def add_scheduler_commands(commands: Any) -> None:
+    """Add `scheduler` to the `keel` subcommands (an argparse subparsers object)."""
+    parser = commands.add_parser(
+        "scheduler",
+        help="place Instances on Nodes",
+        description="Bind unbound Instances to Ready Nodes while holding the Lease "
+        "keel-system/scheduler; every binding carries the lease's fencing token.",
+    )
+    parser.add_argument("--kubeconfig", help="kubeconfig (default $KEEL_KUBECONFIG, .keel/...)")
+    parser.add_argument("--identity", required=True, help="this replica's name in the lease")
+    parser.add_argument("--lease-ttl", type=int, default=2, help="lease TTL, seconds (>= 2)")
+    parser.add_argument(
+        "--retry-interval",
+        type=float,
+        default=5.0,
+        help="seconds between looks at an unschedulable Instance",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    parser.set_defaults(run=run_scheduler)
+
+
+def run_scheduler(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.lease_ttl < 2:
+        print("scheduler: --lease-ttl must be at least 2", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(args))
+    except (ValueError, KeelClientError) as exc:
+        print(f"scheduler: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from keel.scheduler.service import new_scheduler
+
+    clock = SystemClock()
+    async with KeelClient.from_kubeconfig(args.kubeconfig) as client:
+        manager = new_scheduler(
+            client,
+            identity=args.identity,
+            clock=clock,
+            ttl=args.lease_ttl,
+            retry_after=args.retry_interval,
+        )
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(manager.run(), name="scheduler")
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("%s: scheduler started (lease TTL %ds)", args.identity, args.lease_ttl)
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        failed = task.done() and not task.cancelled() and task.exception() is not None
+        error = task.exception() if failed else None
+        for pending in (task, stopping):
+            pending.cancel()
+        # Cancelling the manager stops the work first and then releases the lease.
+        await asyncio.gather(task, stopping, return_exceptions=True)
+        log.info("%s: scheduler stopped", args.identity)
+        if error is not None:
+            log.error("scheduler failed: %r", error)
+            return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m keel.scheduler_cli scheduler ...` (until keel.cli has it)."""
+    parser = argparse.ArgumentParser(prog="keel")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    add_scheduler_commands(commands)
+    args = parser.parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

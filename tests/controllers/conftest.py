@@ -1,0 +1,62 @@
+"""Fixtures of the controller tests: one real API server (sqlite) per module, and a
+controller-manager running the chosen controllers in this process under leader election."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from controllers.keel_processes import ApiServer, RunManager
+
+from keel.client import KeelClient
+from keel.controllers import build
+from keel.runtime.clock import SystemClock
+from keel.runtime.controller import ControllerRunner
+from keel.runtime.manager import ControllerManager
+
+
+@pytest.fixture(scope="module")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path_factory.mktemp("apiserver")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(apiserver: ApiServer) -> AsyncIterator[KeelClient]:
+    async with KeelClient.from_kubeconfig(apiserver.controller_kubeconfig()) as client:
+        yield client
+
+
+@pytest.fixture
+async def run_manager(apiserver: ApiServer) -> AsyncIterator[RunManager]:
+    """Start a controller-manager (own client, own identity) with the named controllers."""
+    started: list[tuple[asyncio.Task[None], KeelClient]] = []
+
+    def start(names: list[str]) -> ControllerManager:
+        client = KeelClient.from_kubeconfig(apiserver.controller_kubeconfig())
+        clock = SystemClock()
+        runner = ControllerRunner(client, clock=clock)
+        for controller in build(names, runner.cache):
+            runner.register(controller, workers=2)
+        manager = ControllerManager(
+            client, runner, identity=f"test-{uuid.uuid4().hex[:6]}", clock=clock
+        )
+        started.append((asyncio.get_running_loop().create_task(manager.run()), client))
+        return manager
+
+    yield start
+    for task, client in started:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+
+
+@pytest.fixture
+def name() -> str:
+    """A name of this test's own (tests share the module's API server)."""
+    return f"t-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,61 @@
+"""`keel controller-manager` as a process: it does real work, exits cleanly on SIGINT and
+SIGTERM (releasing its lease and writing its checkpoints), and refuses bad options."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from controllers.keel_processes import ApiServer, ManagerProcess, keel_command, lease_of, wait_for
+
+from keel.controllers.namespace import FINALIZER
+
+
+def namespace_finalizers(server: ApiServer, name: str) -> list[str]:
+    import json
+    import urllib.request
+
+    import yaml
+
+    admin = yaml.safe_load(server.kubeconfig.read_text())["users"][0]["user"]["token"]
+    request = urllib.request.Request(
+        f"{server.url}/apis/keel.dev/v1/namespaces/{name}",
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return list(json.loads(response.read())["metadata"].get("finalizers", []))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_exits_cleanly_releasing_its_lease_and_saving_checkpoints(
+    apiserver: ApiServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    state = tmp_path / "state"
+    replica = ManagerProcess(
+        tmp_path, apiserver.controller_kubeconfig(), f"cli-{sig.name.lower()}",
+        "--controllers", "namespace,gc", "--state-dir", str(state),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "leading keel-system/controller-manager" in replica.log(), "leadership")
+        # Real work: the system namespaces get the namespace finalizer.
+        wait_for(lambda: FINALIZER in namespace_finalizers(apiserver, "default"), "a finalizer")
+        replica.signal(sig)
+        assert replica.process.wait(timeout=30) == 0, replica.log()
+    finally:
+        replica.stop()
+    assert lease_of(apiserver) is None  # given back, not left to expire
+    assert "controller-manager stopped" in replica.log()
+    assert (state / "namespaces.checkpoint").exists()
+
+
+def test_unknown_controllers_are_refused(apiserver: ApiServer) -> None:
+    command = [
+        *keel_command("keel.controller_manager_cli", "add_controller_manager_commands"),
+        "controller-manager", "--kubeconfig", str(apiserver.controller_kubeconfig()),
+        "--identity", "x", "--controllers", "namespace,bogus",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "unknown controller(s) bogus" in result.stderr
