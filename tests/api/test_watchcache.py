@@ -781,9 +781,14 @@ class FlakyWatches(Store):
         return await self.inner.get(key)
 
     async def range(
-        self, prefix: bytes, *, revision: int | None = None, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        revision: int | None = None,
+        limit: int | None = None,
+        start: bytes | None = None,
     ) -> RangeResult:
-        return await self.inner.range(prefix, revision=revision, limit=limit)
+        return await self.inner.range(prefix, revision=revision, limit=limit, start=start)
 
     async def put(self, key: bytes, value: bytes, *, lease: int | None = None) -> int:
         return await self.inner.put(key, value, lease=lease)

@@ -75,6 +75,24 @@ async def test_range_returns_the_prefix_sorted_with_limit_and_more(
     assert (await store.range(prefix, limit=4)).more is False
 
 
+async def test_range_pages_from_a_start_key_now_and_in_history(store: Store, prefix: bytes) -> None:
+    for name in (b"a", b"b", b"c", b"d", b"e"):
+        await store.put(prefix + name, name)
+    old = (await store.status()).revision
+    await store.put(prefix + b"f", b"f")
+    page = await store.range(prefix, limit=2, start=prefix + b"b\0")
+    assert [kv.value for kv in page.kvs] == [b"c", b"d"]
+    assert page.more is True
+    rest = await store.range(prefix, start=prefix + b"d\0")
+    assert [kv.value for kv in rest.kvs] == [b"e", b"f"]
+    assert rest.more is False
+    past = await store.range(prefix, revision=old, start=prefix + b"c")
+    assert [kv.value for kv in past.kvs] == [b"c", b"d", b"e"]
+    # a start below the prefix changes nothing; one past it gives nothing
+    assert len((await store.range(prefix, start=b"")).kvs) == 6
+    assert (await store.range(prefix, start=prefix[:-1] + b"0")).kvs == []
+
+
 async def test_range_reads_history_at_an_old_revision(store: Store, prefix: bytes) -> None:
     r1 = await store.put(prefix + b"x", b"old")
     await store.put(prefix + b"x", b"new")

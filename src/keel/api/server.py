@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
 import contextlib
 import json
 import logging
@@ -900,8 +899,16 @@ class ApiServer:
         """Continue pages (and lists the cache cannot serve fresh enough) read the store, at
         the first page's revision so that the pages form one snapshot."""
         info = target.info
+        # Without a selector the store pages for us: one key past `after`, one item more
+        # than the page to know whether there is more. With one, read on and filter.
+        page_limit = limit + 1 if limit and predicate is None else None
         try:
-            result = await self.store.range(info.key_prefix(target.namespace), revision=revision)
+            result = await self.store.range(
+                info.key_prefix(target.namespace),
+                revision=revision,
+                limit=page_limit,
+                start=after + b"\0" if after else None,
+            )
         except CompactedError:
             raise ApiError(
                 410,
@@ -911,16 +918,11 @@ class ApiServer:
             ) from None
         at = revision if revision is not None else result.revision
         items: list[Resource] = []
-        more = 0
+        more = False
         last_key = b""
-        kvs = result.kvs
-        start = bisect.bisect_right([kv.key for kv in kvs], after) if after else 0
-        for index in range(start, len(kvs)):
-            kv = kvs[index]
+        for kv in result.kvs:
             if limit and len(items) >= limit:
-                # Count what is left without decoding it when there is no selector (as
-                # Kubernetes, no count with one): a page costs O(limit) decodes.
-                more = len(kvs) - index if predicate is None else -1
+                more = True
                 break
             obj = from_kv(info, kv)
             if predicate is not None and not predicate(obj):
@@ -929,11 +931,7 @@ class ApiServer:
             last_key = kv.key
         meta = ListMeta(resource_version=str(at))
         if more:
-            meta = ListMeta(
-                resource_version=str(at),
-                continue_=encode_continue(at, last_key),
-                remaining_item_count=more if more > 0 else None,
-            )
+            meta = ListMeta(resource_version=str(at), continue_=encode_continue(at, last_key))
         return Response(list_body(info, [encode_object(o) for o in items], meta), media_type=JSON)
 
     async def watch(self, request: Request, target: Target) -> Response:

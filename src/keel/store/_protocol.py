@@ -43,10 +43,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def range(
-        self, prefix: bytes, *, revision: int | None = None, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        revision: int | None = None,
+        limit: int | None = None,
+        start: bytes | None = None,
     ) -> RangeResult:
         """Every key starting with `prefix` (all keys for b""), sorted by key, as of
-        `revision` (default: now, linearizable). `more` is true when `limit` cut it short."""
+        `revision` (default: now, linearizable). `more` is true when `limit` cut it short.
+        `start` skips the keys below it (paging: pass the last key seen + b"\0")."""
 
     @abc.abstractmethod
     async def put(self, key: bytes, value: bytes, *, lease: int | None = None) -> int:

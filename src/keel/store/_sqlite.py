@@ -500,10 +500,19 @@ class SqliteStore(Store):
         return self._kv.get(key)
 
     async def range(
-        self, prefix: bytes, *, revision: int | None = None, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        revision: int | None = None,
+        limit: int | None = None,
+        start: bytes | None = None,
     ) -> RangeResult:
         self._check_open()
         lo, hi = _bounds(prefix)
+        if start is not None and start > lo:
+            lo = start
+            if hi is not None and lo >= hi:
+                return RangeResult([], self._revision, False)
         with self._state_lock:
             current = self._revision
             if revision is None or revision <= 0 or revision == current:

@@ -462,11 +462,20 @@ class EtcdStore(Store):
         return _pb.key_value(kvs[0]) if kvs else None
 
     async def range(
-        self, prefix: bytes, *, revision: int | None = None, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        revision: int | None = None,
+        limit: int | None = None,
+        start: bytes | None = None,
     ) -> RangeResult:
         if limit is not None and limit < 0:
             raise InvalidRequest(f"range: limit must be >= 0, got {limit}")
         key, range_end = _key_range(prefix)
+        if start is not None and start > key:
+            if range_end != b"\0" and start >= range_end:
+                start = range_end  # an empty range: etcd answers [range_end, range_end)
+            key = start
         request = _pb.RangeRequest(
             key=key, range_end=range_end, limit=limit or 0, revision=revision or 0
         )
