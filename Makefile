@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-ETCD_STAMP := .cache/etcd/.provisioned
 
-.PHONY: run test setup etcd lint typecheck unit proto bench bench-store bench-api bench-runtime soak clean
+.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) etcd
+setup: $(STAMP) etcd tools
+
+# Command-line tools the tests use (TLS tests make certificates with openssl).
+tools:
+	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
 
 # etcd >= 3.5 from PATH, or Debian's newest etcd-server unpacked into .cache/etcd.
 etcd: $(STAMP)
