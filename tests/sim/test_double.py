@@ -392,7 +392,26 @@ async def a_write_rejected_for_staleness_is_logged(api: SimApi, c: SimClient) ->
     ]
 
 
+async def binding_sets_the_node_once_with_occ(api: SimApi, client: SimClient) -> None:
+    created = await client.create(
+        Instance(
+            metadata=ObjectMeta(name="i", namespace="default"),
+            spec=InstanceSpec(command=["sleep", "inf"]),
+        )
+    )
+    with pytest.raises(Conflict):  # stale resourceVersion
+        await client.bind("default", "i", "n1", resource_version="1")
+    bound = await client.bind(
+        "default", "i", "n1", resource_version=created.metadata.resource_version
+    )
+    assert bound is not None and bound.spec.node_name == "n1"
+    with pytest.raises(Conflict):  # bound once, never again
+        await client.bind("default", "i", "n2")
+    assert (await client.get(Instance, "i", namespace="default")).spec.node_name == "n1"
+
+
 CASES: list[Case] = [
+    binding_sets_the_node_once_with_occ,
     create_sets_identity_from_the_global_counter,
     create_of_a_taken_name_is_already_exists,
     create_in_a_missing_namespace_is_not_found,

@@ -94,6 +94,22 @@ class _NamespaceChanged(Exception):
     """The namespace's mod_revision moved between the check and the create txn."""
 
 
+def bind_instance(
+    info: KindInfo, current: Resource, node: str, resource_version: str = ""
+) -> Resource:
+    """The binding decision: set spec.nodeName once; Conflict when the instance is being
+    deleted, already bound, or changed since `resource_version`."""
+    name = current.metadata.name
+    spec = current.spec  # type: ignore[attr-defined]
+    if current.metadata.deletion_timestamp:
+        raise conflict(info, name, "the instance is being deleted")
+    if spec.node_name:
+        raise conflict(info, name, f"already bound to node {spec.node_name!r}")
+    if resource_version and resource_version != current.metadata.resource_version:
+        check_preconditions(info, current, Preconditions(resource_version=resource_version))
+    return msgspec.structs.replace(current, spec=msgspec.structs.replace(spec, node_name=node))
+
+
 def namespace_terminating(namespace: str) -> ApiError:
     return ApiError(
         403,
@@ -637,16 +653,7 @@ class Storage:
         """Set spec.nodeName once (the scheduler's binding), with OCC."""
 
         def mutate(current: Resource) -> Resource:
-            spec = current.spec  # type: ignore[attr-defined]
-            if current.metadata.deletion_timestamp:
-                raise conflict(info, name, "the instance is being deleted")
-            if spec.node_name:
-                raise conflict(info, name, f"already bound to node {spec.node_name!r}")
-            if resource_version and resource_version != current.metadata.resource_version:
-                check_preconditions(info, current, Preconditions(resource_version=resource_version))
-            return msgspec.structs.replace(
-                current, spec=msgspec.structs.replace(spec, node_name=node)
-            )
+            return bind_instance(info, current, node, resource_version)
 
         return await self.update(
             info, namespace, name, mutate, subresource="binding", fencing=fencing, verb="binding"

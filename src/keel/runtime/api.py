@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 from keel.api.registry import KindInfo
-from keel.api.resources import Lease, Resource
+from keel.api.resources import Instance, Lease, Resource
 from keel.client import ListResult, Preconditions, WatchEvent
 
 __all__ = ["ApiClient", "KindRef", "PatchType", "Selector", "WatchStream"]
@@ -75,6 +75,10 @@ class ApiClient(Protocol):
     async def replace(self, obj: R) -> R: ...
 
     async def update_status(self, obj: R) -> R: ...
+
+    async def bind(
+        self, namespace: str, instance: str, node: str, *, resource_version: str = ""
+    ) -> Instance | None: ...
 
     @overload
     async def patch(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any
 
 import msgspec
 
@@ -21,7 +21,6 @@ from keel.scheduler.policy import Decision, build_snapshot, schedule
 __all__ = [
     "RETRY_UNSCHEDULABLE",
     "SCHEDULED",
-    "Binder",
     "SchedulerController",
     "scheduled_condition",
 ]
@@ -30,15 +29,6 @@ SCHEDULED = "Scheduled"
 RETRY_UNSCHEDULABLE = 5.0  # seconds: capacity freed by a deletion has no Node event
 ASSUME_FOR = 30.0  # seconds an own binding counts before the cache must have shown it
 TERMINAL = frozenset({"Succeeded", "Failed"})
-
-
-class Binder(Protocol):
-    """The `binding` subresource, which the runtime's `ApiClient` protocol does not declare
-    (KeelClient and its fenced views have it; the runner's write wrapper forwards it)."""
-
-    async def bind(
-        self, namespace: str, instance: str, node: str, *, resource_version: str = ""
-    ) -> Instance | None: ...
 
 
 def scheduled_condition(instance: Instance) -> Condition | None:
@@ -125,10 +115,9 @@ class SchedulerController:
         if decision.node is None:
             await self._mark_unschedulable(ctx, instance, decision)
             return Result(requeue_after=self.retry_after)
-        binder = cast(Binder, ctx.client)
         meta = instance.metadata
         try:
-            await binder.bind(
+            await ctx.client.bind(
                 meta.namespace, meta.name, decision.node, resource_version=meta.resource_version
             )
         except NotFound:

@@ -26,6 +26,7 @@ from keel.api import storage
 from keel.api.patch import PatchError, PatchTestFailed, json_patch, merge_patch
 from keel.api.registry import BY_KIND, KindInfo, lookup
 from keel.api.resources import (
+    Instance,
     Lease,
     LeaseSpec,
     Namespace,
@@ -806,6 +807,27 @@ class SimClient:
     async def update_status(self, obj: R) -> R:
         """Only `.status` changes, with OCC."""
         return await self._put(obj, "status")
+
+    async def bind(
+        self, namespace: str, instance: str, node: str, *, resource_version: str = ""
+    ) -> Instance | None:
+        """The scheduler's binding: spec.nodeName set once, with OCC (the server's rule)."""
+        info = BY_KIND["Instance"]
+        result = await self._write(
+            "binding",
+            info,
+            namespace,
+            instance,
+            lambda fencing: self.api._update(
+                info,
+                namespace,
+                instance,
+                lambda current: storage.bind_instance(info, current, node, resource_version),
+                subresource="binding",
+                fencing=fencing,
+            ),
+        )
+        return result if isinstance(result, Instance) else None
 
     @overload
     async def patch(
