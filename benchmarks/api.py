@@ -16,10 +16,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,18 +24,12 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from _common import ApiServer, drive, pct
 
 from keel.api.resources import ObjectMeta, Service, ServicePort, ServiceSpec
 from keel.store import Compare, Op, open_store
 
 CONCURRENCY = 64
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def service(name: str, generation: int = 0) -> Service:
@@ -53,87 +43,6 @@ def service(name: str, generation: int = 0) -> Service:
         ),
         spec=ServiceSpec(selector={"app": "bench"}, ports=[ServicePort(name="http", port=80)]),
     )
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-class Server:
-    """`keel apiserver` as a subprocess on a free loopback port."""
-
-    def __init__(self, state: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keel",
-                "apiserver",
-                "--state-dir",
-                str(state),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--admission-rate",
-                "1000000",
-                "--admission-burst",
-                "1000000",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        kubeconfig = state / "kubeconfig"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if kubeconfig.exists():
-                match = re.search(r"token:\s*(\S+)", kubeconfig.read_text())
-                if match and self._ready():
-                    self.token = match.group(1)
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"apiserver exited: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
-            time.sleep(0.1)
-        raise TimeoutError("apiserver did not become ready")
-
-    def _ready(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-async def drive(duration: float, op: Any) -> tuple[int, float, list[float]]:
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + duration
-    counts = [0] * CONCURRENCY
-
-    async def worker(w: int) -> None:
-        i = 0
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            await op(w, i)
-            latencies.append(time.perf_counter() - t0)
-            i += 1
-        counts[w] = i
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
-    return sum(counts), time.perf_counter() - start, latencies
 
 
 def row(name: str, ops: int, secs: float, lat: list[float]) -> tuple[str, float]:
@@ -159,7 +68,8 @@ async def bench_raw_store(path: Path, duration: float) -> dict[str, tuple[str, f
             )
             assert result.succeeded
 
-        results["create"] = row("raw store create", *await drive(duration, create))
+        created = await drive(CONCURRENCY, duration, create)
+        results["create"] = row("raw store create", *created)
         revisions = [0] * CONCURRENCY
         for w in range(CONCURRENCY):
             key = f"/registry/services/default/upd-{w}".encode()
@@ -175,11 +85,13 @@ async def bench_raw_store(path: Path, duration: float) -> dict[str, tuple[str, f
             assert result.succeeded
             revisions[w] = result.revision
 
-        results["update"] = row("raw store update (CAS)", *await drive(duration, update))
+        results["update"] = row(
+            "raw store update (CAS)", *await drive(CONCURRENCY, duration, update)
+        )
     return results
 
 
-async def bench_api(server: Server, duration: float) -> dict[str, tuple[str, float]]:
+async def bench_api(server: ApiServer, duration: float) -> dict[str, tuple[str, float]]:
     headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
     base = f"{server.url}/apis/keel.dev/v1/namespaces/default/services"
     encode = msgspec.json.encode
@@ -192,7 +104,8 @@ async def bench_api(server: Server, duration: float) -> dict[str, tuple[str, flo
                 await response.read()
                 assert response.status == 201, response.status
 
-        results["create"] = row("API create (HTTP)", *await drive(duration, create))
+        created = await drive(CONCURRENCY, duration, create)
+        results["create"] = row("API create (HTTP)", *created)
         versions = [""] * CONCURRENCY
         for w in range(CONCURRENCY):
             async with http.post(base, data=encode(service(f"apiupd-{w}"))) as response:
@@ -209,7 +122,9 @@ async def bench_api(server: Server, duration: float) -> dict[str, tuple[str, flo
                 assert response.status == 200, body
                 versions[w] = body["metadata"]["resourceVersion"]
 
-        results["update"] = row("API update (HTTP PUT, OCC)", *await drive(duration, update))
+        results["update"] = row(
+            "API update (HTTP PUT, OCC)", *await drive(CONCURRENCY, duration, update)
+        )
     return results
 
 
@@ -270,7 +185,7 @@ async def _watchers(url: str, token: str, count: int, duration: float, queue: An
     queue.put(("done", received, latencies, first, last))
 
 
-async def bench_fanout(server: Server, watchers: int, duration: float, rate: int) -> str:
+async def bench_fanout(server: ApiServer, watchers: int, duration: float, rate: int) -> str:
     """`watchers` HTTP watches split over two processes; one writer at `rate` updates/s."""
     start_rev = await current_revision(server)
     url = (
@@ -336,7 +251,7 @@ async def bench_fanout(server: Server, watchers: int, duration: float, rate: int
     )
 
 
-async def current_revision(server: Server) -> str:
+async def current_revision(server: ApiServer) -> str:
     headers = {"Authorization": f"Bearer {server.token}"}
     async with (
         aiohttp.ClientSession(headers=headers) as http,
@@ -351,7 +266,7 @@ async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="keel-bench-api-") as tmp:
         work = Path(tmp)
         raw = await bench_raw_store(work / "raw.db", args.duration)
-        server = Server(work / "state")
+        server = ApiServer(work / "state")
         try:
             api = await bench_api(server, args.duration)
             for name in ("create", "update"):

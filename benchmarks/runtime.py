@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _common
 import msgspec
 
 from keel.api.resources import ObjectMeta, Service, ServicePort, ServiceSpec
@@ -36,13 +35,6 @@ from keel.runtime.informer import Informer
 from keel.store import Op, open_store
 
 LEASE = "controller-manager"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def fill_store(path: Path, count: int) -> None:
@@ -74,59 +66,9 @@ async def fill_store(path: Path, count: int) -> None:
             await store.txn([], batch, [])
 
 
-class ApiServer:
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keel",
-                "apiserver",
-                "--state-dir",
-                str(state),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--admission-rate",
-                "1000000",
-                "--admission-burst",
-                "1000000",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.kubeconfig = state / "kubeconfig"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.kubeconfig.exists() and self._ready():
-                token = re.search(r"token:\s*(\S+)", self.kubeconfig.read_text())
-                assert token
-                self.token = token.group(1)
-                return
-            time.sleep(0.1)
-        raise TimeoutError("apiserver did not become ready")
-
-    def _ready(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
+class ApiServer(_common.ApiServer):
     def client(self) -> KeelClient:
         return KeelClient(self.url, token=self.token)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class CountOnce:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import drive, pct
+
 from keel.dev.etcd_cluster import EtcdCluster
 from keel.store import Compare, Op, Store, open_store
 
@@ -46,32 +48,7 @@ class Result:
         return self.ops / self.seconds
 
     def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-async def drive(
-    concurrency: int, duration: float, op: Callable[[int, int], Awaitable[None]]
-) -> tuple[int, float, list[float]]:
-    """Run `op(worker, i)` in `concurrency` loops for `duration` seconds."""
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + duration
-    counts = [0] * concurrency
-
-    async def worker(w: int) -> None:
-        i = 0
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            await op(w, i)
-            latencies.append(time.perf_counter() - t0)
-            i += 1
-        counts[w] = i
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return sum(counts), time.perf_counter() - start, latencies
+        return pct(self.latencies, q)
 
 
 async def bench_store(store: Store, backend: str, duration: float) -> list[Result]:
