@@ -16,7 +16,7 @@ from typing import Any
 
 from keel.api.resources import Namespace
 from keel.client import FencingTokenRejected, KeelClient, KeelClientError
-from keel.runtime.clock import Clock, SystemClock
+from keel.clock import Clock, SystemClock
 
 __all__ = ["FencingProbe", "add_controller_manager_commands", "main"]
 

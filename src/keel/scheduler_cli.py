@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keel.client import KeelClient, KeelClientError
-from keel.runtime.clock import SystemClock
+from keel.clock import SystemClock
 
 __all__ = ["add_scheduler_commands", "main", "run_scheduler"]
 

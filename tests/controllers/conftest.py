@@ -12,8 +12,8 @@ import pytest
 from controllers.keel_processes import ApiServer, RunManager
 
 from keel.client import KeelClient
+from keel.clock import SystemClock
 from keel.controllers import build
-from keel.runtime.clock import SystemClock
 from keel.runtime.controller import ControllerRunner
 from keel.runtime.manager import ControllerManager
 

@@ -13,7 +13,7 @@ from controllers.keel_processes import ApiServer, eventually
 
 from keel.api.resources import Lease, Namespace
 from keel.client import KeelClient
-from keel.runtime.clock import SystemClock
+from keel.clock import SystemClock
 from keel.runtime.controller import Context, ControllerRunner, Result
 from keel.runtime.manager import LEASE_NAME, LEASE_NAMESPACE, ControllerManager
 

@@ -13,8 +13,8 @@ from controllers.keel_processes import ApiServer, eventually
 
 from keel.api.resources import Namespace, ObjectMeta
 from keel.client import KeelClient
+from keel.clock import SystemClock
 from keel.controllers.namespace import FINALIZER
-from keel.runtime.clock import SystemClock
 from keel.runtime.controller import Context, ControllerRunner, Result
 from keel.runtime.manager import ControllerManager
 from keel.runtime.sharding import shard_of

@@ -25,8 +25,8 @@ from keel.api.resources import (
     Service,
 )
 from keel.client import FencingTokenRejected, KeelClient
+from keel.clock import ManualClock
 from keel.runtime.api import ApiClient
-from keel.runtime.clock import ManualClock
 from keel.runtime.controller import (
     Context,
     ControllerRunner,

@@ -35,8 +35,8 @@ from keel.api.resources import (
     OwnerReference,
 )
 from keel.client import ApiUnavailable, Expired, KeelClient, ListResult, WatchEvent
+from keel.clock import ManualClock, SystemClock
 from keel.runtime.checkpoint import Checkpoint
-from keel.runtime.clock import ManualClock, SystemClock
 from keel.runtime.informer import Indexer, Informer, object_key, relist_delay
 from keel.store import open_store
 

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from keel.api.resources import Lease, Namespace, ObjectMeta
 from keel.client import FencingTokenRejected, KeelClient
+from keel.clock import ManualClock, SystemClock
 from keel.runtime.api import ApiClient
-from keel.runtime.clock import ManualClock, SystemClock
 from keel.runtime.leaderelection import (
     TRANSITIONS,
     Effect,

@@ -18,7 +18,7 @@ from test_leaderelection import ApiServer, poll
 
 from keel.api.resources import Lease
 from keel.client import KeelClient
-from keel.runtime.clock import SystemClock
+from keel.clock import SystemClock
 from keel.runtime.sharding import ShardCoordinator, plan_shards, shard_of, shard_target
 
 TTL = 2

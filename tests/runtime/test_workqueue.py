@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keel.runtime.clock import ManualClock
+from keel.clock import ManualClock
 from keel.runtime.workqueue import TokenBucket, WorkQueue, backoff_delay
 
 

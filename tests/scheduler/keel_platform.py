@@ -27,10 +27,10 @@ from keel.api.resources import (
 )
 from keel.apiserver_cli import write_kubeconfig
 from keel.client import KeelClient
+from keel.clock import SystemClock
 from keel.controllers.deployment import DeploymentController
 from keel.controllers.endpoints import EndpointsController
 from keel.controllers.nodelifecycle import NodeLifecycleController
-from keel.runtime.clock import SystemClock
 from keel.runtime.controller import Controller, ControllerRunner
 from keel.runtime.manager import ControllerManager
 from keel.scheduler.service import new_scheduler

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from keel.runtime.clock import Clock
+from keel.clock import Clock
 from keel.sim.loop import (
     EPOCH,
     SimClock,

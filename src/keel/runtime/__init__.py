@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from keel.runtime.api import ApiClient
     from keel.runtime.checkpoint import Checkpoint
-    from keel.runtime.clock import Clock, ManualClock, SystemClock
     from keel.runtime.controller import (
         Context,
         Controller,
@@ -31,9 +30,6 @@ if TYPE_CHECKING:
 _HOMES: dict[str, str] = {
     "ApiClient": "api",
     "Checkpoint": "checkpoint",
-    "Clock": "clock",
-    "ManualClock": "clock",
-    "SystemClock": "clock",
     "Context": "controller",
     "Controller": "controller",
     "ControllerMetrics": "controller",
@@ -56,7 +52,6 @@ _HOMES: dict[str, str] = {
 __all__ = [
     "ApiClient",
     "Checkpoint",
-    "Clock",
     "Context",
     "Controller",
     "ControllerManager",
@@ -65,12 +60,10 @@ __all__ = [
     "Indexer",
     "Informer",
     "LeaderElector",
-    "ManualClock",
     "Partition",
     "Related",
     "Result",
     "ShardCoordinator",
-    "SystemClock",
     "WorkQueue",
     "WorkQueueMetrics",
     "object_key",

@@ -39,9 +39,9 @@ from typing import Any, Protocol, TypeVar
 from keel.api.registry import BY_KIND
 from keel.api.resources import Resource
 from keel.client import Conflict, FencingTokenRejected
+from keel.clock import Clock
 from keel.runtime.api import ApiClient
 from keel.runtime.checkpoint import Checkpoint
-from keel.runtime.clock import Clock
 from keel.runtime.informer import Indexer, Informer, object_key
 from keel.runtime.workqueue import WorkQueue
 

@@ -15,9 +15,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from keel.api.resources import Resource
 from keel.client import Expired, WatchEvent
+from keel.clock import Clock
 from keel.runtime.api import ApiClient, Selector, WatchStream
 from keel.runtime.checkpoint import Checkpoint, gc_relaxed
-from keel.runtime.clock import Clock
 
 __all__ = [
     "EventType",

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from keel.api.resources import Lease
 from keel.client import AlreadyExists, Backoff, KeelClientError, NotFound
+from keel.clock import Clock
 from keel.runtime.api import ApiClient
-from keel.runtime.clock import Clock
 
 __all__ = [
     "TRANSITIONS",

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 
 from keel.client import FencingTokenRejected, KeelClient
-from keel.runtime.clock import Clock
+from keel.clock import Clock
 from keel.runtime.controller import ControllerRunner, Partition
 from keel.runtime.leaderelection import LeaderElector
 from keel.runtime.sharding import ShardCoordinator, shard_of

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from keel.api.resources import Lease
 from keel.client import AlreadyExists, KeelClientError
+from keel.clock import Clock
 from keel.runtime.api import ApiClient
-from keel.runtime.clock import Clock
 from keel.runtime.leaderelection import Election, Event, Kind, first_of, transition, within
 
 __all__ = ["ShardCoordinator", "plan_shards", "shard_of", "shard_target"]

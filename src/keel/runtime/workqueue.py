@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from keel.runtime.clock import Clock
+from keel.clock import Clock
 
 __all__ = ["Histogram", "TokenBucket", "WorkQueue", "WorkQueueMetrics", "backoff_delay"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from keel.client import KeelClient
-from keel.runtime.clock import Clock
+from keel.clock import Clock
 from keel.runtime.controller import ControllerRunner
 from keel.runtime.manager import ControllerManager
 from keel.scheduler.controller import RETRY_UNSCHEDULABLE, SchedulerController

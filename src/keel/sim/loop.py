@@ -101,7 +101,7 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
 
 
 class SimClock:
-    """The runtime's `Clock` protocol in the running loop's (virtual) time.
+    """`keel.clock.Clock` in the running loop's (virtual) time.
 
     `gate`, when given, is awaited after every sleep: a paused process does not wake up
     until it is resumed, like a process under SIGSTOP.
@@ -110,8 +110,15 @@ class SimClock:
     def __init__(self, gate: Callable[[], Awaitable[object]] | None = None) -> None:
         self._gate = gate
 
+    # Simulated wall-clock time: virtual seconds after a fixed instant (2026-01-01 UTC), so
+    # timestamps in a trace are the same on every replay.
+    WALL_EPOCH = 1_767_225_600.0
+
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return self.WALL_EPOCH + asyncio.get_running_loop().time() - EPOCH
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

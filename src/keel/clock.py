@@ -1,7 +1,8 @@
-"""Clocks for everything in the runtime that waits: a real one and a manual one for tests.
+"""The one clock: everything in Keel that waits, times out or stamps a time takes a `Clock`.
 
-Code takes a `Clock` parameter instead of calling time/asyncio directly, so tests can run in
-virtual time (`ManualClock`) and never sleep to wait for a condition.
+Code takes a `Clock` parameter instead of calling time/asyncio/datetime directly, so tests run
+in virtual time (`ManualClock`, or the simulation's `keel.sim.SimClock`) and never sleep to
+wait for a condition. It sits below every layer (the store's lease deadlines use it too).
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ __all__ = ["Clock", "ManualClock", "SystemClock"]
 
 
 class Clock(Protocol):
-    """Monotonic time in seconds plus a way to wait for it."""
+    """Monotonic time in seconds, the wall-clock time for timestamps, and a way to wait."""
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """Monotonic seconds: deadlines, timeouts, durations."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds since the Unix epoch: timestamps that users read."""
+        ...
 
     async def sleep(self, seconds: float) -> None: ...
 
@@ -28,6 +35,9 @@ class SystemClock:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -40,13 +50,20 @@ class ManualClock:
     sleep yields once to the event loop and returns.
     """
 
+    # The wall clock of a ManualClock starts at a fixed, readable instant (2026-01-01 UTC).
+    WALL_EPOCH = 1_767_225_600.0
+
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
+        self._start = start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        return self.WALL_EPOCH + (self._now - self._start)
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
