@@ -83,7 +83,7 @@ def test_invalid_names_the_field_paths() -> None:
 
 def test_too_many_requests_waits_for_the_retry_after_header_first() -> None:
     body = status_body(429, "TooManyRequests", retryAfterSeconds=7)
-    with_header = error_from_response(429, body, {"Retry-After": "3"})
+    with_header = error_from_response(429, body, {"retry-after": "3"})
     without_header = error_from_response(429, body, {})
     bare = error_from_response(429, status_body(429, "TooManyRequests"), {})
     assert isinstance(with_header, TooManyRequests) and with_header.retry_after == 3.0

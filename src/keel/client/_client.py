@@ -1,4 +1,4 @@
-"""`KeelClient`: typed, async access to the keel.dev/v1 API over one aiohttp session.
+"""`KeelClient`: typed, async access to the keel.dev/v1 API through a pluggable transport.
 
 Objects go out and come back as the frozen msgspec models of `keel.api.resources`; the kind
 (a model class or any name `keel.api.registry.lookup` knows) picks the model and the path.
@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 from urllib.parse import quote
 
-import aiohttp
 import msgspec
 
 from keel.api.registry import BY_KIND, KindInfo, lookup
@@ -45,7 +44,17 @@ from keel.client._errors import (
     status_error,
 )
 from keel.client._kubeconfig import load_kubeconfig
-from keel.client._transport import RetryPolicy, Sleep, SSLArg, Transport, iter_lines
+from keel.client._transport import (
+    AiohttpTransport,
+    HttpRequest,
+    HttpTransport,
+    Requests,
+    RetryPolicy,
+    Sleep,
+    SSLArg,
+    TransportError,
+    iter_lines,
+)
 from keel.client._watch import Bookmark, RawEvent, WatchCursor, WatchEvent
 
 R = TypeVar("R", bound=Resource)
@@ -176,8 +185,11 @@ class KeelClient:
     """Async client of one Keel API server.
 
     Use as `async with KeelClient(server, token=...) as client:` (or call `close()`). A client
-    holds one aiohttp session with keep-alive connections and is safe to share between tasks
-    of one event loop.
+    holds one transport (by default `AiohttpTransport`: keep-alive HTTP(S) connections) and is
+    safe to share between tasks of one event loop. `transport` plugs another one in below the
+    client's retries, decoding and watch resumption, as httpx does (`keel.sim` answers from
+    the real API server app in memory); `ssl`, `timeout` and `connections` configure the
+    default transport only.
     """
 
     def __init__(
@@ -192,16 +204,17 @@ class KeelClient:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         connections: int = 100,
+        transport: HttpTransport | None = None,
     ) -> None:
-        self._transport = Transport(
+        if transport is None:
+            transport = AiohttpTransport(ssl=ssl, timeout=timeout, connections=connections)
+        self._transport = Requests(
             server,
+            transport,
             token=token,
-            ssl=ssl,
-            timeout=timeout,
             retry=retry or RetryPolicy(),
             sleep=sleep,
             rng=rng or random.Random(),
-            connections=connections,
         )
         self.namespace = namespace
         self._base = self._transport.server + "/apis/keel.dev/v1"
@@ -761,13 +774,14 @@ class KeelClient:
 
     async def ready(self) -> bool:
         """Whether `/readyz` answers 200 (no retries; never raises for a down server)."""
+        requests = self._transport
         try:
-            session = self._transport._get_session()
-            async with session.get(self._transport.server + "/readyz") as response:
-                await response.read()
-                return response.status == 200
-        except (TimeoutError, aiohttp.ClientError):
+            response = await requests.transport.send(
+                HttpRequest("GET", requests.server + "/readyz", headers=requests.headers)
+            )
+        except TransportError:
             return False
+        return response.status == 200
 
     # ----------------------------------------------------------------- watch
 
@@ -976,7 +990,7 @@ class Watch(Generic[R]):
                 expired = True
             except TooManyRequests as exc:
                 retry_after = exc.retry_after
-            except (TimeoutError, ServerError, aiohttp.ClientError, ApiUnavailable):
+            except (TimeoutError, ServerError, TransportError, ApiUnavailable):
                 pass  # resume below
             cursor.ended(expired=expired)
             self._reconnects += 1

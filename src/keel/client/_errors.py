@@ -206,7 +206,8 @@ def status_error(status: Status, retry_after: str | None = None) -> ApiError:
 
 
 def error_from_response(code: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
-    """The exception for an error response; bodies that are not a Status still map by code."""
+    """The exception for an error response (`headers` keyed in lower case); bodies that are
+    not a Status still map by code."""
     try:
         status = _status_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -215,4 +216,4 @@ def error_from_response(code: int, body: bytes, headers: Mapping[str, str]) -> A
     else:
         if status.code != code:
             status = msgspec.structs.replace(status, code=code)
-    return status_error(status, headers.get("Retry-After"))
+    return status_error(status, headers.get("retry-after"))

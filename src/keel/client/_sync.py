@@ -1,31 +1,25 @@
-"""`SyncClient`: the `KeelClient` calls for plain threaded code.
+"""`SyncClient`: every `KeelClient` call for plain threaded code, without redeclaring them.
 
-A private event loop runs in a background thread; each call is handed to it and waited for.
-Watches become ordinary iterators. Nothing here decides anything: it only forwards.
+A private event loop runs in a background thread and owns one `KeelClient` (`.aio`). Any of
+its coroutine methods called on the `SyncClient` runs there and is waited for; `watch` and
+`fenced` become a blocking iterator and a plain context manager. For full static types, hand
+the coroutine itself to `run`: `sync.run(sync.aio.get(Node, "n1"))`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
+import functools
+import inspect
 import os
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
-from keel.api.registry import KindInfo
-from keel.api.resources import Instance, Lease, Resource
-from keel.client._client import (
-    KeelClient,
-    ListResult,
-    PatchType,
-    Preconditions,
-    Selector,
-    Watch,
-)
-from keel.client._transport import RetryPolicy, SSLArg
+from keel.api.resources import Resource
+from keel.client._client import KeelClient, Watch
 from keel.client._watch import WatchEvent
 
 R = TypeVar("R", bound=Resource)
@@ -87,25 +81,15 @@ class SyncWatch(Generic[R]):
 
 
 class SyncClient:
-    """Blocking twin of `KeelClient` (same method names and arguments).
+    """Blocking twin of `KeelClient`: the same methods, arguments and answers.
 
-    Use as `with SyncClient(server, token=...) as client:` or call `close()`.
+    `SyncClient(server, **options)` takes `KeelClient`'s arguments. Use as
+    `with SyncClient(server, token=...) as client:` or call `close()`.
     """
 
-    def __init__(
-        self,
-        server: str,
-        *,
-        token: str | None = None,
-        ssl: SSLArg = None,
-        namespace: str = "default",
-        timeout: float = 30.0,
-        retry: RetryPolicy | None = None,
-    ) -> None:
+    def __init__(self, server: str, **options: Any) -> None:
         self._loop = _LoopThread()
-        self._client = KeelClient(
-            server, token=token, ssl=ssl, namespace=namespace, timeout=timeout, retry=retry
-        )
+        self.aio = KeelClient(server, **options)
         self._owner = True
 
     @classmethod
@@ -113,31 +97,48 @@ class SyncClient:
         cls, path: str | os.PathLike[str] | None = None, *, context: str | None = None
     ) -> SyncClient:
         """As `KeelClient.from_kubeconfig`."""
-        from keel.client._kubeconfig import load_kubeconfig
+        sync = cls.__new__(cls)
+        sync._loop = _LoopThread()
+        sync.aio = KeelClient.from_kubeconfig(path, context=context)
+        sync._owner = True
+        return sync
 
-        config = load_kubeconfig(path, context=context)
-        return cls(
-            config.server,
-            token=config.token,
-            ssl=config.ssl_context(),
-            namespace=config.namespace,
-        )
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run one coroutine of `self.aio` (or any) on the client's loop and return its
+        result: the statically typed way to make any call."""
+        return self._loop.run(coro)
 
-    @property
-    def server(self) -> str:
-        return self._client.server
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.aio, name)
+        if not inspect.iscoroutinefunction(method):
+            return method  # plain attributes and properties: server, namespace, ...
 
-    @property
-    def namespace(self) -> str:
-        return self._client.namespace
+        @functools.wraps(method)
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run(method(*args, **kwargs))
+
+        return blocking
+
+    def watch(self, kind: Any, **options: Any) -> SyncWatch[Any]:
+        """As `KeelClient.watch`, as a plain (blocking) iterator."""
+        return SyncWatch(self._loop, self.aio.watch(kind, **options))
+
+    @contextmanager
+    def fenced(self, namespace: str, lease_name: str, token: int) -> Iterator[SyncClient]:
+        """As `KeelClient.fenced`: a view whose writes carry the fencing token."""
+        view = SyncClient.__new__(SyncClient)
+        view._loop = self._loop
+        view.aio = self.aio._fenced_view(namespace, lease_name, token)
+        view._owner = False
+        try:
+            yield view
+        finally:
+            view.aio._view_open = False
 
     def close(self) -> None:
-        if self._owner:
-            if not self._loop.loop.is_closed():
-                self._loop.run(self._client.close())
-                self._loop.stop()
-        else:
-            self._client._view_open = False
+        if self._owner and not self._loop.loop.is_closed():
+            self._loop.run(self.aio.close())
+            self._loop.stop()
 
     def __enter__(self) -> SyncClient:
         return self
@@ -149,266 +150,3 @@ class SyncClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    # ----------------------------------------------------------------- reads
-
-    @overload
-    def get(self, kind: type[R], name: str, *, namespace: str | None = None) -> R: ...
-    @overload
-    def get(self, kind: str | KindInfo, name: str, *, namespace: str | None = None) -> Resource: ...
-    def get(
-        self, kind: type[Resource] | str | KindInfo, name: str, *, namespace: str | None = None
-    ) -> Resource:
-        return self._loop.run(self._client.get(kind, name, namespace=namespace))
-
-    @overload
-    def list(
-        self,
-        kind: type[R],
-        *,
-        namespace: str | None = None,
-        label_selector: Selector | None = None,
-        field_selector: str | None = None,
-        limit: int | None = None,
-    ) -> ListResult[R]: ...
-    @overload
-    def list(
-        self,
-        kind: str | KindInfo,
-        *,
-        namespace: str | None = None,
-        label_selector: Selector | None = None,
-        field_selector: str | None = None,
-        limit: int | None = None,
-    ) -> ListResult[Resource]: ...
-    def list(
-        self,
-        kind: type[Resource] | str | KindInfo,
-        *,
-        namespace: str | None = None,
-        label_selector: Selector | None = None,
-        field_selector: str | None = None,
-        limit: int | None = None,
-    ) -> ListResult[Any]:
-        return self._loop.run(
-            self._client.list(
-                kind,
-                namespace=namespace,
-                label_selector=label_selector,
-                field_selector=field_selector,
-                limit=limit,
-            )
-        )
-
-    # ----------------------------------------------------------------- writes
-
-    def create(self, obj: R) -> R:
-        return self._loop.run(self._client.create(obj))
-
-    def replace(self, obj: R) -> R:
-        return self._loop.run(self._client.replace(obj))
-
-    def update_status(self, obj: R) -> R:
-        return self._loop.run(self._client.update_status(obj))
-
-    @overload
-    def patch(
-        self,
-        kind: type[R],
-        name: str,
-        patch: Any,
-        *,
-        namespace: str | None = None,
-        type: PatchType = "merge",
-        subresource: str | None = None,
-    ) -> R: ...
-    @overload
-    def patch(
-        self,
-        kind: str | KindInfo,
-        name: str,
-        patch: Any,
-        *,
-        namespace: str | None = None,
-        type: PatchType = "merge",
-        subresource: str | None = None,
-    ) -> Resource: ...
-    def patch(
-        self,
-        kind: type[Resource] | str | KindInfo,
-        name: str,
-        patch: Any,
-        *,
-        namespace: str | None = None,
-        type: PatchType = "merge",
-        subresource: str | None = None,
-    ) -> Resource:
-        return self._loop.run(
-            self._client.patch(
-                kind,
-                name,
-                patch,
-                namespace=namespace,
-                type=type,
-                subresource=subresource,
-            )
-        )
-
-    @overload
-    def delete(
-        self,
-        kind: type[R],
-        name: str,
-        *,
-        namespace: str | None = None,
-        preconditions: Preconditions | None = None,
-    ) -> R | None: ...
-    @overload
-    def delete(
-        self,
-        kind: str | KindInfo,
-        name: str,
-        *,
-        namespace: str | None = None,
-        preconditions: Preconditions | None = None,
-    ) -> Resource | None: ...
-    def delete(
-        self,
-        kind: type[Resource] | str | KindInfo,
-        name: str,
-        *,
-        namespace: str | None = None,
-        preconditions: Preconditions | None = None,
-    ) -> Resource | None:
-        return self._loop.run(
-            self._client.delete(
-                kind,
-                name,
-                namespace=namespace,
-                preconditions=preconditions,
-            )
-        )
-
-    def bind(
-        self, namespace: str, instance: str, node: str, *, resource_version: str = ""
-    ) -> Instance | None:
-        return self._loop.run(
-            self._client.bind(namespace, instance, node, resource_version=resource_version)
-        )
-
-    # ----------------------------------------------------------------- leases
-
-    def acquire_lease(
-        self,
-        namespace: str,
-        name: str,
-        holder: str,
-        duration: int,
-        *,
-        labels: Mapping[str, str] | None = None,
-    ) -> Lease:
-        return self._loop.run(
-            self._client.acquire_lease(namespace, name, holder, duration, labels=labels)
-        )
-
-    def renew_lease(self, lease: Lease) -> Lease:
-        return self._loop.run(self._client.renew_lease(lease))
-
-    def release_lease(self, lease: Lease) -> bool:
-        return self._loop.run(self._client.release_lease(lease))
-
-    @contextmanager
-    def fenced(self, namespace: str, lease_name: str, token: int) -> Iterator[SyncClient]:
-        """As `KeelClient.fenced`: a view whose writes carry the fencing token."""
-        view = SyncClient.__new__(SyncClient)
-        view._loop = self._loop
-        view._client = self._client._fenced_view(namespace, lease_name, token)
-        view._owner = False
-        try:
-            yield view
-        finally:
-            view._client._view_open = False
-
-    # ----------------------------------------------------------------- telemetry
-
-    def put_telemetry(
-        self,
-        kind: str,
-        body: Mapping[str, Any],
-        *,
-        name: str | None = None,
-        namespace: str | None = None,
-        ttl: float | None = None,
-    ) -> None:
-        self._loop.run(
-            self._client.put_telemetry(kind, body, name=name, namespace=namespace, ttl=ttl)
-        )
-
-    def get_telemetry(
-        self, kind: str, name: str | None = None, *, namespace: str | None = None
-    ) -> Any:
-        return self._loop.run(self._client.get_telemetry(kind, name, namespace=namespace))
-
-    def record_event(self, event: Mapping[str, Any], *, namespace: str | None = None) -> None:
-        self._loop.run(self._client.record_event(event, namespace=namespace))
-
-    def events(
-        self, namespace: str | None = None, name: str | None = None
-    ) -> builtins.list[dict[str, Any]]:
-        return self._loop.run(self._client.events(namespace, name))
-
-    def ready(self) -> bool:
-        return self._loop.run(self._client.ready())
-
-    # ----------------------------------------------------------------- watch
-
-    @overload
-    def watch(
-        self,
-        kind: type[R],
-        *,
-        namespace: str | None = None,
-        resource_version: str | None = None,
-        label_selector: Selector | None = None,
-        field_selector: str | None = None,
-        bookmarks: bool = True,
-        emit_bookmarks: bool = False,
-        idle_timeout: float | None = None,
-    ) -> SyncWatch[R]: ...
-    @overload
-    def watch(
-        self,
-        kind: str | KindInfo,
-        *,
-        namespace: str | None = None,
-        resource_version: str | None = None,
-        label_selector: Selector | None = None,
-        field_selector: str | None = None,
-        bookmarks: bool = True,
-        emit_bookmarks: bool = False,
-        idle_timeout: float | None = None,
-    ) -> SyncWatch[Resource]: ...
-    def watch(
-        self,
-        kind: type[Resource] | str | KindInfo,
-        *,
-        namespace: str | None = None,
-        resource_version: str | None = None,
-        label_selector: Selector | None = None,
-        field_selector: str | None = None,
-        bookmarks: bool = True,
-        emit_bookmarks: bool = False,
-        idle_timeout: float | None = None,
-    ) -> SyncWatch[Any]:
-        """As `KeelClient.watch`, as a plain (blocking) iterator."""
-        watch = self._client.watch(
-            kind,
-            namespace=namespace,
-            resource_version=resource_version,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            bookmarks=bookmarks,
-            emit_bookmarks=emit_bookmarks,
-            idle_timeout=idle_timeout,
-        )
-        return SyncWatch(self._loop, watch)
