@@ -73,6 +73,7 @@ from keel.api.storage import (
     too_large,
 )
 from keel.api.watchcache import CachedObject, Expired, WatchCache, encode_object, expired_line
+from keel.clock import Clock, SystemClock
 from keel.store import (
     CompactedError,
     LeaseNotFound,
@@ -423,7 +424,9 @@ class ApiServer:
         compaction_interval: float = 60.0,
         compaction_retention: float = 300.0,
         ready_timeout: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock: Clock = clock or SystemClock()
         self.store = store
         self.tokens = tokens
         self.max_object_bytes = max_object_bytes
@@ -431,7 +434,9 @@ class ApiServer:
         self.writes = WriteCounter(
             listeners=[lambda kind, verb: self.metrics.store_writes.labels(kind, verb).inc()]
         )
-        self.storage = Storage(store, max_object_bytes=max_object_bytes, writes=self.writes)
+        self.storage = Storage(
+            store, max_object_bytes=max_object_bytes, writes=self.writes, clock=self.clock
+        )
         self.admission = admission if admission is not None else TokenBucketAdmission()
         self.cache = cache if cache is not None else WatchCache(store)
         self.telemetry = telemetry if telemetry is not None else telemetry_mod.TelemetryStore()
@@ -463,7 +468,7 @@ class ApiServer:
             except (StoreError, OSError) as exc:
                 self.boot_error = exc
                 log.warning("boot: %s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.boot_error = None
         self._start_compactor()
@@ -474,7 +479,7 @@ class ApiServer:
     async def _sweep_telemetry(self, interval: float = 30.0) -> None:
         """Expired telemetry is never served; the sweep also gives its memory back."""
         while True:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             self.telemetry.sweep()
 
     def _start_compactor(self) -> None:
@@ -976,7 +981,7 @@ class ApiServer:
             return Response(expired_line(message), media_type=JSON)
 
         async def body() -> AsyncIterator[bytes]:
-            deadline = time.monotonic() + timeout if timeout else None
+            deadline = self.clock.now() + timeout if timeout else None
             try:
                 if initial:
                     yield b"".join(initial)
@@ -985,7 +990,7 @@ class ApiServer:
                     if deadline is None:
                         line = await iterator.__anext__()
                     else:
-                        remaining = deadline - time.monotonic()
+                        remaining = deadline - self.clock.now()
                         if remaining <= 0:
                             return
                         try:

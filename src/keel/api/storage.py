@@ -30,6 +30,7 @@ from keel.api.resources import (
     StatusCause,
     StatusDetails,
 )
+from keel.clock import Clock, SystemClock
 from keel.store import Compare, KeyValue, LeaseNotFound, Op, RangeResult, Store, TxnResult
 
 DEFAULT_MAX_OBJECT_BYTES = 1024 * 1024
@@ -431,14 +432,12 @@ class Storage:
         store: Store,
         *,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
-        clock: Callable[[], float] | None = None,
+        clock: Clock | None = None,
         writes: WriteCounter | None = None,
     ) -> None:
-        import time
-
         self.store = store
         self.max_object_bytes = max_object_bytes
-        self.clock = clock or time.time
+        self.clock: Clock = clock or SystemClock()
         self.writes = writes if writes is not None else WriteCounter()
         self._rng = random.Random()
 
@@ -534,7 +533,7 @@ class Storage:
     async def _create_once(
         self, info: KindInfo, obj: Resource, namespace: str, name: str, fencing: Fencing | None
     ) -> Resource:
-        now = self.clock()
+        now = self.clock.wall()
         created = prepare_create(
             info, obj, namespace=namespace, name=name, uid=str(uuid.uuid4()), now=now
         )
@@ -679,7 +678,7 @@ class Storage:
                 raise not_found(info, name)
             current = from_kv(info, kv)
             check_preconditions(info, current, preconditions)
-            action, target = plan_delete(current, self.clock())
+            action, target = plan_delete(current, self.clock.wall())
             if action == "wait":
                 return current, False
             fence_compares, fence_ops = self._guards(fencing)

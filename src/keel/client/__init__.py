@@ -1,7 +1,8 @@
 """Keel's Python client: typed async access to the keel.dev/v1 API, and a sync wrapper.
 
-`KeelClient` (async, aiohttp) and `SyncClient` (the same calls from plain threads) speak the
-HTTP contract of DESIGN.md section 4 with the models of `keel.api.resources`.
+`KeelClient` (async) and `SyncClient` (the same calls from plain threads) speak the HTTP
+contract of DESIGN.md section 4 with the models of `keel.api.resources`, through a pluggable
+`HttpTransport` (`AiohttpTransport` by default; `keel.sim` answers in memory).
 """
 
 from keel.client._backoff import Backoff
@@ -38,11 +39,20 @@ from keel.client._kubeconfig import (
     load_kubeconfig,
 )
 from keel.client._sync import SyncClient, SyncWatch
-from keel.client._transport import RetryPolicy
+from keel.client._transport import (
+    AiohttpTransport,
+    HttpRequest,
+    HttpResponse,
+    HttpTransport,
+    ResponseStream,
+    RetryPolicy,
+    TransportError,
+)
 from keel.client._watch import WatchEvent
 
 __all__ = [
     "FENCING_HEADER",
+    "AiohttpTransport",
     "AlreadyExists",
     "ApiError",
     "ApiUnavailable",
@@ -52,6 +62,9 @@ __all__ = [
     "Expired",
     "FencingTokenRejected",
     "Forbidden",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpTransport",
     "Invalid",
     "KeelClient",
     "KeelClientError",
@@ -61,12 +74,14 @@ __all__ = [
     "NotFound",
     "Page",
     "Preconditions",
+    "ResponseStream",
     "RetryPolicy",
     "ServerError",
     "SyncClient",
     "SyncWatch",
     "TooLarge",
     "TooManyRequests",
+    "TransportError",
     "Unauthorized",
     "Watch",
     "WatchEvent",
