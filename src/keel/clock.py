@@ -13,7 +13,12 @@ import itertools
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "rfc3339"]
+
+
+def rfc3339(wall: float) -> str:
+    """A wall-clock time as Kubernetes writes timestamps: `2026-01-01T00:00:00Z`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
 class Clock(Protocol):

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import platform
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -425,6 +426,7 @@ class ApiServer:
         compaction_retention: float = 300.0,
         ready_timeout: float = 10.0,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.store = store
@@ -435,7 +437,11 @@ class ApiServer:
             listeners=[lambda kind, verb: self.metrics.store_writes.labels(kind, verb).inc()]
         )
         self.storage = Storage(
-            store, max_object_bytes=max_object_bytes, writes=self.writes, clock=self.clock
+            store,
+            max_object_bytes=max_object_bytes,
+            writes=self.writes,
+            clock=self.clock,
+            rng=rng,
         )
         self.admission = admission if admission is not None else TokenBucketAdmission()
         self.cache = cache if cache is not None else WatchCache(store)

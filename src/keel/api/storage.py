@@ -434,12 +434,14 @@ class Storage:
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         clock: Clock | None = None,
         writes: WriteCounter | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.max_object_bytes = max_object_bytes
         self.clock: Clock = clock or SystemClock()
         self.writes = writes if writes is not None else WriteCounter()
-        self._rng = random.Random()
+        # Generated names and uids; a seeded one makes a simulation replay exactly.
+        self._rng = rng or random.Random()
 
     # -- helpers
 
@@ -535,7 +537,12 @@ class Storage:
     ) -> Resource:
         now = self.clock.wall()
         created = prepare_create(
-            info, obj, namespace=namespace, name=name, uid=str(uuid.uuid4()), now=now
+            info,
+            obj,
+            namespace=namespace,
+            name=name,
+            uid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            now=now,
         )
         data = self._encode_checked(created)
         key = info.key(namespace, name)

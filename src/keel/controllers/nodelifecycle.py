@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import msgspec
 
 from keel.api.resources import Condition, Instance, Lease, Node, Resource
 from keel.client import Conflict, NotFound, Preconditions
+from keel.clock import rfc3339
 from keel.runtime.api import ApiClient
 from keel.runtime.controller import Context, Related, Result
 
@@ -151,10 +151,6 @@ async def execute(client: ApiClient, node: Node, action: Action) -> None:
                 )
 
 
-def _utc_timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class NodeLifecycleController:
     """Watches Nodes, their leases and the Instances bound to them: see the module docstring.
 
@@ -205,7 +201,7 @@ class NodeLifecycleController:
             self._missing_since.get(key),
             bound,
             now=now,
-            timestamp=_utc_timestamp(),
+            timestamp=rfc3339(ctx.clock.wall()),
             grace=self.grace,
             lease_duration=self._durations.get(key, DEFAULT_LEASE_DURATION),
         )

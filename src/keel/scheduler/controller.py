@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from keel.api.resources import Condition, Deployment, Instance, Node, Resource
 from keel.client import NotFound
+from keel.clock import rfc3339
 from keel.runtime.controller import Context, Related, Result
 from keel.runtime.informer import Indexer, object_key
 from keel.scheduler.policy import Decision, build_snapshot, schedule
@@ -33,10 +33,6 @@ TERMINAL = frozenset({"Succeeded", "Failed"})
 
 def scheduled_condition(instance: Instance) -> Condition | None:
     return next((c for c in instance.status.conditions if c.type == SCHEDULED), None)
-
-
-def _timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SchedulerController:
@@ -142,7 +138,7 @@ class SchedulerController:
             status="False",
             reason="Unschedulable",
             message=why.reason,
-            last_transition_time=_timestamp()
+            last_transition_time=rfc3339(ctx.clock.wall())
             if current is None or current.status != "False"
             else current.last_transition_time,
         )
@@ -158,7 +154,7 @@ class SchedulerController:
             status="True",
             reason="Bound",
             message=f"bound to node {instance.spec.node_name}",
-            last_transition_time=_timestamp(),
+            last_transition_time=rfc3339(ctx.clock.wall()),
         )
         await self._set_condition(ctx, instance, condition)
 

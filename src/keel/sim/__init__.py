@@ -1,12 +1,15 @@
-"""Deterministic simulation of controllers: virtual time, an in-memory API double with the
-server's semantics, seeded faults (watch, crash, pause, lease expiry) and `simulate()`, which
-checks convergence and that no dangerous action ran twice. A seed replays exactly.
+"""Deterministic simulation of the real platform: virtual time, the real API server app on an
+in-memory store, the real client over a simulated network (`ProcessNetwork`: latency, stalls,
+lost answers, watch drops, rewinds and expiry), seeded process faults (crash, pause, lease
+expiry), and `simulate()`, which checks convergence and that no dangerous action ran twice.
+A seed replays exactly.
 """
 
-from keel.sim.double import Mutation, SimApi, SimClient, SimWatch
+from keel.sim.cluster import SimCluster
 from keel.sim.faults import FaultMix, FaultScheduler, WatchDecision
 from keel.sim.harness import (
     ProcessEnv,
+    ProcessSpec,
     SimEnv,
     SimResult,
     check_fencing,
@@ -21,19 +24,23 @@ from keel.sim.loop import (
     VirtualEventLoop,
     run_virtual,
 )
+from keel.sim.network import Mutation, MutationLog, ProcessNetwork
 from keel.sim.trace import Trace
+from keel.sim.transport import AppTransport
 
 __all__ = [
+    "AppTransport",
     "FaultMix",
     "FaultScheduler",
     "Mutation",
+    "MutationLog",
     "ProcessEnv",
-    "SimApi",
-    "SimClient",
+    "ProcessNetwork",
+    "ProcessSpec",
     "SimClock",
+    "SimCluster",
     "SimEnv",
     "SimResult",
-    "SimWatch",
     "SimulationDeadlock",
     "SimulationRunaway",
     "Trace",

@@ -20,8 +20,8 @@ from keel.api.resources import (
 )
 from keel.client import AlreadyExists, NotFound
 from keel.runtime.controller import Context, Related, Result
-from keel.sim.double import Mutation
 from keel.sim.harness import Setup, SimEnv
+from keel.sim.network import Mutation
 
 __all__ = [
     "SLOT_LABEL",

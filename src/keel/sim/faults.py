@@ -1,8 +1,9 @@
 """The seeded fault scheduler: what goes wrong, and when, in a simulation.
 
 Watch faults are decided per delivered event (delay, connection drop, redelivery after a
-reconnect from an older resourceVersion, 410 Expired), stalls per write; process faults
-(crash, pause, lease expiry) are Poisson arrivals in virtual time. All from the seed.
+reconnect from an older resourceVersion, 410 Expired), stalls per write, lost answers per
+request; process faults (crash, pause, lease expiry) are Poisson arrivals in virtual time.
+All from the seed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FaultMix:
     max_pause: float = 6.0
     lease_expiry: float = 0.0  # a held lease is expired by force (keep-alive lost)
     stall: float = 0.0  # per write: the writer pauses just before its request is sent
+    lose: float = 0.0  # per request: the server acts, but its answer never arrives
     latency: float = 0.0
 
     @classmethod
@@ -50,8 +52,14 @@ class FaultMix:
         return cls(crash=0.05, pause=0.05, lease_expiry=0.03, stall=0.02, latency=0.005)
 
     @classmethod
+    def network_chaos(cls) -> FaultMix:
+        return cls(lose=0.03, latency=0.02)
+
+    @classmethod
     def everything(cls) -> FaultMix:
-        return replace(cls.watch_chaos(), crash=0.05, pause=0.05, lease_expiry=0.03, stall=0.02)
+        return replace(
+            cls.watch_chaos(), crash=0.05, pause=0.05, lease_expiry=0.03, stall=0.02, lose=0.01
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class FaultScheduler:
         self._process = random.Random(f"{seed}:process")
         self._latency = random.Random(f"{seed}:latency")
         self._stall = random.Random(f"{seed}:stall")
+        self._lose = random.Random(f"{seed}:lose")
 
     def on_watch_event(self) -> WatchDecision:
         """What happens to the next event a watch is about to deliver."""
@@ -123,6 +132,13 @@ class FaultScheduler:
         if rng.random() >= self.mix.stall:
             return 0.0
         return rng.uniform(0.5, self.mix.max_pause)
+
+    def lose_answer(self) -> bool:
+        """Whether the answer to this request is lost on its way back (the request was
+        applied; the client cannot know)."""
+        if not self.active or self.mix.lose <= 0:
+            return False
+        return self._lose.random() < self.mix.lose
 
     def latency(self) -> float:
         if not self.active or self.mix.latency <= 0:

@@ -1,5 +1,6 @@
-"""`simulate()`: run controller-manager replicas against the API double in virtual time under
-seeded faults, then check convergence and that no dangerous action was executed twice.
+"""`simulate()`: run processes (controller-manager replicas by default; any `ProcessSpec`,
+the real platform's included) against the real API server in virtual time under seeded
+faults, then check convergence and that no dangerous action was executed twice.
 
 A run is a pure function of its seed and fault mix: the result carries the trace, and the
 same arguments give the same trace, so a failing seed replays exactly.
@@ -13,15 +14,16 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from keel.api.resources import Lease
 from keel.client import KeelClient
 from keel.runtime.controller import Controller, ControllerRunner
 from keel.runtime.manager import LEASE_NAME, LEASE_NAMESPACE, ControllerManager
-from keel.sim.double import Mutation, SimApi, SimClient
+from keel.sim.cluster import SimCluster
 from keel.sim.faults import FaultMix, FaultScheduler, ProcessFault
 from keel.sim.loop import SimClock, run_virtual
+from keel.sim.network import Mutation
 from keel.sim.trace import Trace
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "Invariants",
     "ProcessEnv",
     "ProcessMain",
+    "ProcessSpec",
     "Setup",
     "SimEnv",
     "SimResult",
@@ -41,10 +44,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SimEnv:
-    """What setup, workload and invariants see: the server, an admin client, the clock."""
+    """What setup, workload and invariants see: the cluster (`api.objects(...)` reads the
+    server's cache), an admin client without faults, the clock."""
 
-    api: SimApi
-    admin: SimClient
+    api: SimCluster
+    admin: KeelClient
     clock: SimClock
     rng: random.Random
     trace: Trace
@@ -52,11 +56,12 @@ class SimEnv:
 
 @dataclass(frozen=True)
 class ProcessEnv:
-    """What one incarnation of a controller-manager replica runs with."""
+    """What one incarnation of a process runs with: the real client (its requests cross the
+    simulated network), the virtual clock (its sleeps stop while the process is paused)."""
 
     identity: str
     incarnation: int
-    client: SimClient
+    client: KeelClient
     clock: SimClock
     rng: random.Random
 
@@ -65,6 +70,19 @@ Setup = Callable[[SimEnv], Awaitable[None]]
 Invariants = Callable[[SimEnv], Sequence[str]]  # what is not (yet) as desired; empty: converged
 Dangerous = Callable[[Mutation], str | None]  # the identity of a must-happen-once action
 ProcessMain = Callable[[ProcessEnv], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """`replicas` processes named `{name}-{i}`, each running `main`, with the API role
+    `role` (a token of that role; `node:NAME` for agents). `faults` False keeps process
+    faults (crash, pause) away from them."""
+
+    name: str
+    main: ProcessMain
+    role: str = "controller"
+    replicas: int = 1
+    faults: bool = True
 
 
 @dataclass(frozen=True)
@@ -166,8 +184,7 @@ def manager_process(
         )
         runner.register(controller_factory(), workers=workers)
         manager = ControllerManager(
-            # The manager is typed with KeelClient but uses only the ApiClient surface.
-            cast("KeelClient", env.client),
+            env.client,
             runner,
             identity=env.identity,
             ttl=ttl,
@@ -184,12 +201,13 @@ class _Killed(asyncio.CancelledError):
     """Raised at every await point of a crashed incarnation: it never reaches the API."""
 
 
-class _Replica:
-    """One replica slot: its current incarnation's task and its pause gate."""
+class _Process:
+    """One process slot: its current incarnation's task and its pause gate."""
 
-    def __init__(self, harness: _Harness, index: int) -> None:
+    def __init__(self, harness: _Harness, spec: ProcessSpec, identity: str) -> None:
         self.harness = harness
-        self.identity = f"cm-{index}"
+        self.spec = spec
+        self.identity = identity
         self.incarnation = 0
         self.task: asyncio.Task[None] | None = None
         self.running = asyncio.Event()
@@ -213,13 +231,15 @@ class _Replica:
         env = ProcessEnv(
             identity=self.identity,
             incarnation=incarnation,
-            client=harness.api.client(caller, gate=gate, stall=self._stalled(incarnation)),
+            client=harness.api.client(
+                caller, role=self.spec.role, gate=gate, stall=self._stalled(incarnation)
+            ),
             clock=SimClock(gate),
             rng=random.Random(f"{harness.seed}:{caller}"),
         )
         harness.trace.record(harness.now(), "harness", f"start {caller}")
         self.task = asyncio.get_running_loop().create_task(
-            self._run(harness.process(env), caller), name=caller
+            self._run(self.spec.main(env), caller), name=caller
         )
 
     async def _run(self, main: Coroutine[Any, Any, None], caller: str) -> None:
@@ -268,17 +288,19 @@ class _Harness:
         self,
         seed: int,
         faults: FaultMix,
-        process: ProcessMain,
+        specs: Sequence[ProcessSpec],
         *,
-        replicas: int,
-        history: int,
+        nodes: Sequence[str],
     ) -> None:
         self.seed = seed
         self.trace = Trace()
         self.scheduler = FaultScheduler(seed, faults, self.trace)
-        self.api = SimApi(history=history, trace=self.trace, faults=self.scheduler, seed=seed)
-        self.process = process
-        self.replicas = [_Replica(self, index) for index in range(replicas)]
+        self.api = SimCluster(seed=seed, trace=self.trace, faults=self.scheduler, nodes=nodes)
+        self.processes = [
+            _Process(self, spec, f"{spec.name}-{index}")
+            for spec in specs
+            for index in range(spec.replicas)
+        ]
         self.process_errors: list[str] = []
         self.stats: dict[str, int] = {"crash": 0, "pause": 0, "expire-lease": 0, "stall": 0}
 
@@ -293,44 +315,45 @@ class _Harness:
             await asyncio.sleep(fault.after)
             if not self.scheduler.active:
                 return
-            self.apply(fault, lease)
+            await self.apply(fault, lease)
 
-    def apply(self, fault: ProcessFault, lease: tuple[str, str]) -> None:
+    async def apply(self, fault: ProcessFault, lease: tuple[str, str]) -> None:
         now = self.now()
         self.stats[fault.action] += 1
         if fault.action == "expire-lease":
             leases = self.api.objects(Lease)
             if leases:
                 victim = leases[int(fault.pick * len(leases))]
-                self.trace.record(now, "fault", f"expire lease {victim.metadata.name}")
-                self.api.expire_lease(victim.metadata.namespace, victim.metadata.name)
+                await self.api.expire_lease(victim.metadata.namespace, victim.metadata.name)
             return
-        candidates = [r for r in self.replicas if r.task is not None and r.running.is_set()]
+        candidates = [
+            p for p in self.processes if p.spec.faults and p.task is not None and p.running.is_set()
+        ]
         if not candidates:
             return
-        replica = candidates[int(fault.pick * len(candidates))]
+        process = candidates[int(fault.pick * len(candidates))]
         if fault.action == "pause":
             # Mostly the leader: a paused leader is the interesting case for fencing.
             leader = self._holder(lease)
             if leader is not None and fault.pick < 0.8 and leader in candidates:
-                replica = leader
+                process = leader
             self.trace.record(
                 now,
                 "fault",
-                f"pause {replica.identity}#{replica.incarnation} {fault.duration:.3f}s",
+                f"pause {process.identity}#{process.incarnation} {fault.duration:.3f}s",
             )
-            replica.pause(fault.duration)
+            process.pause(fault.duration)
             return
-        self.trace.record(now, "fault", f"crash {replica.identity}#{replica.incarnation}")
-        replica.kill()
-        asyncio.get_running_loop().call_later(0.5, replica.start)
+        self.trace.record(now, "fault", f"crash {process.identity}#{process.incarnation}")
+        process.kill()
+        asyncio.get_running_loop().call_later(0.5, process.start)
 
-    def _holder(self, lease: tuple[str, str]) -> _Replica | None:
+    def _holder(self, lease: tuple[str, str]) -> _Process | None:
         for obj in self.api.objects(Lease, lease[0]):
             if obj.metadata.name == lease[1]:
-                for replica in self.replicas:
-                    if replica.identity == obj.spec.holder_identity:
-                        return replica
+                for process in self.processes:
+                    if process.identity == obj.spec.holder_identity:
+                        return process
         return None
 
 
@@ -348,31 +371,39 @@ def simulate(
     dangerous: Dangerous | None = None,
     workload: Setup | None = None,
     process: ProcessMain | None = None,
+    processes: Sequence[ProcessSpec] | None = None,
+    nodes: Sequence[str] = (),
+    checks: Sequence[Invariants] = (),
     ttl: int = 2,
-    history: int = 1000,
     lease: tuple[str, str] = (LEASE_NAMESPACE, LEASE_NAME),
 ) -> SimResult:
-    """Run `replicas` controller-manager processes for `duration` virtual seconds of faults,
-    then up to `settle` seconds without faults, and check the properties.
+    """Run processes for `duration` virtual seconds of faults, then up to `settle` seconds
+    without faults, and check the properties.
 
-    `setup` creates the initial objects; `workload` (optional) runs alongside the
-    controllers (user changes over time). `invariants` lists what is not yet as desired; the
-    run converges when it is empty and stays so for `hold` seconds. `dangerous` names the
-    actions that must never be executed twice. `process` replaces the default
-    controller-manager (`manager_process(controller_factory, ttl=ttl)`).
+    By default the processes are `replicas` controller-managers running
+    `controller_factory` (`manager_process(controller_factory, ttl=ttl)`, or `process`);
+    `processes` replaces them with any mix (the real platform: see `keel.sim.platform`),
+    `nodes` names the nodes that get `node:NAME` tokens. `setup` creates the initial
+    objects; `workload` (optional) runs alongside (user changes over time). `invariants`
+    lists what is not yet as desired; the run converges when it is empty and stays so for
+    `hold` seconds. `dangerous` names the actions that must never be executed twice;
+    `checks` are safety properties checked at the end (each returns its violations).
     """
-    if process is None:
-        if controller_factory is None:
-            raise ValueError("simulate: give controller_factory or process")
-        process = manager_process(controller_factory, ttl=ttl)
+    if processes is None:
+        if process is None:
+            if controller_factory is None:
+                raise ValueError("simulate: give controller_factory, process or processes")
+            process = manager_process(controller_factory, ttl=ttl)
+        processes = [ProcessSpec("cm", process, replicas=replicas)]
     mix = faults or FaultMix()
-    harness = _Harness(seed, mix, process, replicas=replicas, history=history)
+    harness = _Harness(seed, mix, processes, nodes=nodes)
 
     async def main() -> SimResult:
         api, trace = harness.api, harness.trace
+        await api.start()
         env = SimEnv(
             api=api,
-            admin=api.client("admin"),
+            admin=api.client("admin", faulty=False),
             clock=SimClock(),
             rng=random.Random(f"{seed}:setup"),
             trace=trace,
@@ -382,17 +413,17 @@ def simulate(
         background: list[asyncio.Task[None]] = []
         if workload is not None:
             background.append(loop.create_task(_quietly(workload(env)), name="workload"))
-        for replica in harness.replicas:
-            replica.start()
+        for process in harness.processes:
+            process.start()
         background.append(loop.create_task(harness.chaos(lease), name="chaos"))
         await asyncio.sleep(duration)
         harness.scheduler.active = False
         trace.record(loop.time(), "harness", "faults stop")
         healed_at = loop.time()
-        for replica in harness.replicas:  # every crashed replica is back, none stays paused
-            if replica.task is None:
-                replica.start()
-            replica.running.set()
+        for process in harness.processes:  # every crashed process is back, none stays paused
+            if process.task is None:
+                process.start()
+            process.running.set()
         converged_after: float | None = None
         missing: Sequence[str] = ()
         while loop.time() - healed_at <= settle:
@@ -405,8 +436,8 @@ def simulate(
                     break
             await asyncio.sleep(0.25)
         trace.record(loop.time(), "harness", f"converged_after={converged_after}")
-        for replica in harness.replicas:
-            replica.kill()
+        for process in harness.processes:
+            process.kill()
         for task in background:
             task.cancel()
         await asyncio.sleep(0)
@@ -419,10 +450,13 @@ def simulate(
         if dangerous is not None:
             violations += check_once(mutations, dangerous)
         violations += check_fencing(mutations)
+        for check in checks:
+            violations += check(env)
         violations += [f"process error: {error}" for error in harness.process_errors]
         stats = dict(harness.stats)
         stats["writes"] = sum(1 for m in mutations if m.accepted)
         stats["rejected-fencing"] = sum(1 for m in mutations if m.outcome == "FencingTokenRejected")
+        await env.admin.close()
         return SimResult(
             seed=seed,
             faults=mix,
