@@ -18,17 +18,24 @@ import secrets
 import sqlite3
 import threading
 import time
-from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
 from urllib.parse import urlencode
 
+from keel.store._embedded import (
+    SortedKeys,
+    bounds,
+    check_key,
+    check_put,
+    check_ttl,
+    check_txn,
+    parse_options,
+)
 from keel.store._protocol import Store
 from keel.store._types import (
-    MAX_REQUEST_BYTES,
     CompactedError,
     Compare,
     DeleteResponse,
@@ -50,20 +57,13 @@ from keel.store._types import (
     StoreStatus,
     TxnResult,
     Unavailable,
-    ValueTooLarge,
     WatchBatch,
-    prefix_end,
-    request_size,
 )
 
 # A log row's id packs (revision, position within the revision) into one integer primary
 # key, so the log is an append-only rowid table and "everything up to revision R" is a
 # plain id range.
 SUB_BITS = 20
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, so code that works here works on etcd
-MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL
-DEFAULT_PROGRESS_INTERVAL = 10.0
-DEFAULT_WATCH_BUFFER = 10_000  # pending events per watcher before it falls back to the log
 HISTORY_CHUNK = 1_000  # events per catch-up read
 GC_CHUNK = 4_096  # log rows examined per compaction step, between write batches
 
@@ -90,14 +90,6 @@ _PREV_ROW = (
 )
 
 
-def _bounds(prefix: bytes) -> tuple[bytes, bytes | None]:
-    """[lo, hi) of a prefix; hi None means the end of the keyspace."""
-    if not prefix:
-        return b"", None
-    end = prefix_end(prefix)
-    return prefix, None if end == b"\0" else end
-
-
 def _key_filter(hi: bytes | None) -> str:
     return " AND key >= ? AND key < ?" if hi is not None else " AND key >= ?"
 
@@ -106,68 +98,12 @@ def _key_params(lo: bytes, hi: bytes | None) -> tuple[bytes, ...]:
     return (lo, hi) if hi is not None else (lo,)
 
 
-class _SortedKeys:
-    """The live keys in order, kept in chunks so an insert or removal moves at most a few
-    hundred pointers even with millions of keys (a flat list would memmove them all)."""
-
-    CHUNK = 512
-
-    def __init__(self, keys: list[bytes]) -> None:
-        c = self.CHUNK
-        self._chunks = [keys[i : i + c] for i in range(0, len(keys), c)]
-        self._maxes = [chunk[-1] for chunk in self._chunks]
-
-    def add(self, key: bytes) -> None:
-        chunks, maxes = self._chunks, self._maxes
-        if not chunks:
-            chunks.append([key])
-            maxes.append(key)
-            return
-        i = bisect_left(maxes, key)
-        if i == len(maxes):
-            i -= 1
-            chunks[i].append(key)
-            maxes[i] = key
-        else:
-            insort(chunks[i], key)
-        chunk = chunks[i]
-        if len(chunk) > 2 * self.CHUNK:
-            half = len(chunk) // 2
-            chunks[i : i + 1] = [chunk[:half], chunk[half:]]
-            maxes[i : i + 1] = [chunk[half - 1], chunk[-1]]
-
-    def remove(self, key: bytes) -> None:
-        chunks, maxes = self._chunks, self._maxes
-        i = bisect_left(maxes, key)
-        chunk = chunks[i]
-        del chunk[bisect_left(chunk, key)]
-        if chunk:
-            maxes[i] = chunk[-1]
-        else:
-            del chunks[i]
-            del maxes[i]
-
-    def irange(self, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
-        """Keys k with lo <= k < hi, in order."""
-        chunks = self._chunks
-        i = bisect_left(self._maxes, lo)
-        if i == len(chunks):
-            return
-        start = bisect_left(chunks[i], lo)
-        for chunk in islice(chunks, i, None):
-            if hi is not None and chunk[-1] >= hi:
-                yield from chunk[start : bisect_left(chunk, hi, start)]
-                return
-            yield from chunk[start:] if start else chunk
-            start = 0
-
-
 class _LeaseState:
     __slots__ = ("deadline", "expiring", "keys", "ttl")
 
     def __init__(self, ttl: int, deadline: float) -> None:
         self.ttl = ttl
-        self.deadline = deadline  # time.monotonic(); memory only, never written
+        self.deadline = deadline  # on the store's clock; memory only, never written
         self.keys: set[bytes] = set()
         self.expiring = False  # its revocation has been queued
 
@@ -346,32 +282,6 @@ def _open_db(path: str) -> tuple[sqlite3.Connection, _Loaded]:
     return con, loaded
 
 
-def _parse_options(options: dict[str, str]) -> tuple[float, int]:
-    """URL options: progress_interval (seconds between progress notifications of a quiet
-    watch, default 10) and watch_buffer (events a watcher may lag before it re-reads the
-    log, default 10000)."""
-    progress = DEFAULT_PROGRESS_INTERVAL
-    buffer = DEFAULT_WATCH_BUFFER
-    for name, raw in options.items():
-        if name == "progress_interval":
-            try:
-                progress = float(raw)
-            except ValueError:
-                progress = 0.0
-            if not 0 < progress < float("inf"):
-                raise ValueError(f"store url: progress_interval must be seconds > 0, got {raw!r}")
-        elif name == "watch_buffer":
-            buffer = int(raw) if raw.isdigit() else 0
-            if buffer < 1:
-                raise ValueError(f"store url: watch_buffer must be an integer > 0, got {raw!r}")
-        else:
-            raise ValueError(
-                f"store url: unknown sqlite option {name!r} (known: progress_interval, "
-                "watch_buffer)"
-            )
-    return progress, buffer
-
-
 # ---------------------------------------------------------------------------- the store
 
 
@@ -390,7 +300,7 @@ class SqliteStore(Store):
     ) -> None:
         self.path = path
         self.url = "sqlite:///" + path + ("?" + urlencode(options) if options else "")
-        self._progress_interval, self._watch_buffer = _parse_options(options)
+        self._progress_interval, self._watch_buffer = parse_options(options, "sqlite")
         self._loop = asyncio.get_running_loop()
         self._lock_fd = lock_fd
         self._con = con
@@ -401,7 +311,7 @@ class SqliteStore(Store):
         # anything reading more than one entry takes the lock.
         self._state_lock = threading.Lock()
         self._kv: dict[bytes, KeyValue] = loaded.kvs
-        self._sorted = _SortedKeys(loaded.sorted_keys)
+        self._sorted = SortedKeys(loaded.sorted_keys)
         self._revision = loaded.revision
         self._compact = loaded.compact
         now = time.monotonic()
@@ -444,7 +354,7 @@ class SqliteStore(Store):
 
     @classmethod
     async def open(cls, path: str, options: dict[str, str]) -> SqliteStore:
-        _parse_options(options)  # fail on a bad URL before touching the file
+        parse_options(options, "sqlite")  # fail on a bad URL before touching the file
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -508,7 +418,7 @@ class SqliteStore(Store):
         start: bytes | None = None,
     ) -> RangeResult:
         self._check_open()
-        lo, hi = _bounds(prefix)
+        lo, hi = bounds(prefix)
         if start is not None and start > lo:
             lo = start
             if hi is not None and lo >= hi:
@@ -608,23 +518,14 @@ class SqliteStore(Store):
 
     async def put(self, key: bytes, value: bytes, *, lease: int | None = None) -> int:
         self._check_open()
-        if not isinstance(key, bytes) or not isinstance(value, bytes):
-            raise TypeError("put: key and value must be bytes")
-        if not key:
-            raise InvalidRequest("put: key is empty")
-        size = len(key) + len(value)
-        if size > MAX_REQUEST_BYTES:
-            raise ValueTooLarge(size)
+        check_put(key, value)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._submit(_PutReq(fut, key, value, lease or 0))
         return await fut
 
     async def delete(self, key: bytes) -> int:
         self._check_open()
-        if not isinstance(key, bytes):
-            raise TypeError("delete: key must be bytes")
-        if not key:
-            raise InvalidRequest("delete: key is empty")
+        check_key("delete", key)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._submit(_DeleteReq(fut, key))
         return await fut
@@ -633,25 +534,14 @@ class SqliteStore(Store):
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
         self._check_open()
-        compares, success, failure = list(compares), list(success), list(failure)
-        if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
-            raise InvalidRequest(f"txn: too many operations (at most {MAX_TXN_OPS} each)")
-        for compare in compares:
-            if not isinstance(compare, Compare):
-                raise TypeError(f"txn: expected Compare, got {type(compare).__name__}")
-        _check_branch(success)
-        _check_branch(failure)
-        size = request_size([*success, *failure])
-        if size > MAX_REQUEST_BYTES:
-            raise ValueTooLarge(size)
+        compares, success, failure = check_txn(compares, success, failure)
         fut: asyncio.Future[TxnResult] = self._loop.create_future()
         self._submit(_TxnReq(fut, compares, success, failure))
         return await fut
 
     async def grant_lease(self, ttl: int) -> Lease:
         self._check_open()
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_LEASE_TTL:
-            raise InvalidRequest(f"grant_lease: ttl must be 1..{MAX_LEASE_TTL} seconds")
+        check_ttl(ttl)
         fut: asyncio.Future[Lease] = self._loop.create_future()
         self._submit(_GrantReq(fut, ttl))
         return await fut
@@ -944,7 +834,7 @@ class SqliteStore(Store):
 
     def _batch_range(self, batch: _Batch, prefix: bytes) -> list[KeyValue]:
         """Current keys under `prefix` as this batch sees them."""
-        lo, hi = _bounds(prefix)
+        lo, hi = bounds(prefix)
         keys = set(self._sorted.irange(lo, hi))  # only this thread changes _sorted
         keys.update(k for k in batch.kvs if k >= lo and (hi is None or k < hi))
         out = []
@@ -1090,7 +980,7 @@ class SqliteStore(Store):
             raise CompactedError(self._compact)
         watcher = _Watcher(prefix)
         self._watchers.add(watcher)
-        lo, hi = _bounds(prefix)
+        lo, hi = bounds(prefix)
         loop = self._loop
         interval = self._progress_interval
         catch_up = next_rev <= self._dispatched
@@ -1200,24 +1090,3 @@ class SqliteStore(Store):
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _check_branch(ops: list[Op]) -> None:
-    """etcd's request checks: no empty key, no key written twice in one branch."""
-    puts: set[bytes] = set()
-    deletes: list[Op] = []
-    for op in ops:
-        if not isinstance(op, Op):
-            raise TypeError(f"txn: expected Op, got {type(op).__name__}")
-        if not op.key and not op.prefix:
-            raise InvalidRequest("txn: key is empty")
-        if op.kind is OpKind.PUT:
-            if op.key in puts:
-                raise InvalidRequest("txn: duplicate key given in txn request")
-            puts.add(op.key)
-        elif op.kind is OpKind.DELETE:
-            deletes.append(op)
-    for op in deletes:
-        for key in puts:
-            if key == op.key or (op.prefix and key.startswith(op.key)):
-                raise InvalidRequest("txn: duplicate key given in txn request")
