@@ -1,5 +1,5 @@
 """What the in-process backends (sqlite, memory) share: request checks, URL options, the
-sorted index of live keys.
+sorted index of live keys and the lease alarm.
 
 The etcd backend leaves these checks to etcd itself; the limits here copy etcd's defaults so
 that code which works on an embedded store also works on etcd.
@@ -7,10 +7,13 @@ that code which works on an embedded store also works on etcd.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from bisect import bisect_left, insort
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 
+from keel.clock import Clock
 from keel.store._types import (
     MAX_REQUEST_BYTES,
     Compare,
@@ -187,3 +190,42 @@ class SortedKeys:
                 return
             yield from chunk[start:] if start else chunk
             start = 0
+
+
+# ---------------------------------------------------------------------------- lease alarm
+
+
+class Alarm:
+    """Calls `on_due()` once `clock` reaches a deadline: one task sleeping on the clock, so
+    lease expiry runs in real time, on a ManualClock and in a simulation's virtual time alike.
+
+    `set` only ever moves the alarm earlier; a caller whose deadlines moved later lets it
+    ring early and sets it again from `on_due`. Unset, it holds no timer, so a simulation
+    that waits on nothing else is still seen to be stuck.
+    """
+
+    def __init__(self, clock: Clock, on_due: Callable[[], None]) -> None:
+        self._clock = clock
+        self._on_due = on_due
+        self._task: asyncio.Task[None] | None = None
+        self._at = 0.0
+
+    def set(self, deadline: float) -> None:
+        if self._task is not None:
+            if self._at <= deadline:
+                return
+            self._task.cancel()
+        self._at = deadline
+        self._task = asyncio.get_running_loop().create_task(self._ring(deadline))
+
+    async def _ring(self, deadline: float) -> None:
+        await self._clock.sleep(deadline - self._clock.now())
+        self._task = None
+        self._on_due()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

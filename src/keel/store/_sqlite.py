@@ -17,7 +17,6 @@ import queue
 import secrets
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,9 @@ from itertools import islice
 from typing import Any
 from urllib.parse import urlencode
 
+from keel.clock import Clock, SystemClock
 from keel.store._embedded import (
+    Alarm,
     SortedKeys,
     bounds,
     check_key,
@@ -288,7 +289,8 @@ def _open_db(path: str) -> tuple[sqlite3.Connection, _Loaded]:
 class SqliteStore(Store):
     """See the module docstring. Threads: the event loop (reads, keep-alives, watch
     delivery, lease deadlines), one writer (all writes, group commit), one reader
-    (history). Closing the store ends active watches by raising StoreClosed in them."""
+    (history). Closing the store ends active watches by raising StoreClosed in them.
+    Lease deadlines are kept on `clock`, and read only on the event loop."""
 
     def __init__(
         self,
@@ -297,6 +299,8 @@ class SqliteStore(Store):
         lock_fd: int,
         con: sqlite3.Connection,
         loaded: _Loaded,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.path = path
         self.url = "sqlite:///" + path + ("?" + urlencode(options) if options else "")
@@ -314,7 +318,8 @@ class SqliteStore(Store):
         self._sorted = SortedKeys(loaded.sorted_keys)
         self._revision = loaded.revision
         self._compact = loaded.compact
-        now = time.monotonic()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        now = self._clock.now()
         self._leases: dict[int, _LeaseState] = {}
         for lease_id, ttl in loaded.leases:
             # As etcd does, a restart gives every lease a fresh full TTL.
@@ -340,7 +345,9 @@ class SqliteStore(Store):
             (st.deadline, lease_id) for lease_id, st in self._leases.items()
         ]
         heapq.heapify(self._expiry_heap)
-        self._expiry_wake = asyncio.Event()
+        self._expiry_alarm = Alarm(self._clock, self._on_lease_due)
+        if self._expiry_heap:
+            self._expiry_alarm.set(self._expiry_heap[0][0])
         # Threads.
         self._queue: queue.SimpleQueue[list[_Req] | None] = queue.SimpleQueue()
         self._writer_done: asyncio.Future[None] = self._loop.create_future()
@@ -350,10 +357,11 @@ class SqliteStore(Store):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="keel-sqlite-reader")
         self._reader_con: sqlite3.Connection | None = None
         self._writer.start()
-        self._expiry_task = self._loop.create_task(self._expire_leases())
 
     @classmethod
-    async def open(cls, path: str, options: dict[str, str]) -> SqliteStore:
+    async def open(
+        cls, path: str, options: dict[str, str], *, clock: Clock | None = None
+    ) -> SqliteStore:
         parse_options(options, "sqlite")  # fail on a bad URL before touching the file
         parent = os.path.dirname(path)
         if parent:
@@ -365,7 +373,7 @@ class SqliteStore(Store):
             os.close(lock_fd)
             raise
         try:
-            return cls(path, options, lock_fd, con, loaded)
+            return cls(path, options, lock_fd, con, loaded, clock=clock)
         except BaseException:
             con.close()
             os.close(lock_fd)
@@ -383,9 +391,7 @@ class SqliteStore(Store):
         if self._closed:
             return
         self._closed = True
-        self._expiry_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._expiry_task
+        await self._expiry_alarm.stop()
         self._flush()
         self._queue.put(None)
         await self._writer_done
@@ -550,7 +556,7 @@ class SqliteStore(Store):
         # Memory only: a keep-alive moves the deadline and never touches the file.
         self._check_open()
         state = self._leases.get(lease_id)
-        now = time.monotonic()
+        now = self._clock.now()
         if state is None or state.expiring or state.deadline <= now:
             raise LeaseNotFound(lease_id)
         state.deadline = now + state.ttl
@@ -568,31 +574,27 @@ class SqliteStore(Store):
         self._submit(_CompactReq(fut, revision))
         await fut
 
-    async def _expire_leases(self) -> None:
+    def _on_lease_due(self) -> None:
         """Revoke leases whose deadline passed. The heap holds one entry per lease; an
-        entry that fires early (a keep-alive moved the deadline) is pushed back."""
+        entry that comes due early (a keep-alive moved the deadline) is pushed back."""
+        if self._closed:
+            return
         heap = self._expiry_heap
-        while True:
-            now = time.monotonic()
-            while heap and heap[0][0] <= now:
-                _, lease_id = heapq.heappop(heap)
-                state = self._leases.get(lease_id)
-                if state is None or state.expiring:
-                    continue
-                if state.deadline > now:
-                    heapq.heappush(heap, (state.deadline, lease_id))
-                    continue
-                state.expiring = True
-                self._submit(_RevokeReq(None, lease_id))
-            self._expiry_wake.clear()
-            delay = heap[0][0] - now if heap else None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._expiry_wake.wait()
+        now = self._clock.now()
+        while heap and heap[0][0] <= now:
+            _, lease_id = heapq.heappop(heap)
+            state = self._leases.get(lease_id)
+            if state is None or state.expiring:
+                continue
+            if state.deadline > now:
+                heapq.heappush(heap, (state.deadline, lease_id))
+                continue
+            state.expiring = True
+            self._submit(_RevokeReq(None, lease_id))
+        if heap:
+            self._expiry_alarm.set(heap[0][0])
 
-    def _on_batch_done(
-        self, reqs: list[_Req], batch: _Batch, granted: list[tuple[float, int]]
-    ) -> None:
+    def _on_batch_done(self, reqs: list[_Req], batch: _Batch, granted: list[int]) -> None:
         """Loop thread, after a commit was published: answer the callers, wake watchers."""
         for req in reqs:
             fut = req.fut
@@ -602,10 +604,16 @@ class SqliteStore(Store):
                 fut.set_exception(req.error)
             else:
                 fut.set_result(req.result)
-        if granted:
-            for entry in granted:
-                heapq.heappush(self._expiry_heap, entry)
-            self._expiry_wake.set()
+        if granted and not self._closed:
+            # A lease's TTL runs from when its grant is answered, on the loop's clock.
+            now = self._clock.now()
+            for lease_id in granted:
+                state = self._leases.get(lease_id)
+                if state is not None:
+                    state.deadline = now + state.ttl
+                    heapq.heappush(self._expiry_heap, (state.deadline, lease_id))
+            if self._expiry_heap:
+                self._expiry_alarm.set(self._expiry_heap[0][0])
         events = batch.events
         if events and self._watchers:
             limit = self._watch_buffer
@@ -677,7 +685,7 @@ class SqliteStore(Store):
                     req.result = self._apply(batch, req)
                 except StoreError as exc:
                     req.error = exc
-            granted: list[tuple[float, int]] = []
+            granted: list[int] = []
             if batch.rows or batch.grants or batch.lease_drops or batch.compact != self._compact:
                 self._commit(batch)
                 try:
@@ -764,20 +772,18 @@ class SqliteStore(Store):
             self._gc_target = 0
             self.gc_passes += 1
 
-    def _publish(self, batch: _Batch) -> list[tuple[float, int]]:
-        """Make a committed batch visible to readers, all at once; returns the new
-        leases' (deadline, id) for the expiry heap."""
-        granted: list[tuple[float, int]] = []
-        now = time.monotonic()
+    def _publish(self, batch: _Batch) -> list[int]:
+        """Make a committed batch visible to readers, all at once; returns the new leases'
+        ids, whose deadlines the event loop sets (the clock is read only there)."""
+        granted: list[int] = []
         with self._state_lock:
             kv = self._kv
             sorted_keys = self._sorted
             leases = self._leases
             for lease_id, ttl in batch.leases.items():
                 if ttl is not None and lease_id not in leases:
-                    state = _LeaseState(ttl, now + ttl)
-                    leases[lease_id] = state
-                    granted.append((state.deadline, lease_id))
+                    leases[lease_id] = _LeaseState(ttl, float("inf"))
+                    granted.append(lease_id)
             for key, new in batch.kvs.items():
                 old = kv.get(key)
                 if old is not None and old.lease:
