@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from keel.clock import ManualClock
 from keel.store import (
     CompactedError,
     Compare,
@@ -366,6 +367,27 @@ async def test_keepalive_holds_a_lease_past_its_ttl(db: SqliteStore) -> None:
     assert await db.get(b"/held") is None
     with pytest.raises(LeaseNotFound):
         await db.revoke_lease(lease.id)
+
+
+async def test_lease_deadlines_follow_the_store_clock_not_real_time(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await open_store(url_of(tmp_path / "keel.db"), clock=clock)
+    try:
+        lease = await store.grant_lease(3600)
+        await store.put(b"/clocked/a", b"1", lease=lease.id)
+        watch = store.watch(b"/clocked/", start_revision=0)
+        clock.advance(3599)
+        assert await store.keepalive(lease.id) == 3600  # the deadline moves to t=7199
+        clock.advance(3599)
+        assert await store.get(b"/clocked/a") is not None
+        clock.advance(2)
+        batch = await next_batch(watch)
+        assert [(e.type, e.kv.key) for e in batch.events] == [(EventType.DELETE, b"/clocked/a")]
+        with pytest.raises(LeaseNotFound):
+            await store.keepalive(lease.id)
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
 
 
 async def test_a_put_with_an_unknown_lease_fails_alone_within_a_group_commit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from urllib.parse import parse_qs, urlsplit
 
+from keel.clock import Clock
 from keel.store._protocol import Store
 
 
@@ -22,8 +23,11 @@ def sqlite_path(url: str, rest: str) -> str:
     return relative
 
 
-async def open_store(url: str) -> Store:
-    """Open `sqlite:///PATH[?options]` or `etcd://HOST:PORT[,HOST:PORT...][?options]`."""
+async def open_store(url: str, *, clock: Clock | None = None) -> Store:
+    """Open `sqlite:///PATH[?options]` or `etcd://HOST:PORT[,HOST:PORT...][?options]`.
+
+    `clock` (default: the system clock) runs the lease deadlines of the sqlite backend;
+    etcd keeps its leases' time itself."""
     scheme, _, rest = url.partition("://")
     if not rest:
         raise ValueError(f"store url: expected sqlite:///PATH or etcd://HOST:PORT, got {url!r}")
@@ -31,7 +35,8 @@ async def open_store(url: str) -> Store:
     if scheme == "sqlite":
         from keel.store._sqlite import SqliteStore
 
-        return await SqliteStore.open(sqlite_path(url, rest.split("?", 1)[0]), options)
+        path = sqlite_path(url, rest.split("?", 1)[0])
+        return await SqliteStore.open(path, options, clock=clock)
     if scheme == "etcd":
         from keel.store._etcd import EtcdStore
 

@@ -17,18 +17,26 @@ import queue
 import secrets
 import sqlite3
 import threading
-import time
-from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
 from urllib.parse import urlencode
 
+from keel.clock import Clock, SystemClock
+from keel.store._embedded import (
+    Alarm,
+    SortedKeys,
+    bounds,
+    check_key,
+    check_put,
+    check_ttl,
+    check_txn,
+    parse_options,
+)
 from keel.store._protocol import Store
 from keel.store._types import (
-    MAX_REQUEST_BYTES,
     CompactedError,
     Compare,
     DeleteResponse,
@@ -50,20 +58,13 @@ from keel.store._types import (
     StoreStatus,
     TxnResult,
     Unavailable,
-    ValueTooLarge,
     WatchBatch,
-    prefix_end,
-    request_size,
 )
 
 # A log row's id packs (revision, position within the revision) into one integer primary
 # key, so the log is an append-only rowid table and "everything up to revision R" is a
 # plain id range.
 SUB_BITS = 20
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, so code that works here works on etcd
-MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL
-DEFAULT_PROGRESS_INTERVAL = 10.0
-DEFAULT_WATCH_BUFFER = 10_000  # pending events per watcher before it falls back to the log
 HISTORY_CHUNK = 1_000  # events per catch-up read
 GC_CHUNK = 4_096  # log rows examined per compaction step, between write batches
 
@@ -90,14 +91,6 @@ _PREV_ROW = (
 )
 
 
-def _bounds(prefix: bytes) -> tuple[bytes, bytes | None]:
-    """[lo, hi) of a prefix; hi None means the end of the keyspace."""
-    if not prefix:
-        return b"", None
-    end = prefix_end(prefix)
-    return prefix, None if end == b"\0" else end
-
-
 def _key_filter(hi: bytes | None) -> str:
     return " AND key >= ? AND key < ?" if hi is not None else " AND key >= ?"
 
@@ -106,68 +99,12 @@ def _key_params(lo: bytes, hi: bytes | None) -> tuple[bytes, ...]:
     return (lo, hi) if hi is not None else (lo,)
 
 
-class _SortedKeys:
-    """The live keys in order, kept in chunks so an insert or removal moves at most a few
-    hundred pointers even with millions of keys (a flat list would memmove them all)."""
-
-    CHUNK = 512
-
-    def __init__(self, keys: list[bytes]) -> None:
-        c = self.CHUNK
-        self._chunks = [keys[i : i + c] for i in range(0, len(keys), c)]
-        self._maxes = [chunk[-1] for chunk in self._chunks]
-
-    def add(self, key: bytes) -> None:
-        chunks, maxes = self._chunks, self._maxes
-        if not chunks:
-            chunks.append([key])
-            maxes.append(key)
-            return
-        i = bisect_left(maxes, key)
-        if i == len(maxes):
-            i -= 1
-            chunks[i].append(key)
-            maxes[i] = key
-        else:
-            insort(chunks[i], key)
-        chunk = chunks[i]
-        if len(chunk) > 2 * self.CHUNK:
-            half = len(chunk) // 2
-            chunks[i : i + 1] = [chunk[:half], chunk[half:]]
-            maxes[i : i + 1] = [chunk[half - 1], chunk[-1]]
-
-    def remove(self, key: bytes) -> None:
-        chunks, maxes = self._chunks, self._maxes
-        i = bisect_left(maxes, key)
-        chunk = chunks[i]
-        del chunk[bisect_left(chunk, key)]
-        if chunk:
-            maxes[i] = chunk[-1]
-        else:
-            del chunks[i]
-            del maxes[i]
-
-    def irange(self, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
-        """Keys k with lo <= k < hi, in order."""
-        chunks = self._chunks
-        i = bisect_left(self._maxes, lo)
-        if i == len(chunks):
-            return
-        start = bisect_left(chunks[i], lo)
-        for chunk in islice(chunks, i, None):
-            if hi is not None and chunk[-1] >= hi:
-                yield from chunk[start : bisect_left(chunk, hi, start)]
-                return
-            yield from chunk[start:] if start else chunk
-            start = 0
-
-
 class _LeaseState:
     __slots__ = ("deadline", "expiring", "keys", "ttl")
 
     def __init__(self, ttl: int, deadline: float) -> None:
         self.ttl = ttl
-        self.deadline = deadline  # time.monotonic(); memory only, never written
+        self.deadline = deadline  # on the store's clock; memory only, never written
         self.keys: set[bytes] = set()
         self.expiring = False  # its revocation has been queued
 
@@ -346,39 +283,14 @@ def _open_db(path: str) -> tuple[sqlite3.Connection, _Loaded]:
     return con, loaded
 
 
-def _parse_options(options: dict[str, str]) -> tuple[float, int]:
-    """URL options: progress_interval (seconds between progress notifications of a quiet
-    watch, default 10) and watch_buffer (events a watcher may lag before it re-reads the
-    log, default 10000)."""
-    progress = DEFAULT_PROGRESS_INTERVAL
-    buffer = DEFAULT_WATCH_BUFFER
-    for name, raw in options.items():
-        if name == "progress_interval":
-            try:
-                progress = float(raw)
-            except ValueError:
-                progress = 0.0
-            if not 0 < progress < float("inf"):
-                raise ValueError(f"store url: progress_interval must be seconds > 0, got {raw!r}")
-        elif name == "watch_buffer":
-            buffer = int(raw) if raw.isdigit() else 0
-            if buffer < 1:
-                raise ValueError(f"store url: watch_buffer must be an integer > 0, got {raw!r}")
-        else:
-            raise ValueError(
-                f"store url: unknown sqlite option {name!r} (known: progress_interval, "
-                "watch_buffer)"
-            )
-    return progress, buffer
-
-
 # ---------------------------------------------------------------------------- the store
 
 
 class SqliteStore(Store):
     """See the module docstring. Threads: the event loop (reads, keep-alives, watch
     delivery, lease deadlines), one writer (all writes, group commit), one reader
-    (history). Closing the store ends active watches by raising StoreClosed in them."""
+    (history). Closing the store ends active watches by raising StoreClosed in them.
+    Lease deadlines are kept on `clock`, and read only on the event loop."""
 
     def __init__(
         self,
@@ -387,10 +299,12 @@ class SqliteStore(Store):
         lock_fd: int,
         con: sqlite3.Connection,
         loaded: _Loaded,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.path = path
         self.url = "sqlite:///" + path + ("?" + urlencode(options) if options else "")
-        self._progress_interval, self._watch_buffer = _parse_options(options)
+        self._progress_interval, self._watch_buffer = parse_options(options, "sqlite")
         self._loop = asyncio.get_running_loop()
         self._lock_fd = lock_fd
         self._con = con
@@ -401,10 +315,11 @@ class SqliteStore(Store):
         # anything reading more than one entry takes the lock.
         self._state_lock = threading.Lock()
         self._kv: dict[bytes, KeyValue] = loaded.kvs
-        self._sorted = _SortedKeys(loaded.sorted_keys)
+        self._sorted = SortedKeys(loaded.sorted_keys)
         self._revision = loaded.revision
         self._compact = loaded.compact
-        now = time.monotonic()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        now = self._clock.now()
         self._leases: dict[int, _LeaseState] = {}
         for lease_id, ttl in loaded.leases:
             # As etcd does, a restart gives every lease a fresh full TTL.
@@ -430,7 +345,9 @@ class SqliteStore(Store):
             (st.deadline, lease_id) for lease_id, st in self._leases.items()
         ]
         heapq.heapify(self._expiry_heap)
-        self._expiry_wake = asyncio.Event()
+        self._expiry_alarm = Alarm(self._clock, self._on_lease_due)
+        if self._expiry_heap:
+            self._expiry_alarm.set(self._expiry_heap[0][0])
         # Threads.
         self._queue: queue.SimpleQueue[list[_Req] | None] = queue.SimpleQueue()
         self._writer_done: asyncio.Future[None] = self._loop.create_future()
@@ -440,11 +357,12 @@ class SqliteStore(Store):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="keel-sqlite-reader")
         self._reader_con: sqlite3.Connection | None = None
         self._writer.start()
-        self._expiry_task = self._loop.create_task(self._expire_leases())
 
     @classmethod
-    async def open(cls, path: str, options: dict[str, str]) -> SqliteStore:
-        _parse_options(options)  # fail on a bad URL before touching the file
+    async def open(
+        cls, path: str, options: dict[str, str], *, clock: Clock | None = None
+    ) -> SqliteStore:
+        parse_options(options, "sqlite")  # fail on a bad URL before touching the file
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -455,7 +373,7 @@ class SqliteStore(Store):
             os.close(lock_fd)
             raise
         try:
-            return cls(path, options, lock_fd, con, loaded)
+            return cls(path, options, lock_fd, con, loaded, clock=clock)
         except BaseException:
             con.close()
             os.close(lock_fd)
@@ -473,9 +391,7 @@ class SqliteStore(Store):
         if self._closed:
             return
         self._closed = True
-        self._expiry_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._expiry_task
+        await self._expiry_alarm.stop()
         self._flush()
         self._queue.put(None)
         await self._writer_done
@@ -508,7 +424,7 @@ class SqliteStore(Store):
         start: bytes | None = None,
     ) -> RangeResult:
         self._check_open()
-        lo, hi = _bounds(prefix)
+        lo, hi = bounds(prefix)
         if start is not None and start > lo:
             lo = start
             if hi is not None and lo >= hi:
@@ -608,23 +524,14 @@ class SqliteStore(Store):
 
     async def put(self, key: bytes, value: bytes, *, lease: int | None = None) -> int:
         self._check_open()
-        if not isinstance(key, bytes) or not isinstance(value, bytes):
-            raise TypeError("put: key and value must be bytes")
-        if not key:
-            raise InvalidRequest("put: key is empty")
-        size = len(key) + len(value)
-        if size > MAX_REQUEST_BYTES:
-            raise ValueTooLarge(size)
+        check_put(key, value)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._submit(_PutReq(fut, key, value, lease or 0))
         return await fut
 
     async def delete(self, key: bytes) -> int:
         self._check_open()
-        if not isinstance(key, bytes):
-            raise TypeError("delete: key must be bytes")
-        if not key:
-            raise InvalidRequest("delete: key is empty")
+        check_key("delete", key)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._submit(_DeleteReq(fut, key))
         return await fut
@@ -633,25 +540,14 @@ class SqliteStore(Store):
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
         self._check_open()
-        compares, success, failure = list(compares), list(success), list(failure)
-        if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
-            raise InvalidRequest(f"txn: too many operations (at most {MAX_TXN_OPS} each)")
-        for compare in compares:
-            if not isinstance(compare, Compare):
-                raise TypeError(f"txn: expected Compare, got {type(compare).__name__}")
-        _check_branch(success)
-        _check_branch(failure)
-        size = request_size([*success, *failure])
-        if size > MAX_REQUEST_BYTES:
-            raise ValueTooLarge(size)
+        compares, success, failure = check_txn(compares, success, failure)
         fut: asyncio.Future[TxnResult] = self._loop.create_future()
         self._submit(_TxnReq(fut, compares, success, failure))
         return await fut
 
     async def grant_lease(self, ttl: int) -> Lease:
         self._check_open()
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_LEASE_TTL:
-            raise InvalidRequest(f"grant_lease: ttl must be 1..{MAX_LEASE_TTL} seconds")
+        check_ttl(ttl)
         fut: asyncio.Future[Lease] = self._loop.create_future()
         self._submit(_GrantReq(fut, ttl))
         return await fut
@@ -660,7 +556,7 @@ class SqliteStore(Store):
         # Memory only: a keep-alive moves the deadline and never touches the file.
         self._check_open()
         state = self._leases.get(lease_id)
-        now = time.monotonic()
+        now = self._clock.now()
         if state is None or state.expiring or state.deadline <= now:
             raise LeaseNotFound(lease_id)
         state.deadline = now + state.ttl
@@ -678,31 +574,27 @@ class SqliteStore(Store):
         self._submit(_CompactReq(fut, revision))
         await fut
 
-    async def _expire_leases(self) -> None:
+    def _on_lease_due(self) -> None:
         """Revoke leases whose deadline passed. The heap holds one entry per lease; an
-        entry that fires early (a keep-alive moved the deadline) is pushed back."""
+        entry that comes due early (a keep-alive moved the deadline) is pushed back."""
+        if self._closed:
+            return
         heap = self._expiry_heap
-        while True:
-            now = time.monotonic()
-            while heap and heap[0][0] <= now:
-                _, lease_id = heapq.heappop(heap)
-                state = self._leases.get(lease_id)
-                if state is None or state.expiring:
-                    continue
-                if state.deadline > now:
-                    heapq.heappush(heap, (state.deadline, lease_id))
-                    continue
-                state.expiring = True
-                self._submit(_RevokeReq(None, lease_id))
-            self._expiry_wake.clear()
-            delay = heap[0][0] - now if heap else None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._expiry_wake.wait()
+        now = self._clock.now()
+        while heap and heap[0][0] <= now:
+            _, lease_id = heapq.heappop(heap)
+            state = self._leases.get(lease_id)
+            if state is None or state.expiring:
+                continue
+            if state.deadline > now:
+                heapq.heappush(heap, (state.deadline, lease_id))
+                continue
+            state.expiring = True
+            self._submit(_RevokeReq(None, lease_id))
+        if heap:
+            self._expiry_alarm.set(heap[0][0])
 
-    def _on_batch_done(
-        self, reqs: list[_Req], batch: _Batch, granted: list[tuple[float, int]]
-    ) -> None:
+    def _on_batch_done(self, reqs: list[_Req], batch: _Batch, granted: list[int]) -> None:
         """Loop thread, after a commit was published: answer the callers, wake watchers."""
         for req in reqs:
             fut = req.fut
@@ -712,10 +604,16 @@ class SqliteStore(Store):
                 fut.set_exception(req.error)
             else:
                 fut.set_result(req.result)
-        if granted:
-            for entry in granted:
-                heapq.heappush(self._expiry_heap, entry)
-            self._expiry_wake.set()
+        if granted and not self._closed:
+            # A lease's TTL runs from when its grant is answered, on the loop's clock.
+            now = self._clock.now()
+            for lease_id in granted:
+                state = self._leases.get(lease_id)
+                if state is not None:
+                    state.deadline = now + state.ttl
+                    heapq.heappush(self._expiry_heap, (state.deadline, lease_id))
+            if self._expiry_heap:
+                self._expiry_alarm.set(self._expiry_heap[0][0])
         events = batch.events
         if events and self._watchers:
             limit = self._watch_buffer
@@ -787,7 +685,7 @@ class SqliteStore(Store):
                     req.result = self._apply(batch, req)
                 except StoreError as exc:
                     req.error = exc
-            granted: list[tuple[float, int]] = []
+            granted: list[int] = []
             if batch.rows or batch.grants or batch.lease_drops or batch.compact != self._compact:
                 self._commit(batch)
                 try:
@@ -874,20 +772,18 @@ class SqliteStore(Store):
             self._gc_target = 0
             self.gc_passes += 1
 
-    def _publish(self, batch: _Batch) -> list[tuple[float, int]]:
-        """Make a committed batch visible to readers, all at once; returns the new
-        leases' (deadline, id) for the expiry heap."""
-        granted: list[tuple[float, int]] = []
-        now = time.monotonic()
+    def _publish(self, batch: _Batch) -> list[int]:
+        """Make a committed batch visible to readers, all at once; returns the new leases'
+        ids, whose deadlines the event loop sets (the clock is read only there)."""
+        granted: list[int] = []
         with self._state_lock:
             kv = self._kv
             sorted_keys = self._sorted
             leases = self._leases
             for lease_id, ttl in batch.leases.items():
                 if ttl is not None and lease_id not in leases:
-                    state = _LeaseState(ttl, now + ttl)
-                    leases[lease_id] = state
-                    granted.append((state.deadline, lease_id))
+                    leases[lease_id] = _LeaseState(ttl, float("inf"))
+                    granted.append(lease_id)
             for key, new in batch.kvs.items():
                 old = kv.get(key)
                 if old is not None and old.lease:
@@ -944,7 +840,7 @@ class SqliteStore(Store):
 
     def _batch_range(self, batch: _Batch, prefix: bytes) -> list[KeyValue]:
         """Current keys under `prefix` as this batch sees them."""
-        lo, hi = _bounds(prefix)
+        lo, hi = bounds(prefix)
         keys = set(self._sorted.irange(lo, hi))  # only this thread changes _sorted
         keys.update(k for k in batch.kvs if k >= lo and (hi is None or k < hi))
         out = []
@@ -1090,7 +986,7 @@ class SqliteStore(Store):
             raise CompactedError(self._compact)
         watcher = _Watcher(prefix)
         self._watchers.add(watcher)
-        lo, hi = _bounds(prefix)
+        lo, hi = bounds(prefix)
         loop = self._loop
         interval = self._progress_interval
         catch_up = next_rev <= self._dispatched
@@ -1200,24 +1096,3 @@ class SqliteStore(Store):
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _check_branch(ops: list[Op]) -> None:
-    """etcd's request checks: no empty key, no key written twice in one branch."""
-    puts: set[bytes] = set()
-    deletes: list[Op] = []
-    for op in ops:
-        if not isinstance(op, Op):
-            raise TypeError(f"txn: expected Op, got {type(op).__name__}")
-        if not op.key and not op.prefix:
-            raise InvalidRequest("txn: key is empty")
-        if op.kind is OpKind.PUT:
-            if op.key in puts:
-                raise InvalidRequest("txn: duplicate key given in txn request")
-            puts.add(op.key)
-        elif op.kind is OpKind.DELETE:
-            deletes.append(op)
-    for op in deletes:
-        for key in puts:
-            if key == op.key or (op.prefix and key.startswith(op.key)):
-                raise InvalidRequest("txn: duplicate key given in txn request")
