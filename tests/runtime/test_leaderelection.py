@@ -480,15 +480,15 @@ class Pause:
 
 
 def simulate_pauses(seed: int, seconds: float = 30.0) -> list[float]:
-    """Three electors on the in-memory API double in virtual time; a seeded schedule pauses
+    """Three electors on the real API server in memory, in virtual time; a seeded schedule pauses
     the current leader for random spans. Checks, every 10 ms of virtual time, that at most one
     believes it leads and that a believer holds the store's current lease and token. Returns
     the failover times (pause of the leader -> another acts)."""
-    from keel.sim.double import SimApi
-    from keel.sim.loop import SimClock, run_virtual
+    from keel.sim import SimClock, SimCluster, run_virtual
 
     async def main() -> list[float]:
-        api = SimApi(seed=seed)
+        api = SimCluster(seed=seed)
+        await api.start()
         rng = random.Random(seed)
         pauses = {name: Pause() for name in ("a", "b", "c")}
         electors = {
