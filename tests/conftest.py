@@ -11,7 +11,7 @@ import pytest
 from keel.dev.etcd_cluster import EtcdCluster
 from keel.store import Store, open_store
 
-BACKENDS = ["sqlite", "etcd1", "etcd3"]
+BACKENDS = ["memory", "sqlite", "etcd1", "etcd3"]
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +54,8 @@ def prefix() -> bytes:
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     backend: str = request.param
+    if backend == "memory":
+        return "memory://?progress_interval=1"
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'keel.db'}?progress_interval=1"
     cluster: EtcdCluster = request.getfixturevalue(

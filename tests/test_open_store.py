@@ -21,6 +21,9 @@ from keel.store._open import sqlite_path
         ("etcd://", "expected sqlite:///PATH or etcd://HOST:PORT"),
         ("etcd://localhost", "'localhost' is not HOST:PORT"),
         ("etcd://h:1,h:x", "'h:x' is not HOST:PORT"),
+        ("memory://shared", "memory:// takes no host or path"),
+        ("memory://?progress_interval=0", "progress_interval must be seconds > 0"),
+        ("memory://?durable=1", "unknown memory option 'durable'"),
     ],
 )
 async def test_bad_urls_are_refused_with_a_message_naming_the_problem(
@@ -55,3 +58,16 @@ async def test_a_store_is_an_async_context_manager_and_refuses_use_after_close(
         kv = await again.get(b"k")
         assert kv is not None
         assert kv.value == b"v"
+
+
+async def test_every_memory_url_opens_a_new_empty_store() -> None:
+    async with await open_store("memory://") as first:
+        await first.put(b"k", b"v")
+        async with await open_store("memory://?watch_buffer=5") as second:
+            assert await second.get(b"k") is None
+            assert (await second.status()).revision == 1
+        kv = await first.get(b"k")
+        assert kv is not None
+        assert kv.value == b"v"
+    with pytest.raises(StoreClosed):
+        await first.get(b"k")

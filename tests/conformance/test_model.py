@@ -165,14 +165,19 @@ MODEL_SETTINGS = settings(
 )
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "etcd1", "etcd3"])
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "etcd1", "etcd3"])
 def test_backend_behaves_like_the_model(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        counter = iter(range(10**6))
+    if backend == "memory":
 
         class Machine(StoreMachine):
+            url = "memory://"  # a new, empty store for every run
+
+    elif backend == "sqlite":
+        counter = iter(range(10**6))
+
+        class Machine(StoreMachine):  # type: ignore[no-redef]
             def __init__(self) -> None:
                 type(self).url = f"sqlite:///{tmp_path / f'model-{next(counter)}.db'}"
                 super().__init__()

@@ -1,9 +1,11 @@
-"""Keel's store: one protocol with etcd v3 semantics and two backends.
+"""Keel's store: one protocol with etcd v3 semantics and three backends.
 
 `sqlite:///PATH` is the embedded, durable single-machine store; `etcd://HOST:PORT[,...]` talks
-to an etcd >= 3.5 cluster with client-side failover. Open either with `open_store(url)`.
+to an etcd >= 3.5 cluster with client-side failover; `memory://` (`MemoryStore`) is a
+deterministic, non-durable store for simulations and tests. Open any with `open_store(url)`.
 """
 
+from keel.store._memory import MemoryStore
 from keel.store._open import open_store
 from keel.store._protocol import Store
 from keel.store._types import (
@@ -48,6 +50,7 @@ __all__ = [
     "KeyValue",
     "Lease",
     "LeaseNotFound",
+    "MemoryStore",
     "Op",
     "OpKind",
     "OpResponse",

@@ -24,14 +24,21 @@ def sqlite_path(url: str, rest: str) -> str:
 
 
 async def open_store(url: str, *, clock: Clock | None = None) -> Store:
-    """Open `sqlite:///PATH[?options]` or `etcd://HOST:PORT[,HOST:PORT...][?options]`.
+    """Open `sqlite:///PATH[?options]`, `etcd://HOST:PORT[,HOST:PORT...][?options]` or
+    `memory://[?options]` (a new, empty in-memory store on every call).
 
-    `clock` (default: the system clock) runs the lease deadlines of the sqlite backend;
-    etcd keeps its leases' time itself."""
+    `clock` (default: the system clock) runs the lease deadlines of the sqlite and memory
+    backends (and the memory backend's progress notifications); etcd keeps its own time."""
     scheme, _, rest = url.partition("://")
+    options = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    if scheme == "memory" and url.startswith("memory://"):
+        if rest.split("?", 1)[0]:
+            raise ValueError(f"store url: memory:// takes no host or path, got {url!r}")
+        from keel.store._memory import MemoryStore
+
+        return MemoryStore(options, clock=clock)
     if not rest:
         raise ValueError(f"store url: expected sqlite:///PATH or etcd://HOST:PORT, got {url!r}")
-    options = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
     if scheme == "sqlite":
         from keel.store._sqlite import SqliteStore
 
@@ -49,4 +56,4 @@ async def open_store(url: str, *, clock: Clock | None = None) -> Store:
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"store url: etcd endpoint {endpoint!r} is not HOST:PORT")
         return await EtcdStore.open(endpoints, options)
-    raise ValueError(f"store url: unknown scheme {scheme!r}; expected sqlite or etcd")
+    raise ValueError(f"store url: unknown scheme {scheme!r}; expected sqlite, etcd or memory")
