@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from keel.api.resources import Lease, Namespace, ObjectMeta
 from keel.client import FencingTokenRejected, KeelClient
 from keel.clock import ManualClock, SystemClock
-from keel.runtime.api import ApiClient
 from keel.runtime.leaderelection import (
     TRANSITIONS,
     Effect,
@@ -277,14 +276,6 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
 async def client(apiserver: ApiServer) -> AsyncIterator[KeelClient]:
     async with KeelClient(apiserver.url, token=apiserver.token("controller")) as client:
         yield client
-
-
-def as_api_client(client: KeelClient) -> ApiClient:
-    return client  # mypy (strict) checks that KeelClient satisfies the protocol
-
-
-def test_keel_client_is_an_api_client(client: KeelClient) -> None:
-    assert as_api_client(client) is client
 
 
 async def poll(

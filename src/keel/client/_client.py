@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import os
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -220,6 +220,7 @@ class KeelClient:
         self._base = self._transport.server + "/apis/keel.dev/v1"
         self._write_headers: dict[str, str] = {}
         self._view_open = True
+        self._guard: _FenceGuard | None = None
 
     @classmethod
     def from_kubeconfig(
@@ -291,10 +292,36 @@ class KeelClient:
         namespace = self._namespace_for(info, obj.metadata.namespace or None)
         return info, self._path(info, namespace, obj.metadata.name, subresource)
 
-    def _writing(self) -> dict[str, str]:
+    async def _write(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Send a write with the view's fencing header. Once a write of a guarded view was
+        rejected for its fencing token, every later one fails at once, without a request."""
         if not self._view_open:
             raise RuntimeError("this fenced client view was used after its `async with` ended")
-        return self._write_headers
+        guard = self._guard
+        if guard is not None and guard.rejected is not None:
+            raise guard.rejected
+        try:
+            return await self._transport.request(
+                method,
+                url,
+                params=params,
+                body=body,
+                content_type=content_type,
+                headers=self._write_headers,
+            )
+        except FencingTokenRejected as exc:
+            if guard is not None and guard.rejected is None:
+                guard.rejected = exc
+                guard.on_rejected(exc)
+            raise
 
     # ----------------------------------------------------------------- reads
 
@@ -462,33 +489,30 @@ class KeelClient:
     async def create(self, obj: R) -> R:
         """POST a new object; `AlreadyExists` if the name is taken."""
         info, namespace, obj = self._prepare(obj)
-        data = await self._transport.request(
+        data = await self._write(
             "POST",
             self._path(info, namespace),
             body=_encoder.encode(obj),
-            headers=self._writing(),
         )
         return _decoder(type(obj)).decode(data)
 
     async def replace(self, obj: R) -> R:
         """PUT the whole object; `Conflict` if its `metadata.resourceVersion` is stale."""
         info, namespace, obj = self._prepare(obj)
-        data = await self._transport.request(
+        data = await self._write(
             "PUT",
             self._path(info, namespace, obj.metadata.name),
             body=_encoder.encode(obj),
-            headers=self._writing(),
         )
         return _decoder(type(obj)).decode(data)
 
     async def update_status(self, obj: R) -> R:
         """PUT the `status` subresource (only `.status` changes), with OCC."""
         info, namespace, obj = self._prepare(obj)
-        data = await self._transport.request(
+        data = await self._write(
             "PUT",
             self._path(info, namespace, obj.metadata.name, "status"),
             body=_encoder.encode(obj),
-            headers=self._writing(),
         )
         return _decoder(type(obj)).decode(data)
 
@@ -534,12 +558,11 @@ class KeelClient:
         if content_type is None:
             raise ValueError(f"patch type must be 'merge' or 'json', not {type!r}")
         body = patch if isinstance(patch, bytes) else _encoder.encode(patch)
-        data = await self._transport.request(
+        data = await self._write(
             "PATCH",
             self._path(info, self._namespace_for(info, namespace), name, subresource),
             body=body,
             content_type=content_type,
-            headers=self._writing(),
         )
         return _decoder(info.model).decode(data)
 
@@ -584,11 +607,10 @@ class KeelClient:
                     )
                 )
             )
-        data = await self._transport.request(
+        data = await self._write(
             "DELETE",
             self._path(info, self._namespace_for(info, namespace), name),
             body=body,
-            headers=self._writing(),
         )
         return _decode_object_or_status(info, data)
 
@@ -608,11 +630,10 @@ class KeelClient:
                 name=instance, namespace=namespace, resource_version=resource_version
             ),
         )
-        data = await self._transport.request(
+        data = await self._write(
             "POST",
             self._path(info, namespace, instance, "binding"),
             body=_encoder.encode(binding),
-            headers=self._writing(),
         )
         result = _decode_object_or_status(info, data)
         return result if isinstance(result, Instance) else None
@@ -695,6 +716,20 @@ class KeelClient:
             yield view
         finally:
             view._view_open = False
+
+    def guarded(self, on_rejected: Callable[[FencingTokenRejected], None]) -> KeelClient:
+        """A view of this client (fenced or not) that reports the first write rejected with
+        `FencingTokenRejected` to `on_rejected`, and then fails every later write at once:
+        a fenced-out worker must not keep trying while its work is being torn down."""
+        view = KeelClient.__new__(KeelClient)
+        view.__dict__.update(self.__dict__)
+        view._guard = _FenceGuard(on_rejected)
+        return view
+
+    @property
+    def fencing_rejected(self) -> FencingTokenRejected | None:
+        """The rejection that closed this guarded view to writes (see `guarded`), if any."""
+        return self._guard.rejected if self._guard is not None else None
 
     def _fenced_view(self, namespace: str, lease_name: str, token: int) -> KeelClient:
         view = KeelClient.__new__(KeelClient)
@@ -848,6 +883,12 @@ class KeelClient:
             idle_timeout=idle_timeout,
         )
         return Watch(self, options, resource_version or None)
+
+
+@dataclass
+class _FenceGuard:
+    on_rejected: Callable[[FencingTokenRejected], None]
+    rejected: FencingTokenRejected | None = None
 
 
 @dataclass(frozen=True)

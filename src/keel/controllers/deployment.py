@@ -21,8 +21,7 @@ from keel.api.resources import (
     ObjectMeta,
     OwnerReference,
 )
-from keel.client import AlreadyExists, Conflict, NotFound, Preconditions
-from keel.runtime.api import ApiClient
+from keel.client import AlreadyExists, Conflict, KeelClient, NotFound, Preconditions
 from keel.runtime.controller import Context, Related, Result
 
 __all__ = [
@@ -239,7 +238,7 @@ def _status(
     )
 
 
-async def execute(client: ApiClient, deployment: Deployment, action: Action) -> None:
+async def execute(client: KeelClient, deployment: Deployment, action: Action) -> None:
     """Apply one action idempotently: a create finding the name taken, or a delete finding
     the object gone (or replaced by another incarnation), is done. A status write is
     conditional on the resourceVersion planned on (`Conflict`: look again)."""

@@ -23,8 +23,7 @@ from keel.api.resources import (
     Service,
     ServicePort,
 )
-from keel.client import AlreadyExists
-from keel.runtime.api import ApiClient
+from keel.client import AlreadyExists, KeelClient
 from keel.runtime.controller import Context, Related, Result
 from keel.runtime.informer import Indexer, object_key
 
@@ -155,7 +154,7 @@ def plan(
     return [ReplaceEndpoints(msgspec.structs.replace(endpoints, metadata=meta, subsets=subsets))]
 
 
-async def execute(client: ApiClient, action: Action) -> None:
+async def execute(client: KeelClient, action: Action) -> None:
     """Apply one action. A replace is conditional on the planned resourceVersion (`Conflict`:
     look again); a create may find the name taken (`AlreadyExists`, left to the caller)."""
     match action:

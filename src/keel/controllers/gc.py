@@ -13,8 +13,7 @@ from typing import Any
 
 from keel.api.registry import BY_KIND, KINDS
 from keel.api.resources import OwnerReference, Resource
-from keel.client import Conflict, NotFound, Preconditions
-from keel.runtime.api import ApiClient
+from keel.client import Conflict, KeelClient, NotFound, Preconditions
 from keel.runtime.controller import Context, Controller, Related, Result
 from keel.runtime.informer import Indexer, object_key
 
@@ -70,7 +69,7 @@ def plan(obj: Resource | None, owners: Sequence[OwnerState]) -> list[Delete]:
     return [Delete(kind, obj.metadata.namespace, obj.metadata.name, obj.metadata.uid)]
 
 
-async def execute(client: ApiClient, action: Delete) -> None:
+async def execute(client: KeelClient, action: Delete) -> None:
     """Delete exactly the planned incarnation; gone already or recreated both mean done."""
     with contextlib.suppress(NotFound, Conflict):
         await client.delete(
@@ -102,7 +101,7 @@ def cached_owners(ctx: Context, obj: Resource) -> list[OwnerState]:
     return owners
 
 
-async def live_owners(client: ApiClient, obj: Resource) -> list[OwnerState]:
+async def live_owners(client: KeelClient, obj: Resource) -> list[OwnerState]:
     owners: list[OwnerState] = []
     for ref in obj.metadata.owner_references:
         where = owner_location(obj, ref)

@@ -14,8 +14,7 @@ import msgspec
 
 from keel.api.registry import BY_KIND, KINDS
 from keel.api.resources import Namespace, Resource
-from keel.client import Conflict, NotFound, Preconditions
-from keel.runtime.api import ApiClient
+from keel.client import Conflict, KeelClient, NotFound, Preconditions
 from keel.runtime.controller import Context, Related, Result
 from keel.runtime.informer import Indexer
 
@@ -92,7 +91,7 @@ def _order(obj: Resource) -> tuple[str, str]:
     return (obj.kind or type(obj).kind_name, obj.metadata.name)
 
 
-async def execute(client: ApiClient, namespace: Namespace | None, action: Action) -> Any:
+async def execute(client: KeelClient, namespace: Namespace | None, action: Action) -> Any:
     """Apply one action. Namespace writes are conditional on the resourceVersion planned on
     (a `Conflict` means: look again); deletes are conditional on the uid, and an object
     already gone counts as done."""
@@ -175,7 +174,7 @@ def cached_contents(ctx: Context, namespace: str) -> list[Resource]:
     ]
 
 
-async def live_contents(client: ApiClient, namespace: str) -> list[Resource]:
+async def live_contents(client: KeelClient, namespace: str) -> list[Resource]:
     found: list[Resource] = []
     for kind in NAMESPACED_KINDS:
         found += (await client.list(kind, namespace=namespace)).items

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from keel.api.resources import Condition, Instance, Lease, Node, Resource
-from keel.client import Conflict, NotFound, Preconditions
+from keel.client import Conflict, KeelClient, NotFound, Preconditions
 from keel.clock import rfc3339
-from keel.runtime.api import ApiClient
 from keel.runtime.controller import Context, Related, Result
 
 __all__ = [
@@ -136,7 +135,7 @@ def ready_condition(node: Node) -> Condition | None:
     return next((c for c in node.status.conditions if c.type == "Ready"), None)
 
 
-async def execute(client: ApiClient, node: Node, action: Action) -> None:
+async def execute(client: KeelClient, node: Node, action: Action) -> None:
     """The condition write is conditional on the Node's resourceVersion (`Conflict`: look
     again) and keeps the other conditions; deletes are conditional on the uid."""
     match action:

@@ -9,7 +9,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from keel.runtime.api import ApiClient
     from keel.runtime.checkpoint import Checkpoint
     from keel.runtime.controller import (
         Context,
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from keel.runtime.workqueue import WorkQueue, WorkQueueMetrics
 
 _HOMES: dict[str, str] = {
-    "ApiClient": "api",
     "Checkpoint": "checkpoint",
     "Context": "controller",
     "Controller": "controller",
@@ -50,7 +48,6 @@ _HOMES: dict[str, str] = {
 }
 
 __all__ = [
-    "ApiClient",
     "Checkpoint",
     "Context",
     "Controller",

@@ -38,9 +38,8 @@ from typing import Any, Protocol, TypeVar
 
 from keel.api.registry import BY_KIND
 from keel.api.resources import Resource
-from keel.client import Conflict, FencingTokenRejected
+from keel.client import Conflict, FencingTokenRejected, KeelClient
 from keel.clock import Clock
-from keel.runtime.api import ApiClient
 from keel.runtime.checkpoint import Checkpoint
 from keel.runtime.informer import Indexer, Informer, object_key
 from keel.runtime.workqueue import WorkQueue
@@ -101,7 +100,7 @@ class Context:
     """What a reconcile may use. `client` writes with the current fencing token (when run
     by the manager); `cache(kind)` is the shared, read-only informer cache of a kind."""
 
-    client: ApiClient
+    client: KeelClient
     cache: Callable[[type[Any]], Indexer[Any]]
     clock: Clock
     log: logging.Logger
@@ -146,39 +145,6 @@ class _Informer(Protocol):
 InformerFactory = Callable[[type[Resource]], _Informer]
 
 
-class FencedWrites:
-    """An ApiClient that forwards to `inner` and reports the first `FencingTokenRejected`.
-
-    Once a write was rejected every later write fails at once, without a request: a
-    fenced-out worker must not keep trying while its partition is being torn down.
-    """
-
-    _WRITES = frozenset(("create", "replace", "update_status", "patch", "delete", "bind"))
-
-    def __init__(self, inner: ApiClient, on_rejected: Callable[[FencingTokenRejected], None]):
-        self._inner = inner
-        self._on_rejected = on_rejected
-        self.rejected: FencingTokenRejected | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name not in self._WRITES:
-            return attribute
-
-        async def write(*args: Any, **kwargs: Any) -> Any:
-            if self.rejected is not None:
-                raise self.rejected
-            try:
-                return await attribute(*args, **kwargs)
-            except FencingTokenRejected as exc:
-                if self.rejected is None:
-                    self.rejected = exc
-                    self._on_rejected(exc)
-                raise
-
-        return write
-
-
 class Partition:
     """The controllers' work for one slice of the key space under one fencing token: a
     queue and workers per controller. Stopping drops the queues and cancels the workers."""
@@ -187,7 +153,7 @@ class Partition:
         self,
         runner: ControllerRunner,
         name: str,
-        client: ApiClient,
+        client: KeelClient,
         accepts: KeyFilter,
         on_fenced: Callable[[Partition, FencingTokenRejected], None] | None,
     ) -> None:
@@ -195,7 +161,7 @@ class Partition:
         self.name = name
         self.accepts = accepts
         self._on_fenced = on_fenced
-        self.client = FencedWrites(client, self._rejected)
+        self.client = client.guarded(self._rejected)
         self.queues: dict[str, WorkQueue] = {
             c.name: runner._new_queue() for c in runner.controllers.values()
         }
@@ -255,7 +221,7 @@ class Partition:
                 result = await controller.reconcile(ctx, key)
             except FencingTokenRejected as exc:
                 metrics.fenced += 1
-                if self.client.rejected is None:
+                if self.client.fencing_rejected is None:
                     self._rejected(exc)  # raised by a client other than ctx.client
                 return  # the partition is stopping
             except Exception as exc:
@@ -324,7 +290,7 @@ class ControllerRunner:
 
     def __init__(
         self,
-        client: ApiClient,
+        client: KeelClient,
         *,
         clock: Clock,
         rng: random.Random | None = None,
@@ -437,7 +403,7 @@ class ControllerRunner:
     def start(
         self,
         name: str,
-        client: ApiClient,
+        client: KeelClient,
         *,
         accepts: KeyFilter = lambda _key: True,
         on_fenced: Callable[[Partition, FencingTokenRejected], None] | None = None,
@@ -463,7 +429,7 @@ class ControllerRunner:
     def partitions(self) -> dict[str, Partition]:
         return dict(self._partitions)
 
-    async def run(self, *, workers_client: ApiClient | None = None) -> None:
+    async def run(self, *, workers_client: KeelClient | None = None) -> None:
         """Unmanaged mode (tests, single process without election): informers plus one
         partition taking every key, until cancelled."""
         informers = asyncio.get_running_loop().create_task(self.run_informers())

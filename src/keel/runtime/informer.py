@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from keel.api.resources import Resource
-from keel.client import Expired, WatchEvent
+from keel.client import Expired, KeelClient, Watch, WatchEvent
+from keel.client._client import Selector
 from keel.clock import Clock
-from keel.runtime.api import ApiClient, Selector, WatchStream
 from keel.runtime.checkpoint import Checkpoint, gc_relaxed
 
 __all__ = [
@@ -224,7 +224,7 @@ class Informer(Generic[R]):
 
     def __init__(
         self,
-        client: ApiClient,
+        client: KeelClient,
         kind: type[R],
         *,
         namespace: str | None = None,
@@ -264,7 +264,7 @@ class Informer(Generic[R]):
         self._floor = -1
         self._tombstones: dict[str, int] = {}
         # A watch opened while the checkpoint loaded, and its pending first event.
-        self._resumed: tuple[WatchStream[R], asyncio.Future[WatchEvent[R]]] | None = None
+        self._resumed: tuple[Watch[R], asyncio.Future[WatchEvent[R]]] | None = None
         self._relists = 0  # consecutive relists (or failed lists) without a working watch
         self._errors = 0  # consecutive watch failures
 
@@ -361,7 +361,7 @@ class Informer(Generic[R]):
         self._synced.set()
         return True
 
-    def _open_watch(self) -> WatchStream[R]:
+    def _open_watch(self) -> Watch[R]:
         self.metrics.watches += 1
         return self.client.watch(
             self.kind,
@@ -594,7 +594,7 @@ class Informer(Generic[R]):
                 await asyncio.to_thread(self._write, checkpoint, *snapshot)
 
 
-async def _abandon(stream: WatchStream[Any], first: asyncio.Future[Any]) -> None:
+async def _abandon(stream: Watch[Any], first: asyncio.Future[Any]) -> None:
     """Close a watch whose first event is no longer wanted. The pending `__anext__` must
     end before `aclose` (an async generator cannot be closed while it runs); its result or
     error, if it had one, is dropped."""

@@ -17,9 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from keel.api.resources import Lease
-from keel.client import AlreadyExists, Backoff, KeelClientError, NotFound
+from keel.client import AlreadyExists, Backoff, KeelClient, KeelClientError, NotFound
 from keel.clock import Clock
-from keel.runtime.api import ApiClient
 
 __all__ = [
     "TRANSITIONS",
@@ -221,7 +220,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        client: ApiClient,
+        client: KeelClient,
         namespace: str,
         name: str,
         identity: str,

@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from keel.api.resources import Lease
-from keel.client import AlreadyExists, KeelClientError
+from keel.client import AlreadyExists, KeelClient, KeelClientError
 from keel.clock import Clock
-from keel.runtime.api import ApiClient
 from keel.runtime.leaderelection import Election, Event, Kind, first_of, transition, within
 
 __all__ = ["ShardCoordinator", "plan_shards", "shard_of", "shard_target"]
@@ -90,7 +89,7 @@ class ShardCoordinator:
 
     def __init__(
         self,
-        client: ApiClient,
+        client: KeelClient,
         identity: str,
         shards: int,
         *,
