@@ -138,7 +138,7 @@ def check_once(mutations: Sequence[Mutation], dangerous: Dangerous) -> list[str]
 
 
 def check_fencing(mutations: Sequence[Mutation]) -> list[str]:
-    """Writes accepted with a fencing token older than a later holder's (the double must
+    """Writes accepted with a fencing token older than a later holder's (the server must
     have rejected them): tokens of accepted fenced writes never go back."""
     newest: dict[str, int] = {}
     found: list[str] = []
