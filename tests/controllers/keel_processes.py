@@ -20,21 +20,14 @@ from typing import Any, TypeVar
 
 import yaml
 
-import keel.cli
-from keel.apiserver_cli import write_kubeconfig
+from keel.cli.apiserver import write_kubeconfig
 from keel.runtime.manager import ControllerManager
 
 T = TypeVar("T")
 # Starts an in-process controller-manager running the named controllers (a fixture).
 RunManager = Callable[[list[str]], ControllerManager]
 START_TIMEOUT = 60.0
-
-
-def keel_command(module_name: str, adder: str) -> list[str]:
-    """`python -m keel` once keel.cli wires `adder` in, else the command's own module."""
-    if adder in Path(keel.cli.__file__).read_text(encoding="utf-8"):
-        return [sys.executable, "-m", "keel"]
-    return [sys.executable, "-m", module_name]
+KEEL = (sys.executable, "-m", "keel")
 
 
 def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
@@ -81,7 +74,7 @@ class ApiServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig.unlink(missing_ok=True)
         command = [
-            *keel_command("keel.apiserver_cli", "add_apiserver_commands"), "apiserver",
+            *KEEL, "apiserver",
             "--store", f"sqlite:///{self.state_dir / 'keel.db'}",
             "--listen", "127.0.0.1:0",
             "--state-dir", str(self.state_dir),
@@ -136,8 +129,7 @@ class ManagerProcess:
         self.identity = identity
         self.log_path = state_dir / f"{identity}.log"
         command = [
-            *keel_command("keel.controller_manager_cli", "add_controller_manager_commands"),
-            "controller-manager", "--kubeconfig", str(kubeconfig), "--identity", identity,
+            *KEEL, "controller-manager", "--kubeconfig", str(kubeconfig), "--identity", identity,
             *args,
         ]  # fmt: skip
         log = self.log_path.open("wb")

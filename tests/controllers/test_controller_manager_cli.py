@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from controllers.keel_processes import ApiServer, ManagerProcess, keel_command, lease_of, wait_for
+from controllers.keel_processes import KEEL, ApiServer, ManagerProcess, lease_of, wait_for
 
 from keel.controllers.namespace import FINALIZER
 
@@ -52,8 +52,7 @@ def test_exits_cleanly_releasing_its_lease_and_saving_checkpoints(
 
 def test_unknown_controllers_are_refused(apiserver: ApiServer) -> None:
     command = [
-        *keel_command("keel.controller_manager_cli", "add_controller_manager_commands"),
-        "controller-manager", "--kubeconfig", str(apiserver.controller_kubeconfig()),
+        *KEEL, "controller-manager", "--kubeconfig", str(apiserver.controller_kubeconfig()),
         "--identity", "x", "--controllers", "namespace,bogus",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)

@@ -317,7 +317,7 @@ def component_kubeconfigs(
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from keel.up import Supervisor, components
+    from keel.cli.up import Supervisor, components
 
     if args.clusters < 0 or args.nodes_per_cluster < 0:
         print("keel up: --clusters and --nodes-per-cluster must be >= 0", file=sys.stderr)
@@ -365,7 +365,7 @@ async def apply_and_report(path: str, kubeconfig: Path) -> None:
     if await proc.wait() != 0:
         print(f"keel up: applying {path} failed (see above)", flush=True)
         return
-    from keel.up import report_services
+    from keel.cli.up import report_services
 
     await report_services(path, kubeconfig)
 
@@ -520,18 +520,3 @@ def add_apiserver_commands(commands: Any) -> None:
     )
     boundary.add_argument("-o", "--output", choices=("table", "json"), default="table")
     boundary.set_defaults(run=cmd_boundary)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run these commands without keel.cli (e.g. `python -m keel.apiserver_cli up`)."""
-    parser = argparse.ArgumentParser(prog="keel")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    add_apiserver_commands(commands)
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

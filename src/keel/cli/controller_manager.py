@@ -10,7 +10,6 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,14 @@ from keel.api.resources import Namespace
 from keel.client import FencingTokenRejected, KeelClient, KeelClientError
 from keel.clock import Clock, SystemClock
 
-__all__ = ["FencingProbe", "add_controller_manager_commands", "main"]
+__all__ = ["FencingProbe", "add_controller_manager_command"]
 
 PROBE = "fencing-probe"
 PROBE_ANNOTATION = "keel.dev/fencing-probe"
 log = logging.getLogger("keel.controller-manager")
 
 
-def add_controller_manager_commands(commands: Any) -> None:
+def add_controller_manager_command(commands: Any) -> None:
     """Add `controller-manager` to the `keel` subcommands (an argparse subparsers object)."""
     parser = commands.add_parser(
         "controller-manager",
@@ -177,18 +176,3 @@ class FencingProbe:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(self._task, return_exceptions=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m keel.controller_manager_cli controller-manager ...` (until keel.cli has it)."""
-    parser = argparse.ArgumentParser(prog="keel")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    add_controller_manager_commands(commands)
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
