@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from keel.cli.apiserver import write_kubeconfig
+from keel.cli._state_dir import write_kubeconfig
 from keel.runtime.manager import ControllerManager
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
-"""`keel apiserver`, `keel up` and `keel boundary`: run the API server over a store, run the
-one-machine platform (for now: the API server and its Cluster objects; agents come later),
-and report store writes per kind against the registry's consensus boundary.
+"""`keel apiserver`: serve the Keel API over a store until SIGINT/SIGTERM, writing the state
+dir's token file and admin kubeconfig. `serve` and the serving options are shared with `keel up`,
+which runs the same server in its own process.
 """
 
 from __future__ import annotations
@@ -8,89 +8,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
 import socket
-import ssl
 import sys
-import urllib.request
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from keel.api import tls
 from keel.api.admission import TokenBucketAdmission
 from keel.api.auth import TokenFile
-from keel.api.registry import KINDS, TELEMETRY_KINDS
-from keel.api.storage import ApiError
-
-DEFAULT_LISTEN = "127.0.0.1:7070"
-DEFAULT_STATE_DIR = ".keel"
-TOKEN_FILE = "tokens.csv"
-KUBECONFIG = "kubeconfig"
-# Roles given a token when a state dir is first used; `keel up` hands them to components.
-DEFAULT_PRINCIPALS = (
-    ("controller", "controller"),
-    ("scheduler", "scheduler"),
-    ("viewer", "viewer"),
+from keel.cli._state_dir import (
+    DEFAULT_STATE_DIR,
+    KUBECONFIG,
+    TOKEN_FILE,
+    ensure_tokens,
+    write_kubeconfig,
 )
 
+DEFAULT_LISTEN = "127.0.0.1:7070"
+
 log = logging.getLogger("keel.apiserver")
-
-
-# ------------------------------------------------------------------------- state dir
-
-
-def read_tokens(path: Path) -> dict[str, tuple[str, str]]:
-    """token -> (name, role) from a token file (the server itself only keeps digests)."""
-    tokens: dict[str, tuple[str, str]] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            tokens[parts[0]] = (parts[1], parts[2])
-    return tokens
-
-
-def ensure_tokens(path: Path) -> str:
-    """Create the token file on first use (admin, controller, scheduler, viewer), reuse it
-    afterwards; returns an admin token."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        admin = TokenFile.create(path)
-        for name, role in DEFAULT_PRINCIPALS:
-            TokenFile.append(path, name, role)
-        return admin
-    for token, (_, role) in read_tokens(path).items():
-        if role == "admin":
-            return token
-    raise ValueError(f"{path}: no admin token in the token file")
-
-
-def write_kubeconfig(path: Path, server: str, token: str, ca_file: str | None = None) -> None:
-    cluster: dict[str, Any] = {"server": server}
-    if ca_file:
-        cluster["certificate-authority"] = str(Path(ca_file).resolve())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "keel", "cluster": cluster}],
-        "users": [{"name": "admin", "user": {"token": token}}],
-        "contexts": [{"name": "keel", "context": {"cluster": "keel", "user": "admin"}}],
-        "current-context": "keel",
-    }
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    tmp.replace(path)
 
 
 def _sqlite_dir(url: str) -> None:
@@ -98,9 +38,6 @@ def _sqlite_dir(url: str) -> None:
         path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
         if str(path.parent) not in ("", "."):
             path.parent.mkdir(parents=True, exist_ok=True)
-
-
-# ------------------------------------------------------------------------- serving
 
 
 @dataclass(frozen=True)
@@ -246,7 +183,8 @@ class _Server:
         await self._server.serve(sockets=sockets)
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def run_server(coro: Coroutine[Any, Any, int]) -> int:
+    """Run `serve(...)` on uvloop (asyncio's own loop if uvloop is missing)."""
     try:
         import uvloop
 
@@ -256,7 +194,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(coro)
 
 
-def _options(args: argparse.Namespace, command: str) -> ServeOptions:
+def serve_options(args: argparse.Namespace, command: str) -> ServeOptions:
+    """ServeOptions from the options `add_serve_arguments` declares."""
     state_dir = Path(args.state_dir)
     store = args.store or f"sqlite:///{state_dir / 'keel.db'}"
     return ServeOptions(
@@ -275,7 +214,9 @@ def _options(args: argparse.Namespace, command: str) -> ServeOptions:
     )
 
 
-def _guarded(command: str, body: Callable[[], int]) -> int:
+def guarded(command: str, body: Callable[[], int]) -> int:
+    """Run a serving command's body: an expected failure is one `keel COMMAND: ...` line and
+    exit code 1, Ctrl-C before the server handles signals is 130."""
     from keel.store import StoreError
 
     logging.basicConfig(level=logging.WARNING, format=f"keel {command}: %(message)s")
@@ -289,164 +230,11 @@ def _guarded(command: str, body: Callable[[], int]) -> int:
 
 
 def cmd_apiserver(args: argparse.Namespace) -> int:
-    return _guarded("apiserver", lambda: _run(serve(_options(args, "apiserver"))))
+    return guarded("apiserver", lambda: run_server(serve(serve_options(args, "apiserver"))))
 
 
-def component_tokens(token_path: Path, items: list[Any]) -> dict[str, str]:
-    """A token of its role for every component, added to the token file on first use and
-    reused afterwards. Must run before the server loads the file."""
-    by_name = {(name, role): token for token, (name, role) in read_tokens(token_path).items()}
-    tokens: dict[str, str] = {}
-    for item in items:
-        name = item.name.split("/")[-1]
-        token = by_name.get((name, item.role)) or by_name.get((item.role, item.role))
-        if token is None:
-            token = TokenFile.append(token_path, name, item.role)
-        tokens[name] = token
-    return tokens
-
-
-def component_kubeconfigs(
-    state_dir: Path, url: str, tokens: dict[str, str], ca_file: str | None
-) -> None:
-    """A kubeconfig per component: STATE/kubeconfigs/NAME."""
-    directory = state_dir / "kubeconfigs"
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, token in tokens.items():
-        write_kubeconfig(directory / name, url, token, ca_file)
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from keel.cli.up import Supervisor, components
-
-    if args.clusters < 0 or args.nodes_per_cluster < 0:
-        print("keel up: --clusters and --nodes-per-cluster must be >= 0", file=sys.stderr)
-        return 1
-    options = _options(args, "up")
-    items = components(options.state_dir, options.clusters, args.nodes_per_cluster)
-    supervisor = Supervisor(items, options.state_dir / "logs")
-    token_path = options.token_file or options.state_dir / TOKEN_FILE
-    ensure_tokens(token_path)
-    tokens = component_tokens(token_path, items)  # before the server loads the file
-
-    async def start_platform(api: Any) -> None:
-        from keel.api.registry import BY_KIND
-        from keel.api.resources import Cluster, ObjectMeta
-
-        await api.ready.wait()
-        info = BY_KIND["Cluster"]
-        for i in range(1, options.clusters + 1):
-            name = f"cluster-{i}"
-            if await api.storage.read(info, "", name) is not None:
-                continue
-            with contextlib.suppress(ApiError):
-                await api.storage.create(
-                    info, Cluster(metadata=ObjectMeta(name=name)), namespace=""
-                )
-        url = load_kubeconfig(options.state_dir / KUBECONFIG)[0]
-        component_kubeconfigs(options.state_dir, url, tokens, options.tls_cert)
-        await supervisor.start()
-        print(
-            f"keel up: {options.clusters} cluster(s), {len(items) - 2} node agent(s), "
-            f"controller-manager and scheduler started (logs in {options.state_dir / 'logs'})",
-            flush=True,
-        )
-        if args.apply:
-            await apply_and_report(args.apply, options.state_dir / KUBECONFIG)
-
-    return _guarded("up", lambda: _run(serve(options, start_platform, supervisor.stop)))
-
-
-async def apply_and_report(path: str, kubeconfig: Path) -> None:
-    """`keel up --apply FILE`: apply it, then say how to reach its Services."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "keel", "apply", "-f", path, "--kubeconfig", str(kubeconfig)
-    )
-    if await proc.wait() != 0:
-        print(f"keel up: applying {path} failed (see above)", flush=True)
-        return
-    from keel.cli.up import report_services
-
-    await report_services(path, kubeconfig)
-
-
-# ------------------------------------------------------------------------- boundary
-
-
-def parse_store_writes(metrics_text: str) -> dict[str, dict[str, int]]:
-    """kind -> verb -> count from `keel_store_writes_total` samples."""
-    writes: dict[str, dict[str, int]] = {}
-    for line in metrics_text.splitlines():
-        if not line.startswith("keel_store_writes_total{"):
-            continue
-        labels_text, _, value = line[len("keel_store_writes_total{") :].rpartition("} ")
-        labels = dict(part.split("=", 1) for part in labels_text.split(",") if "=" in part)
-        kind = labels.get("kind", "").strip('"')
-        verb = labels.get("verb", "").strip('"')
-        writes.setdefault(kind, {})[verb] = int(float(value))
-    return writes
-
-
-def boundary_report(writes: dict[str, dict[str, int]]) -> str:
-    """The per-kind write report: storage class, why it needs consensus, writes per verb."""
-    rows = [("KIND", "STORAGE", "WRITES", "BY VERB", "WHY")]
-    for info in KINDS:
-        verbs = writes.get(info.kind, {})
-        by_verb = " ".join(f"{v}={n}" for v, n in sorted(verbs.items())) or "-"
-        rows.append((info.kind, info.storage.value, str(sum(verbs.values())), by_verb, info.why))
-    for name, why in TELEMETRY_KINDS.items():
-        rows.append((name, "memory", "0", "-", why + " (never stored)"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row))
-        for row in rows
-    ]
-    total = sum(sum(v.values()) for v in writes.values())
-    lines.append(f"\ntotal store writes by this API server since it started: {total}")
-    return "\n".join(lines)
-
-
-def load_kubeconfig(path: Path) -> tuple[str, str, str | None]:
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    try:
-        cluster = config["clusters"][0]["cluster"]
-        token = config["users"][0]["user"]["token"]
-    except (KeyError, IndexError, TypeError):
-        raise ValueError(f"{path}: not a kubeconfig with clusters[0] and users[0]") from None
-    return str(cluster["server"]), str(token), cluster.get("certificate-authority")
-
-
-def cmd_boundary(args: argparse.Namespace) -> int:
-    def body() -> int:
-        kubeconfig = Path(args.kubeconfig or Path(DEFAULT_STATE_DIR) / KUBECONFIG)
-        server, token, ca = (None, None, None)
-        if kubeconfig.exists():
-            server, token, ca = load_kubeconfig(kubeconfig)
-        server = args.server or server
-        token = args.token or token
-        if not server:
-            raise ValueError(f"no --server given and no kubeconfig at {kubeconfig}")
-        request = urllib.request.Request(
-            server.rstrip("/") + "/metrics",
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-        )
-        context = ssl.create_default_context(cafile=ca) if ca else None
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
-            text = response.read().decode()
-        writes = parse_store_writes(text)
-        if args.output == "json":
-            print(json.dumps(writes, indent=2, sort_keys=True))
-        else:
-            print(boundary_report(writes))
-        return 0
-
-    return _guarded("boundary", body)
-
-
-# ------------------------------------------------------------------------- argparse
-
-
-def _serve_arguments(parser: argparse.ArgumentParser, *, up: bool) -> None:
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `keel apiserver` and `keel up` share."""
     parser.add_argument(
         "--state-dir",
         default=DEFAULT_STATE_DIR,
@@ -485,38 +273,11 @@ def _serve_arguments(parser: argparse.ArgumentParser, *, up: bool) -> None:
     parser.add_argument(
         "--admission-burst", type=int, default=400, help="burst per principal (default 400)"
     )
-    if up:
-        parser.add_argument("--clusters", type=int, default=2, help="clusters (default 2)")
-        parser.add_argument(
-            "--nodes-per-cluster", type=int, default=2, help="node agents per cluster (default 2)"
-        )
-        parser.add_argument(
-            "--apply", default=None, metavar="FILE", help="apply FILE once the platform is up"
-        )
 
 
-def add_apiserver_commands(commands: Any) -> None:
+def add_apiserver_command(commands: Any) -> None:
     apiserver = commands.add_parser(
         "apiserver", help="serve the Keel API over a store (one of many stateless replicas)"
     )
-    _serve_arguments(apiserver, up=False)
+    add_serve_arguments(apiserver)
     apiserver.set_defaults(run=cmd_apiserver)
-
-    up = commands.add_parser(
-        "up",
-        help="the platform on one machine: API server over an embedded store, "
-        "controller-manager, scheduler and node agents",
-    )
-    _serve_arguments(up, up=True)
-    up.set_defaults(run=cmd_up)
-
-    boundary = commands.add_parser(
-        "boundary", help="store writes per kind, against the registry's consensus boundary"
-    )
-    boundary.add_argument("--server", default=None, help="API server URL")
-    boundary.add_argument("--token", default=None, help="bearer token")
-    boundary.add_argument(
-        "--kubeconfig", default=None, help=f"kubeconfig (default {DEFAULT_STATE_DIR}/{KUBECONFIG})"
-    )
-    boundary.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    boundary.set_defaults(run=cmd_boundary)
