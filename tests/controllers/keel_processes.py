@@ -28,6 +28,14 @@ T = TypeVar("T")
 RunManager = Callable[[list[str]], ControllerManager]
 START_TIMEOUT = 60.0
 KEEL = (sys.executable, "-m", "keel")
+# On the replicas' PYTHONPATH, so `--controller` can load a test module (runtime.fencing_probe).
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def with_tests_on_path() -> dict[str, str]:
+    """This environment with the tests directory appended to PYTHONPATH."""
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(TESTS)]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
@@ -123,7 +131,8 @@ class ApiServer:
 
 
 class ManagerProcess:
-    """One `keel controller-manager` replica; its stderr goes to a log file we read."""
+    """One `keel controller-manager` replica; its stderr goes to a log file we read. The
+    tests directory is on its PYTHONPATH, for `--controller MODULE:FACTORY` of test modules."""
 
     def __init__(self, state_dir: Path, kubeconfig: Path, identity: str, *args: str) -> None:
         self.identity = identity
@@ -133,7 +142,7 @@ class ManagerProcess:
             *args,
         ]  # fmt: skip
         log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**with_tests_on_path(), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.pid = self.process.pid
 

@@ -1,5 +1,6 @@
 """`keel controller-manager` as a process: it does real work, exits cleanly on SIGINT and
-SIGTERM (releasing its lease and writing its checkpoints), and refuses bad options."""
+SIGTERM (releasing its lease and writing its checkpoints), and refuses bad options, among them
+a `--controller MODULE:FACTORY` it cannot load."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from controllers.keel_processes import KEEL, ApiServer, ManagerProcess, lease_of, wait_for
+from controllers.keel_processes import (
+    KEEL,
+    ApiServer,
+    ManagerProcess,
+    lease_of,
+    wait_for,
+    with_tests_on_path,
+)
 
 from keel.controllers.namespace import FINALIZER
 
@@ -58,3 +66,26 @@ def test_unknown_controllers_are_refused(apiserver: ApiServer) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
     assert "unknown controller(s) bogus" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "expected MODULE:FACTORY"),
+        ("no_such_module_here:factory", "cannot import no_such_module_here"),
+        ("runtime.fencing_probe:no_such_factory", "has no callable no_such_factory"),
+    ],
+)
+def test_a_controller_factory_that_cannot_be_loaded_is_refused(
+    tmp_path: Path, spec: str, message: str
+) -> None:
+    # Refused before it reads the kubeconfig or talks to any server.
+    command = [
+        *KEEL, "controller-manager", "--kubeconfig", str(tmp_path / "absent"),
+        "--identity", "x", "--controller", spec,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, check=False, env=with_tests_on_path()
+    )
+    assert result.returncode == 2
+    assert message in result.stderr

@@ -1,27 +1,51 @@
-"""`keel controller-manager`: run the platform controllers under leader election (or shard
-leases), logging every leadership change and every write the store rejects to stderr.
+"""`keel controller-manager`: run the platform controllers, and any loaded with
+`--controller MODULE:FACTORY`, under leader election (or shard leases), logging every
+leadership change and every write the store rejects to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from keel.api.resources import Namespace
-from keel.client import FencingTokenRejected, KeelClient, KeelClientError
-from keel.clock import Clock, SystemClock
+from keel.client import KeelClient, KeelClientError
+from keel.clock import SystemClock
 
-__all__ = ["FencingProbe", "add_controller_manager_command"]
+if TYPE_CHECKING:
+    from keel.runtime.controller import Controller
+    from keel.runtime.manager import ControllerManager
 
-PROBE = "fencing-probe"
-PROBE_ANNOTATION = "keel.dev/fencing-probe"
+__all__ = ["ControllerFactory", "add_controller_manager_command", "load_factory"]
+
+# What `--controller MODULE:FACTORY` names: called once with the manager before it runs, it
+# returns the controllers to run beside the built-in ones. It may also hook the manager (e.g.
+# `manager.elector.on_change`); tasks it starts are cancelled when the manager has stopped.
+ControllerFactory = Callable[["ControllerManager"], Iterable["Controller"]]
+
 log = logging.getLogger("keel.controller-manager")
+
+
+def load_factory(spec: str) -> ControllerFactory:
+    """The callable `MODULE:FACTORY` names (imported from sys.path); ValueError otherwise."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--controller {spec!r}: expected MODULE:FACTORY")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--controller {spec!r}: cannot import {module_name}: {exc}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"--controller {spec!r}: {module_name} has no callable {attribute}")
+    result: ControllerFactory = factory
+    return result
 
 
 def add_controller_manager_command(commands: Any) -> None:
@@ -40,8 +64,15 @@ def add_controller_manager_command(commands: Any) -> None:
     parser.add_argument(
         "--controllers",
         default="namespace,gc",
-        help="comma-separated: namespace, gc, deployment, endpoints, nodelifecycle, and "
-        f"(tests only) {PROBE}",
+        help="comma-separated: namespace, gc, deployment, endpoints, nodelifecycle",
+    )
+    parser.add_argument(
+        "--controller",
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY",
+        help="also run the controllers FACTORY(manager) returns, loaded from MODULE on the "
+        "Python path (repeatable)",
     )
     parser.add_argument("--workers", type=int, default=4, help="workers per controller")
     parser.add_argument("--state-dir", type=Path, help="directory for cache checkpoints")
@@ -59,17 +90,21 @@ def run_controller_manager(args: argparse.Namespace) -> int:
     if args.lease_ttl < 2:
         print("controller-manager: --lease-ttl must be at least 2", file=sys.stderr)
         return 2
-    if PROBE in names and args.shards:
-        print(f"controller-manager: {PROBE} runs only without --shards", file=sys.stderr)
+    try:
+        factories = [load_factory(spec) for spec in args.controller]
+    except ValueError as exc:
+        print(f"controller-manager: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_serve(args, names))
+        return asyncio.run(_serve(args, names, factories))
     except (ValueError, KeelClientError) as exc:
         print(f"controller-manager: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve(args: argparse.Namespace, names: list[str]) -> int:
+async def _serve(
+    args: argparse.Namespace, names: list[str], factories: list[ControllerFactory]
+) -> int:
     from keel.controllers import build
     from keel.runtime.controller import ControllerRunner
     from keel.runtime.manager import ControllerManager
@@ -79,25 +114,24 @@ async def _serve(args: argparse.Namespace, names: list[str]) -> int:
         args.state_dir.mkdir(parents=True, exist_ok=True)
     async with KeelClient.from_kubeconfig(args.kubeconfig) as client:
         runner = ControllerRunner(client, clock=clock, state_dir=args.state_dir)
-        for controller in build([n for n in names if n != PROBE], runner.cache):
+        for controller in build(names, runner.cache):
             runner.register(controller, workers=args.workers)
         manager = ControllerManager(
             client, runner, identity=args.identity, ttl=args.lease_ttl, shards=args.shards,
             clock=clock,
         )  # fmt: skip
+        for factory in factories:
+            for controller in factory(manager):
+                runner.register(controller, workers=args.workers)
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(manager.run(), name="manager")]
-        probe: FencingProbe | None = None
-        if PROBE in names and manager.elector is not None:
-            probe = FencingProbe(client, args.identity, clock=clock)
-            manager.elector.on_change(probe.leadership_changed)
-            probe.stepped_down = manager.elector.lost
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         log.info(
             "%s: controller-manager started (controllers: %s, shards: %s, lease TTL %ds)",
-            args.identity, ",".join(names) or "none", args.shards or "off", args.lease_ttl,
+            args.identity, ",".join([*names, *args.controller]) or "none", args.shards or "off",
+            args.lease_ttl,
         )  # fmt: skip
         stopping = loop.create_task(stop.wait())
         await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -106,8 +140,7 @@ async def _serve(args: argparse.Namespace, names: list[str]) -> int:
             task.cancel()
         # Cancelling the manager stops the work first and then releases the lease.
         await asyncio.gather(*tasks, stopping, return_exceptions=True)
-        if probe is not None:
-            await probe.close()
+        await _end_other_tasks()
         log.info("%s: controller-manager stopped", args.identity)
         if failed:
             log.error("controller-manager failed: %r", failed[0].exception())
@@ -115,64 +148,11 @@ async def _serve(args: argparse.Namespace, names: list[str]) -> int:
     return 0
 
 
-class FencingProbe:
-    """Test-only controller: from the moment this replica wins the lease it writes an
-    annotation on Namespace keel-system every `interval` seconds through the fenced view,
-    never asking its clock whether it still leads. After SIGSTOP/SIGCONT only the store can
-    stop it, which is the point: its rejected writes show that fencing is store-side.
-    """
-
-    def __init__(
-        self,
-        client: KeelClient,
-        identity: str,
-        *,
-        clock: Clock,
-        namespace: str = "keel-system",
-        lease: str = "controller-manager",
-        interval: float = 0.1,
-    ) -> None:
-        self.client = client
-        self.identity = identity
-        self.clock = clock
-        self.namespace = namespace
-        self.lease = lease
-        self.interval = interval
-        self.stepped_down: Any = lambda: None
-        self._task: asyncio.Task[None] | None = None
-
-    def leadership_changed(self, token: int | None) -> None:
-        # Deliberately ignores step-downs (token None): the probe plays a leader that does
-        # not know it was paused. A new term replaces the old writer.
-        if token is None:
-            return
-        if self._task is not None:
-            self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._write(token))
-
-    async def _write(self, token: int) -> None:
-        async with self.client.fenced(self.namespace, self.lease, token) as view:
-            count = 0
-            while True:
-                count += 1
-                value = f"{self.identity} token {token} write {count}"
-                patch = {"metadata": {"annotations": {PROBE_ANNOTATION: value}}}
-                try:
-                    await view.patch(Namespace, self.namespace, patch)
-                except FencingTokenRejected as exc:
-                    log.error(
-                        "%s: fencing probe write rejected with FencingTokenRejected (409), "
-                        "token %d: %s; stepping down",
-                        self.identity, token, exc,
-                    )  # fmt: skip
-                    self.stepped_down()
-                    return
-                except KeelClientError as exc:
-                    log.warning("%s: fencing probe write failed: %s", self.identity, exc)
-                await self.clock.sleep(self.interval)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(self._task, return_exceptions=True)
+async def _end_other_tasks() -> None:
+    """Cancel what a --controller factory left running (the manager's own work has ended),
+    while the client it writes through is still open."""
+    current = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not current]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
