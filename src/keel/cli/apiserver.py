@@ -1,6 +1,6 @@
-"""`keel apiserver`: serve the Keel API over a store until SIGINT/SIGTERM, writing the state
-dir's token file and admin kubeconfig. `serve` and the serving options are shared with `keel up`,
-which runs the same server in its own process.
+"""`keel apiserver`: serve the Keel API over a store until SIGINT/SIGTERM, after writing the
+state dir's token file and admin kubeconfig. `keel up` runs the same `serve` in its own
+process, with the same options (`add_serve_arguments`).
 """
 
 from __future__ import annotations
