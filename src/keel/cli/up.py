@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -31,15 +30,7 @@ from keel.cli._state_dir import (
     read_tokens,
     write_kubeconfig,
 )
-from keel.cli.apiserver import (
-    add_serve_arguments,
-    guarded,
-    run_server,
-    serve,
-    serve_options,
-)
-
-log = logging.getLogger("keel.up")
+from keel.cli.apiserver import add_serve_arguments, guarded, run_server, serve, serve_options
 
 CONTROLLERS = "namespace,gc,deployment,endpoints,nodelifecycle"
 # On one machine a short node lease keeps failover well inside 15 s: lease expiry (4 s) plus
