@@ -28,8 +28,8 @@ import msgspec
 
 from keel.api.resources import ObjectMeta, Service, ServicePort, ServiceSpec
 from keel.client import KeelClient
+from keel.clock import SystemClock
 from keel.runtime.checkpoint import Checkpoint
-from keel.runtime.clock import SystemClock
 from keel.runtime.controller import Context, ControllerRunner, Result
 from keel.runtime.informer import Informer
 from keel.store import Op, open_store

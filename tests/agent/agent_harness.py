@@ -37,18 +37,6 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) ->
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def _module_command(command: str, fallback_module: str) -> list[str]:
-    """`python -m keel COMMAND` when keel.cli has it, else the module's own main."""
-    import argparse
-
-    from keel.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-            return [sys.executable, "-m", "keel", command]
-    return [sys.executable, "-m", fallback_module, command]
-
-
 class ApiServer:
     """`keel apiserver` on sqlite in `state_dir`, with a `node:NAME` token per node."""
 
@@ -72,7 +60,7 @@ class ApiServer:
         kubeconfig.unlink(missing_ok=True)
         self.starts += 1
         command = [
-            *_module_command("apiserver", "keel.apiserver_cli"),
+            sys.executable, "-m", "keel", "apiserver",
             "--store", f"sqlite:///{self.state_dir / 'keel.db'}",
             "--listen", f"127.0.0.1:{self.port}",
             "--state-dir", str(self.state_dir),
@@ -157,7 +145,7 @@ class AgentProcess:
         self.starts += 1
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            *_module_command("agent", "keel.agent_cli"),
+            sys.executable, "-m", "keel", "agent",
             "--node", self.node,
             "--cluster", self.cluster,
             "--kubeconfig", str(self.server.node_kubeconfig(self.node)),

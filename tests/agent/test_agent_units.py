@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from keel.agent import _driver, _procfs
-from keel.agent_cli import parse_capacity
 from keel.api.resources import InstanceSpec, PortSpec
+from keel.cli.agent import parse_capacity
 
 
 def test_start_ticks_tell_a_live_process_from_a_reused_pid() -> None:

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from test_server_harness import ApiProcess, Client, deployment, keel_command, wait_for
+from test_server_harness import KEEL, ApiProcess, Client, deployment, wait_for
 
 V1 = "/apis/keel.dev/v1"
 
@@ -56,7 +56,7 @@ def test_boundary_reports_writes_per_kind_with_storage_class(tmp_path: Path) -> 
         admin = server.client()
         admin.post(f"{V1}/namespaces/default/deployments", deployment("web"))
         report = subprocess.run(
-            [*keel_command(), "boundary", "--kubeconfig", str(tmp_path / "kubeconfig")],
+            [*KEEL, "boundary", "--kubeconfig", str(tmp_path / "kubeconfig")],
             capture_output=True,
             text=True,
             timeout=60,
@@ -75,7 +75,7 @@ def test_boundary_reports_writes_per_kind_with_storage_class(tmp_path: Path) -> 
 def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path) -> None:
     result = subprocess.run(
         [
-            *keel_command(),
+            *KEEL,
             "apiserver",
             "--store",
             f"sqlite:///{tmp_path / 'k.db'}",
@@ -123,7 +123,7 @@ def test_tls_serving_with_the_kubeconfig_trusting_the_certificate(tmp_path: Path
     )  # fmt: skip
     proc = subprocess.Popen(
         [
-            *keel_command(), "apiserver", "--store", f"sqlite:///{tmp_path / 'k.db'}",
+            *KEEL, "apiserver", "--store", f"sqlite:///{tmp_path / 'k.db'}",
             "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
             "--tls-cert", str(cert), "--tls-key", str(key),
         ],

@@ -18,16 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keel.cli
-
 DEADLINE = 30.0
-
-
-def keel_command() -> list[str]:
-    """`python -m keel` once keel.cli wires the apiserver commands in, else their module."""
-    if "add_apiserver_commands" in Path(keel.cli.__file__).read_text(encoding="utf-8"):
-        return [sys.executable, "-m", "keel"]
-    return [sys.executable, "-m", "keel.apiserver_cli"]
+KEEL = (sys.executable, "-m", "keel")
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
@@ -147,7 +139,7 @@ class ApiProcess:
     def start(self) -> ApiProcess:
         self.proc = subprocess.Popen(
             [
-                *keel_command(),
+                *KEEL,
                 self.command,
                 *(("--store", self.store) if self.store else ()),
                 "--listen",

@@ -3,7 +3,6 @@ stopped (SIGTERM or SIGKILL) and restarted on the same port and database."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 import subprocess
 import sys
@@ -17,14 +16,7 @@ import yaml
 START_TIMEOUT = 60.0
 
 
-def apiserver_command() -> list[str]:
-    """`python -m keel apiserver`, or the server module directly until keel.cli has it."""
-    from keel.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction) and "apiserver" in action.choices:
-            return [sys.executable, "-m", "keel", "apiserver"]
-    return [sys.executable, "-m", "keel.apiserver_cli", "apiserver"]
+APISERVER = (sys.executable, "-m", "keel", "apiserver")
 
 
 class ApiServerProcess:
@@ -52,7 +44,7 @@ class ApiServerProcess:
         self.kubeconfig.unlink(missing_ok=True)
         self.starts += 1
         command = [
-            *apiserver_command(),
+            *APISERVER,
             "--store", f"sqlite:///{self.state_dir / 'keel.db'}",
             "--listen", f"127.0.0.1:{self.port}",
             "--state-dir", str(self.state_dir),

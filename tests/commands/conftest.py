@@ -1,5 +1,5 @@
 """A real `keel up` for the client command tests, and a runner for the commands as real
-subprocesses (`python -m keel` once it has them, else `python -m keel.commands`)."""
+subprocesses (`python -m keel ...`)."""
 
 from __future__ import annotations
 
@@ -24,17 +24,7 @@ from keel.client import SyncClient
 DEADLINE = 30.0
 
 
-def _entry() -> list[str]:
-    from keel.cli import build_parser
-
-    parser = build_parser()
-    wired = any(
-        "apply" in (action.choices or {}) for action in parser._actions if action.dest == "command"
-    )
-    return [sys.executable, "-m", "keel" if wired else "keel.commands"]
-
-
-ENTRY = _entry()
+ENTRY = [sys.executable, "-m", "keel"]
 
 
 @dataclass

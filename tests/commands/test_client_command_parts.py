@@ -10,11 +10,11 @@ import pytest
 
 from keel.api.registry import lookup
 from keel.api.resources import Instance, InstanceSpec, InstanceStatus, ObjectMeta
-from keel.commands._common import age
-from keel.commands._manifests import ManifestError, decode, document_kind, parse_documents
-from keel.commands._units import cpu, memory, show_capacity, show_memory
-from keel.commands.apply import merged
-from keel.commands.logs import Follower
+from keel.cli._common import age
+from keel.cli._manifests import ManifestError, decode, document_kind, parse_documents
+from keel.cli._units import cpu, memory, show_capacity, show_memory
+from keel.cli.apply import merged
+from keel.cli.logs import Follower
 
 
 def test_multi_document_yaml_keeps_positions_and_unpacks_lists() -> None:

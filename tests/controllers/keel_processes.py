@@ -20,21 +20,22 @@ from typing import Any, TypeVar
 
 import yaml
 
-import keel.cli
-from keel.apiserver_cli import write_kubeconfig
+from keel.cli._state_dir import write_kubeconfig
 from keel.runtime.manager import ControllerManager
 
 T = TypeVar("T")
 # Starts an in-process controller-manager running the named controllers (a fixture).
 RunManager = Callable[[list[str]], ControllerManager]
 START_TIMEOUT = 60.0
+KEEL = (sys.executable, "-m", "keel")
+# On the replicas' PYTHONPATH, so `--controller` can load a test module (runtime.fencing_probe).
+TESTS = Path(__file__).resolve().parents[1]
 
 
-def keel_command(module_name: str, adder: str) -> list[str]:
-    """`python -m keel` once keel.cli wires `adder` in, else the command's own module."""
-    if adder in Path(keel.cli.__file__).read_text(encoding="utf-8"):
-        return [sys.executable, "-m", "keel"]
-    return [sys.executable, "-m", module_name]
+def with_tests_on_path() -> dict[str, str]:
+    """This environment with the tests directory appended to PYTHONPATH."""
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(TESTS)]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
@@ -81,7 +82,7 @@ class ApiServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig.unlink(missing_ok=True)
         command = [
-            *keel_command("keel.apiserver_cli", "add_apiserver_commands"), "apiserver",
+            *KEEL, "apiserver",
             "--store", f"sqlite:///{self.state_dir / 'keel.db'}",
             "--listen", "127.0.0.1:0",
             "--state-dir", str(self.state_dir),
@@ -130,18 +131,18 @@ class ApiServer:
 
 
 class ManagerProcess:
-    """One `keel controller-manager` replica; its stderr goes to a log file we read."""
+    """One `keel controller-manager` replica; its stderr goes to a log file we read. The
+    tests directory is on its PYTHONPATH, for `--controller MODULE:FACTORY` of test modules."""
 
     def __init__(self, state_dir: Path, kubeconfig: Path, identity: str, *args: str) -> None:
         self.identity = identity
         self.log_path = state_dir / f"{identity}.log"
         command = [
-            *keel_command("keel.controller_manager_cli", "add_controller_manager_commands"),
-            "controller-manager", "--kubeconfig", str(kubeconfig), "--identity", identity,
+            *KEEL, "controller-manager", "--kubeconfig", str(kubeconfig), "--identity", identity,
             *args,
         ]  # fmt: skip
         log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**with_tests_on_path(), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.pid = self.process.pid
 

@@ -1,19 +1,29 @@
 """`keel controller-manager` as a process: it does real work, exits cleanly on SIGINT and
-SIGTERM (releasing its lease and writing its checkpoints), and refuses bad options."""
+SIGTERM (releasing its lease and writing its checkpoints), runs controllers loaded with
+`--controller MODULE:FACTORY`, and refuses bad options, among them a factory it cannot load."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from controllers.keel_processes import ApiServer, ManagerProcess, keel_command, lease_of, wait_for
+from controllers.extra_controller import LABEL
+from controllers.keel_processes import (
+    KEEL,
+    ApiServer,
+    ManagerProcess,
+    lease_of,
+    wait_for,
+    with_tests_on_path,
+)
 
 from keel.controllers.namespace import FINALIZER
 
 
-def namespace_finalizers(server: ApiServer, name: str) -> list[str]:
+def namespace(server: ApiServer, name: str) -> dict[str, Any]:
     import json
     import urllib.request
 
@@ -25,7 +35,12 @@ def namespace_finalizers(server: ApiServer, name: str) -> list[str]:
         headers={"Authorization": f"Bearer {admin}"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
-        return list(json.loads(response.read())["metadata"].get("finalizers", []))
+        found: dict[str, Any] = json.loads(response.read())
+        return found
+
+
+def namespace_finalizers(server: ApiServer, name: str) -> list[str]:
+    return list(namespace(server, name)["metadata"].get("finalizers", []))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -52,10 +67,48 @@ def test_exits_cleanly_releasing_its_lease_and_saving_checkpoints(
 
 def test_unknown_controllers_are_refused(apiserver: ApiServer) -> None:
     command = [
-        *keel_command("keel.controller_manager_cli", "add_controller_manager_commands"),
-        "controller-manager", "--kubeconfig", str(apiserver.controller_kubeconfig()),
+        *KEEL, "controller-manager", "--kubeconfig", str(apiserver.controller_kubeconfig()),
         "--identity", "x", "--controllers", "namespace,bogus",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
     assert "unknown controller(s) bogus" in result.stderr
+
+
+def test_a_controller_loaded_by_import_path_runs_beside_the_built_in_ones(
+    apiserver: ApiServer, tmp_path: Path
+) -> None:
+    replica = ManagerProcess(
+        tmp_path, apiserver.controller_kubeconfig(), "extra",
+        "--controllers", "namespace", "--controller", "controllers.extra_controller:controllers",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: namespace(apiserver, "default")["metadata"].get("labels", {}).get(
+            LABEL) == "extra", "the extra controller's label")  # fmt: skip
+        assert FINALIZER in namespace_finalizers(apiserver, "default")
+    finally:
+        assert replica.stop() == 0, replica.log()
+    assert "controllers: namespace,controllers.extra_controller:controllers" in replica.log()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "expected MODULE:FACTORY"),
+        ("no_such_module_here:factory", "cannot import no_such_module_here"),
+        ("runtime.fencing_probe:no_such_factory", "has no callable no_such_factory"),
+    ],
+)
+def test_a_controller_factory_that_cannot_be_loaded_is_refused(
+    tmp_path: Path, spec: str, message: str
+) -> None:
+    # Refused before it reads the kubeconfig or talks to any server.
+    command = [
+        *KEEL, "controller-manager", "--kubeconfig", str(tmp_path / "absent"),
+        "--identity", "x", "--controller", spec,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, check=False, env=with_tests_on_path()
+    )
+    assert result.returncode == 2
+    assert message in result.stderr

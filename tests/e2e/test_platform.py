@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from keel.api.auth import TokenFile
-from keel.apiserver_cli import write_kubeconfig
+from keel.cli._state_dir import write_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello.yaml"

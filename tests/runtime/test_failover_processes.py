@@ -2,8 +2,8 @@
 
 Pausing (SIGSTOP) or killing (SIGKILL) the leader lets the standby take the lease within
 TTL + 1 s with a higher fencing token; a paused leader that resumes keeps writing without
-asking its clock (the fencing-probe controller), is refused by the store with 409
-FencingTokenRejected, steps down, and does not take the lease back.
+asking its clock (the fencing probe, loaded with `--controller`), is refused by the store with
+409 FencingTokenRejected, steps down, and does not take the lease back.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 from controllers.keel_processes import ApiServer, ManagerProcess, lease_of, wait_for
+from runtime.fencing_probe import ANNOTATION
 
 TTL = 2
-CONTROLLERS = "namespace,gc,fencing-probe"
+CONTROLLERS = "namespace,gc"
+PROBE = "runtime.fencing_probe:fencing_probe"
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def replicas(apiserver: ApiServer, tmp_path: Path) -> Iterator[list[ManagerProce
     def start(identity: str) -> ManagerProcess:
         replica = ManagerProcess(
             tmp_path, kubeconfig, identity,
-            "--lease-ttl", str(TTL), "--controllers", CONTROLLERS,
+            "--lease-ttl", str(TTL), "--controllers", CONTROLLERS, "--controller", PROBE,
         )  # fmt: skip
         started.append(replica)
         return replica
@@ -158,7 +160,7 @@ def probe_annotation(server: ApiServer) -> str:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         namespace = json.loads(response.read())
-    return str(namespace["metadata"].get("annotations", {}).get("keel.dev/fencing-probe", ""))
+    return str(namespace["metadata"].get("annotations", {}).get(ANNOTATION, ""))
 
 
 def test_shards_of_a_killed_replica_move_to_the_survivor(

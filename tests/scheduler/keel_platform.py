@@ -25,7 +25,7 @@ from keel.api.resources import (
     PortStatus,
     ResourceList,
 )
-from keel.apiserver_cli import write_kubeconfig
+from keel.cli._state_dir import write_kubeconfig
 from keel.client import KeelClient
 from keel.clock import SystemClock
 from keel.controllers.deployment import DeploymentController

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from controllers.keel_processes import ApiServer, eventually, keel_command, lease_of
+from controllers.keel_processes import KEEL, ApiServer, eventually, lease_of
 from scheduler.keel_platform import FakeAgent, platform, role_kubeconfig
 
 from keel.api.resources import Instance, InstanceSpec, ObjectMeta
@@ -20,7 +20,7 @@ class SchedulerProcess:
         self.identity = identity
         self.log_path = state_dir / f"{identity}.log"
         command = [
-            *keel_command("keel.scheduler_cli", "add_scheduler_commands"), "scheduler",
+            *KEEL, "scheduler",
             "--kubeconfig", str(kubeconfig), "--identity", identity, "--retry-interval", "1",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -1,4 +1,5 @@
-"""What every client command shares: connection options, the kubeconfig, one error line.
+"""What the client commands (apply, get, describe, delete, logs, top) share: connection
+options, the kubeconfig, one error line.
 
 A command is an async function of (args, Session); `command()` turns it into the
 `run(args) -> int` that argparse calls, mapping every expected failure to `error: ...`.

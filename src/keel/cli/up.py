@@ -1,24 +1,36 @@
 """`keel up`: the whole platform on one machine, supervised by one process.
 
-The API server runs in this process over the embedded store; the controller-manager, the
-scheduler and `clusters x nodes-per-cluster` agents run as child processes, each with its own
-token and kubeconfig under the state dir, and are restarted with backoff if they die.
-Ctrl-C stops the children first (agents stop their workloads), then the API server.
+The API server runs in this process (over the embedded store by default); the
+controller-manager, the scheduler and `clusters x nodes-per-cluster` agents run as child
+processes, each with its own token and kubeconfig under the state dir, and are restarted with
+backoff if they die. Ctrl-C stops the children first (agents stop their workloads), then the
+API server.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-log = logging.getLogger("keel.up")
+from keel.api.auth import TokenFile
+from keel.api.storage import ApiError
+from keel.cli._state_dir import (
+    KUBECONFIG,
+    TOKEN_FILE,
+    ensure_tokens,
+    load_kubeconfig,
+    read_tokens,
+    write_kubeconfig,
+)
+from keel.cli.apiserver import add_serve_arguments, guarded, run_server, serve, serve_options
 
 CONTROLLERS = "namespace,gc,deployment,endpoints,nodelifecycle"
 # On one machine a short node lease keeps failover well inside 15 s: lease expiry (4 s) plus
@@ -115,9 +127,9 @@ class Supervised:
 
 
 class Supervisor:
-    """Starts the components, restarts any that die (1 s doubling to 30 s), stops them in
-    order on request: agents last to be signalled are the first to matter, so all get SIGTERM
-    at once and SIGKILL after STOP_GRACE."""
+    """Starts the components, restarts any that die (1 s doubling to 30 s), and stops them on
+    request: all get SIGTERM at once (agents stop their workloads within their grace periods)
+    and SIGKILL after STOP_GRACE."""
 
     def __init__(self, items: Sequence[Component], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -157,13 +169,6 @@ class Supervisor:
             )
             await asyncio.sleep(delay)
 
-    def pids(self) -> dict[str, int]:
-        return {
-            c.component.name: c.process.pid
-            for c in self.children
-            if c.process is not None and c.process.returncode is None
-        }
-
     async def stop(self) -> None:
         for child in self.children:
             child.stopping = True
@@ -193,7 +198,8 @@ async def report_services(path: str, kubeconfig: Path, timeout: float = 90.0) ->
     import yaml
 
     from keel.api.resources import Endpoints
-    from keel.client import ApiError, ApiUnavailable, KeelClient
+    from keel.client import ApiError as ClientApiError
+    from keel.client import ApiUnavailable, KeelClient
 
     services: list[tuple[str, str]] = []
     text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
@@ -209,7 +215,7 @@ async def report_services(path: str, kubeconfig: Path, timeout: float = 90.0) ->
         for namespace, name in services:
             while True:
                 ready: list[str] = []
-                with contextlib.suppress(ApiError, ApiUnavailable):
+                with contextlib.suppress(ClientApiError, ApiUnavailable):
                     endpoints = await client.get(Endpoints, name, namespace=namespace)
                     ready = [
                         f"http://{a.ip}:{a.port}"
@@ -230,3 +236,97 @@ async def report_services(path: str, kubeconfig: Path, timeout: float = 90.0) ->
                     f"watch with: keel get instances -n {namespace} -w",
                     flush=True,
                 )
+
+
+# ------------------------------------------------------------------------- the command
+
+
+def component_tokens(token_path: Path, items: list[Any]) -> dict[str, str]:
+    """A token of its role for every component, added to the token file on first use and
+    reused afterwards. Must run before the server loads the file."""
+    by_name = {(name, role): token for token, (name, role) in read_tokens(token_path).items()}
+    tokens: dict[str, str] = {}
+    for item in items:
+        name = item.name.split("/")[-1]
+        token = by_name.get((name, item.role)) or by_name.get((item.role, item.role))
+        if token is None:
+            token = TokenFile.append(token_path, name, item.role)
+        tokens[name] = token
+    return tokens
+
+
+def component_kubeconfigs(
+    state_dir: Path, url: str, tokens: dict[str, str], ca_file: str | None
+) -> None:
+    """A kubeconfig per component: STATE/kubeconfigs/NAME."""
+    directory = state_dir / "kubeconfigs"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, token in tokens.items():
+        write_kubeconfig(directory / name, url, token, ca_file)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if args.clusters < 0 or args.nodes_per_cluster < 0:
+        print("keel up: --clusters and --nodes-per-cluster must be >= 0", file=sys.stderr)
+        return 1
+    options = serve_options(args, "up")
+    items = components(options.state_dir, options.clusters, args.nodes_per_cluster)
+    supervisor = Supervisor(items, options.state_dir / "logs")
+    token_path = options.token_file or options.state_dir / TOKEN_FILE
+    ensure_tokens(token_path)
+    tokens = component_tokens(token_path, items)  # before the server loads the file
+
+    async def start_platform(api: Any) -> None:
+        from keel.api.registry import BY_KIND
+        from keel.api.resources import Cluster, ObjectMeta
+
+        await api.ready.wait()
+        info = BY_KIND["Cluster"]
+        for i in range(1, options.clusters + 1):
+            name = f"cluster-{i}"
+            if await api.storage.read(info, "", name) is not None:
+                continue
+            with contextlib.suppress(ApiError):
+                await api.storage.create(
+                    info, Cluster(metadata=ObjectMeta(name=name)), namespace=""
+                )
+        url = load_kubeconfig(options.state_dir / KUBECONFIG)[0]
+        component_kubeconfigs(options.state_dir, url, tokens, options.tls_cert)
+        await supervisor.start()
+        print(
+            f"keel up: {options.clusters} cluster(s), {len(items) - 2} node agent(s), "
+            f"controller-manager and scheduler started (logs in {options.state_dir / 'logs'})",
+            flush=True,
+        )
+        if args.apply:
+            await apply_and_report(args.apply, options.state_dir / KUBECONFIG)
+
+    return guarded("up", lambda: run_server(serve(options, start_platform, supervisor.stop)))
+
+
+async def apply_and_report(path: str, kubeconfig: Path) -> None:
+    """`keel up --apply FILE`: apply it, then say how to reach its Services."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "keel", "apply", "-f", path, "--kubeconfig", str(kubeconfig)
+    )
+    if await proc.wait() != 0:
+        print(f"keel up: applying {path} failed (see above)", flush=True)
+        return
+    await report_services(path, kubeconfig)
+
+
+def add_up_command(commands: Any) -> None:
+    up = commands.add_parser(
+        "up",
+        help="the platform on one machine: API server over an embedded store, "
+        "controller-manager, scheduler and node agents",
+    )
+    add_serve_arguments(up)
+    up.add_argument("--clusters", type=int, default=2, help="clusters (default 2)")
+    up.add_argument(
+        "--nodes-per-cluster", type=int, default=2, help="node agents per cluster (default 2)"
+    )
+    up.add_argument(
+        "--apply", default=None, metavar="FILE", help="apply FILE once the platform is up"
+    )
+    up.set_defaults(run=cmd_up)

@@ -9,18 +9,17 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from keel.client import KeelClient, KeelClientError
 from keel.clock import SystemClock
 
-__all__ = ["add_scheduler_commands", "main", "run_scheduler"]
+__all__ = ["add_scheduler_command", "run_scheduler"]
 
 log = logging.getLogger("keel.scheduler")
 
 
-def add_scheduler_commands(commands: Any) -> None:
+def add_scheduler_command(commands: Any) -> None:
     """Add `scheduler` to the `keel` subcommands (an argparse subparsers object)."""
     parser = commands.add_parser(
         "scheduler",
@@ -88,18 +87,3 @@ async def _serve(args: argparse.Namespace) -> int:
             log.error("scheduler failed: %r", error)
             return 1
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m keel.scheduler_cli scheduler ...` (until keel.cli has it)."""
-    parser = argparse.ArgumentParser(prog="keel")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    add_scheduler_commands(commands)
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

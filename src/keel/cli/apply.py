@@ -13,8 +13,7 @@ import msgspec
 
 from keel.api.registry import KindInfo
 from keel.api.resources import Instance, Resource
-from keel.client import AlreadyExists, ApiError, Conflict, Invalid, KeelClient, NotFound
-from keel.commands._common import (
+from keel.cli._common import (
     CommandError,
     Session,
     add_connection_args,
@@ -23,13 +22,14 @@ from keel.commands._common import (
     fail,
     qualified,
 )
-from keel.commands._manifests import (
+from keel.cli._manifests import (
     Document,
     ManifestError,
     decode,
     document_kind,
     read_documents,
 )
+from keel.client import AlreadyExists, ApiError, Conflict, Invalid, KeelClient, NotFound
 
 # Kinds other objects live in go first, so one apply can create a namespace and its contents.
 _FIRST = {"Namespace": 0, "Cluster": 1}

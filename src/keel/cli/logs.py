@@ -13,8 +13,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from keel.cli._common import CommandError, Session, add_connection_args, command
 from keel.client import KeelClientError, NotFound
-from keel.commands._common import CommandError, Session, add_connection_args, command
 
 POLL_SECONDS = 0.2
 

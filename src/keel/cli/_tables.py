@@ -24,8 +24,8 @@ from keel.api.resources import (
     Revision,
     Service,
 )
-from keel.commands._common import age
-from keel.commands._units import show_capacity
+from keel.cli._common import age
+from keel.cli._units import show_capacity
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import yaml
 
 from keel.api.registry import BY_KIND, KindInfo, lookup
 from keel.api.resources import Resource
-from keel.commands._common import CommandError, plain
+from keel.cli._common import CommandError, plain
 
 SUFFIXES = (".yaml", ".yml", ".json")
 # Set by the server: ignored in a manifest, so `get -o yaml` output can be applied again.

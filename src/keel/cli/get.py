@@ -15,8 +15,7 @@ import yaml
 
 from keel.api.registry import KINDS, KindInfo
 from keel.api.resources import Resource
-from keel.client import ApiError, KeelClient
-from keel.commands._common import (
+from keel.cli._common import (
     Session,
     add_connection_args,
     command,
@@ -24,7 +23,8 @@ from keel.commands._common import (
     resolve_kind,
     to_builtins,
 )
-from keel.commands._tables import Extras, Printer, table_for
+from keel.cli._tables import Extras, Printer, table_for
+from keel.client import ApiError, KeelClient
 
 OUTPUTS = ("wide", "yaml", "json", "name")
 EXTRAS_MAX_AGE = 5.0  # seconds a watch shows the same restart counts before reading again

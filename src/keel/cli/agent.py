@@ -49,7 +49,7 @@ def _machine_memory() -> str:
     return "1Gi"
 
 
-def add_agent_commands(commands: Any) -> None:
+def add_agent_command(commands: Any) -> None:
     agent = commands.add_parser(
         "agent", help="run the node agent: register a Node and run the Instances bound to it"
     )
@@ -129,18 +129,3 @@ async def _run(args: argparse.Namespace) -> int:
     async with client:
         await Agent(client, config).run(stop)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `keel agent` without keel.cli (`python -m keel.agent_cli agent ...`)."""
-    parser = argparse.ArgumentParser(prog="keel")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    add_agent_commands(commands)
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

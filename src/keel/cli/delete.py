@@ -8,8 +8,7 @@ import argparse
 from typing import Any
 
 from keel.api.registry import KindInfo
-from keel.client import ApiError
-from keel.commands._common import (
+from keel.cli._common import (
     CommandError,
     Session,
     add_connection_args,
@@ -19,12 +18,13 @@ from keel.commands._common import (
     qualified,
     resolve_kind,
 )
-from keel.commands._manifests import (
+from keel.cli._manifests import (
     document_kind,
     document_name,
     document_namespace,
     read_documents,
 )
+from keel.client import ApiError
 
 
 def add_delete_command(commands: Any) -> None:

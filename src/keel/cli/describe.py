@@ -23,8 +23,7 @@ from keel.api.resources import (
     Resource,
     Service,
 )
-from keel.client import ApiError, KeelClient
-from keel.commands._common import (
+from keel.cli._common import (
     Session,
     add_connection_args,
     age,
@@ -32,8 +31,9 @@ from keel.commands._common import (
     resolve_kind,
     to_builtins,
 )
-from keel.commands._tables import Printer, node_status
-from keel.commands._units import cpu, memory, show_cpu, show_memory
+from keel.cli._tables import Printer, node_status
+from keel.cli._units import cpu, memory, show_cpu, show_memory
+from keel.client import ApiError, KeelClient
 
 Lines = list[tuple[str, str]]
 

@@ -9,9 +9,9 @@ import sys
 from typing import Any
 
 from keel.api.resources import Instance, Node
-from keel.commands._common import CommandError, Session, add_connection_args, command
-from keel.commands._tables import Printer
-from keel.commands._units import cpu, memory, show_cpu, show_memory
+from keel.cli._common import CommandError, Session, add_connection_args, command
+from keel.cli._tables import Printer
+from keel.cli._units import cpu, memory, show_cpu, show_memory
 
 TARGETS = {"nodes": "nodes", "node": "nodes", "no": "nodes"} | {
     "instances": "instances",
