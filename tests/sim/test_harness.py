@@ -33,6 +33,8 @@ MIXES = {
     "stalled-writes": FaultMix(stall=0.1, max_pause=5.0, latency=0.01),
     "crashes": FaultMix(crash=0.3, latency=0.01),
     "lease-expiry": FaultMix(lease_expiry=0.3),
+    "partitions": FaultMix(partition=0.2, max_partition=8.0, latency=0.01),
+    "lost-answers": FaultMix.network_chaos(),
 }
 
 
@@ -208,6 +210,8 @@ def mixes(high: float) -> st.SearchStrategy[FaultMix]:
         expire=st.floats(min_value=0.0, max_value=high / 3),
         crash=p,
         pause=p,
+        partition=p,
+        lose=st.floats(min_value=0.0, max_value=high / 3),
         lease_expiry=p,
         stall=st.floats(min_value=0.0, max_value=high / 3),
         latency=st.floats(min_value=0.0, max_value=0.02),

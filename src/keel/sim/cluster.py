@@ -7,7 +7,7 @@ the mutation log). Nothing of the server's semantics is re-implemented here.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
 from keel.api.auth import TokenFile
@@ -17,7 +17,7 @@ from keel.api.server import ApiServer
 from keel.client import KeelClient, RetryPolicy
 from keel.sim.faults import FaultMix, FaultScheduler
 from keel.sim.loop import SimClock
-from keel.sim.network import Gate, Mutation, MutationLog, ProcessNetwork, Stall
+from keel.sim.network import Gate, Mutation, MutationLog, ProcessNetwork, Reachable, Stall
 from keel.sim.trace import Trace
 from keel.sim.transport import AppTransport
 from keel.store import MemoryStore
@@ -82,12 +82,16 @@ class SimCluster:
         role: str = "admin",
         gate: Gate | None = None,
         stall: Stall | None = None,
+        cut_off: Callable[[], bool] | None = None,
+        reachable: Reachable | None = None,
         faulty: bool = True,
         namespace: str = "default",
     ) -> KeelClient:
         """The real client for `caller` with the token of `role` (admin, viewer, controller,
         scheduler, node:NAME). `gate` is awaited around every request (a paused or killed
-        process); with `faulty`, the run's faults apply to its requests and watches."""
+        process); while `cut_off()` is true its requests fail unsent and its open watches
+        stay silent until `reachable()` returns; with `faulty`, the run's faults apply to its
+        requests and watches."""
         faults = self.faults if faulty else FaultScheduler(self.seed, FaultMix())
         network = ProcessNetwork(
             self.app,
@@ -97,6 +101,8 @@ class SimCluster:
             revision=self._revision,
             gate=gate,
             stall=stall,
+            cut_off=cut_off,
+            reachable=reachable,
         )
         return KeelClient(
             SERVER,

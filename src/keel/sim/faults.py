@@ -2,7 +2,8 @@
 
 Watch faults are decided per delivered event (delay, connection drop, redelivery after a
 reconnect from an older resourceVersion, 410 Expired), stalls per write, lost answers per
-request; process faults (crash, pause, lease expiry) are Poisson arrivals in virtual time.
+request; process faults (crash, pause, partition, lease expiry) are Poisson arrivals in
+virtual time.
 All from the seed.
 """
 
@@ -17,7 +18,7 @@ from keel.sim.trace import Trace
 __all__ = ["FaultMix", "FaultScheduler", "ProcessFault", "WatchDecision"]
 
 WatchAction = Literal["deliver", "delay", "drop", "duplicate", "expire"]
-ProcessAction = Literal["crash", "pause", "expire-lease"]
+ProcessAction = Literal["crash", "pause", "partition", "expire-lease"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class FaultMix:
     crash: float = 0.0  # a controller process is killed and a fresh one started
     pause: float = 0.0  # a controller process (the leader, usually) stops running
     max_pause: float = 6.0
+    partition: float = 0.0  # a process is cut off from the API server (its requests time out)
+    max_partition: float = 15.0
     lease_expiry: float = 0.0  # a held lease is expired by force (keep-alive lost)
     stall: float = 0.0  # per write: the writer pauses just before its request is sent
     lose: float = 0.0  # per request: the server acts, but its answer never arrives
@@ -146,11 +149,12 @@ class FaultScheduler:
         return self._latency.uniform(0.0, self.mix.latency)
 
     def next_process_fault(self) -> ProcessFault | None:
-        """The next crash/pause/lease expiry, or None when the mix has none."""
+        """The next crash/pause/partition/lease expiry, or None when the mix has none."""
         mix = self.mix
         rates: list[tuple[ProcessAction, float]] = [
             ("crash", mix.crash),
             ("pause", mix.pause),
+            ("partition", mix.partition),
             ("expire-lease", mix.lease_expiry),
         ]
         total = sum(rate for _, rate in rates)
@@ -165,5 +169,9 @@ class FaultScheduler:
                 action = name
                 break
             roll -= rate
-        duration = rng.uniform(0.5, mix.max_pause) if action == "pause" else 0.0
+        duration = 0.0
+        if action == "pause":
+            duration = rng.uniform(0.5, mix.max_pause)
+        elif action == "partition":
+            duration = rng.uniform(1.0, mix.max_partition)
         return ProcessFault(after, action, duration, rng.random())

@@ -212,6 +212,8 @@ class _Process:
         self.task: asyncio.Task[None] | None = None
         self.running = asyncio.Event()
         self.running.set()
+        self.connected = asyncio.Event()  # cleared while partitioned from the API server
+        self.connected.set()
         self.paused_until = 0.0
 
     def start(self) -> None:
@@ -232,7 +234,12 @@ class _Process:
             identity=self.identity,
             incarnation=incarnation,
             client=harness.api.client(
-                caller, role=self.spec.role, gate=gate, stall=self._stalled(incarnation)
+                caller,
+                role=self.spec.role,
+                gate=gate,
+                stall=self._stalled(incarnation),
+                cut_off=lambda: not self.connected.is_set(),
+                reachable=self.connected.wait,
             ),
             clock=SimClock(gate),
             rng=random.Random(f"{harness.seed}:{caller}"),
@@ -275,6 +282,16 @@ class _Process:
         self.paused_until = self.harness.now() + duration
         asyncio.get_running_loop().call_later(duration, self._resume, self.incarnation)
 
+    def partition(self, duration: float) -> None:
+        """Cut the process off from the API server for `duration` virtual seconds."""
+        self.connected.clear()
+        asyncio.get_running_loop().call_later(duration, self.heal)
+
+    def heal(self) -> None:
+        if not self.connected.is_set():
+            self.harness.trace.record(self.harness.now(), "harness", f"heal {self.identity}")
+            self.connected.set()
+
     def _resume(self, incarnation: int) -> None:
         if incarnation == self.incarnation and not self.running.is_set():
             self.harness.trace.record(
@@ -302,7 +319,13 @@ class _Harness:
             for index in range(spec.replicas)
         ]
         self.process_errors: list[str] = []
-        self.stats: dict[str, int] = {"crash": 0, "pause": 0, "expire-lease": 0, "stall": 0}
+        self.stats: dict[str, int] = {
+            "crash": 0,
+            "pause": 0,
+            "partition": 0,
+            "expire-lease": 0,
+            "stall": 0,
+        }
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -332,6 +355,12 @@ class _Harness:
         if not candidates:
             return
         process = candidates[int(fault.pick * len(candidates))]
+        if fault.action == "partition":
+            self.trace.record(
+                now, "fault", f"partition {process.identity} from the API {fault.duration:.3f}s"
+            )
+            process.partition(fault.duration)
+            return
         if fault.action == "pause":
             # Mostly the leader: a paused leader is the interesting case for fencing.
             leader = self._holder(lease)
@@ -420,10 +449,11 @@ def simulate(
         harness.scheduler.active = False
         trace.record(loop.time(), "harness", "faults stop")
         healed_at = loop.time()
-        for process in harness.processes:  # every crashed process is back, none stays paused
+        for process in harness.processes:  # every crashed process is back, none paused or cut off
             if process.task is None:
                 process.start()
             process.running.set()
+            process.heal()
         converged_after: float | None = None
         missing: Sequence[str] = ()
         while loop.time() - healed_at <= settle:

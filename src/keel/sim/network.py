@@ -31,10 +31,13 @@ from keel.sim.transport import AppTransport
 __all__ = ["Mutation", "MutationLog", "ProcessNetwork"]
 
 Gate = Callable[[], Awaitable[None]]
+Reachable = Callable[[], Awaitable[object]]  # returns once the API server can be reached
 Stall = Callable[[float], None]
 Revision = Callable[[], Awaitable[int]]
 
 _RESOURCE_PREFIX = f"/apis/{API_GROUP}/v1/"
+# How long a request to an unreachable server takes to fail (the client's connect timeout).
+CONNECT_TIMEOUT = 1.0
 _FENCING_HEADER = "keel-fencing-token"
 
 
@@ -221,6 +224,7 @@ class _Lines:
             data = self._buffer + chunk
             *lines, self._buffer = data.split(b"\n")
             self._pending.extend(line + b"\n" for line in lines if line.strip())
+        await network.silent_while_cut_off()
         line = self._pending[0]
         decision = network.faults.on_watch_event()
         trace, now = network.trace, asyncio.get_running_loop().time()
@@ -266,8 +270,12 @@ class ProcessNetwork:
         revision: Revision,
         gate: Gate | None = None,
         stall: Stall | None = None,
+        cut_off: Callable[[], bool] | None = None,
+        reachable: Reachable | None = None,
     ) -> None:
         self.app = app
+        self._cut_off = cut_off
+        self._reachable = reachable
         self.caller = caller
         self.faults = faults
         self.log = log
@@ -280,6 +288,19 @@ class ProcessNetwork:
     async def gate(self) -> None:
         if self._gate is not None:
             await self._gate()
+
+    async def connect(self) -> None:
+        """A partitioned process's requests fail, after a connect timeout, unsent."""
+        if self._cut_off is not None and self._cut_off():
+            await asyncio.sleep(CONNECT_TIMEOUT)
+            await self.gate()
+            raise TransportError("simulated partition: the API server is unreachable", sent=False)
+
+    async def silent_while_cut_off(self) -> None:
+        """An open stream says nothing while its process is cut off."""
+        if self._reachable is not None:
+            await self._reachable()
+            await self.gate()
 
     async def _latency(self) -> None:
         delay = self.faults.latency()
@@ -299,11 +320,12 @@ class ProcessNetwork:
                 self._stall(pause)
                 await self.gate()
         await self._latency()
+        await self.connect()
         before = await self._revision() if mutating else 0
         response = await self.app.send(request)
         if mutating:
             self.log.record(self.caller, request, response, before)
-        if self.faults.lose_answer():
+        if self.faults.lose_answer() or (self._cut_off is not None and self._cut_off()):
             self.trace.record(
                 asyncio.get_running_loop().time(), self.caller, f"answer lost: {request.method}"
             )
@@ -316,6 +338,7 @@ class ProcessNetwork:
         self, request: HttpRequest, *, idle_timeout: float | None
     ) -> AsyncIterator[ResponseStream]:
         await self._latency()
+        await self.connect()
         params = dict(request.params or {})
         rv = params.pop("resourceVersion", "")
         what = request.url.rsplit("/", 1)[-1]
