@@ -11,7 +11,6 @@ import logging
 import random
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,8 @@ from keel.client import (
     KeelClientError,
     NotFound,
 )
+from keel.clock import Clock, SystemClock
+from keel.runtime.leaderelection import first_of, within
 
 log = logging.getLogger("keel.agent")
 
@@ -86,10 +87,16 @@ class AgentConfig:
 
 class Agent:
     def __init__(
-        self, client: KeelClient, config: AgentConfig, *, rng: random.Random | None = None
+        self,
+        client: KeelClient,
+        config: AgentConfig,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.client = client
         self.config = config
+        self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.state = StateDir(config.state_dir)
         self.records: dict[str, Record] = {}
@@ -146,31 +153,22 @@ class Agent:
         longest = max(
             (r.spec.termination_grace_period_seconds for r in self.records.values()), default=0
         )
-        deadline = time.monotonic() + longest + 10.0  # SIGKILL was sent long before this
-        while any(r.running for r in self.records.values()) and time.monotonic() < deadline:
+        deadline = self.clock.now() + longest + 10.0  # SIGKILL was sent long before this
+        while any(r.running for r in self.records.values()) and self.clock.now() < deadline:
             await self._reconcile_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.tick)
+            await first_of(self.clock, self.config.tick, self._wake.wait())
             self._wake.clear()
         lease = self.lease
         if lease is not None:
             self.lease = None
             save_lease(self.config.state_dir, None)
             with contextlib.suppress(KeelClientError, OSError, TimeoutError):
-                await asyncio.wait_for(self.client.release_lease(lease), 2.0)
+                await within(self.clock, 2.0, self.client.release_lease(lease))
 
     async def _sleep_until_due(self, stop: asyncio.Event) -> None:
-        now = time.time()
+        now = self.clock.wall()
         delay = min(self.config.tick, next_wakeup(self.records.values(), now) - now)
-        waiter = asyncio.create_task(self._wake.wait())
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait(
-                {waiter, stopper}, timeout=max(0.0, delay), return_when="FIRST_COMPLETED"
-            )
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+        await first_of(self.clock, max(0.0, delay), self._wake.wait(), stop.wait())
         self._wake.clear()
 
     def wake(self) -> None:
@@ -181,7 +179,7 @@ class Agent:
     def _adopt(self) -> None:
         """Take over what an earlier agent started: live processes keep running, and a
         recently renewed node lease is renewed again rather than waited out."""
-        now = time.time()
+        now = self.clock.wall()
         memo = load_lease(self.config.state_dir)
         age = now - memo.renewed_at if memo is not None else -1.0
         duration = min(
@@ -190,7 +188,7 @@ class Agent:
         )
         if memo is not None and 0 <= age < duration:
             self.lease = memo.lease
-            self.lease_ok_at = time.monotonic() - age
+            self.lease_ok_at = self.clock.now() - age
             self._adopted_lease = True
         for key, loaded in self.state.load().items():
             record = loaded
@@ -213,7 +211,7 @@ class Agent:
         if self.lease is None:
             return False
         fresh_until = self.lease_ok_at + self.config.lease_duration - self.config.fence_margin
-        return time.monotonic() < fresh_until
+        return self.clock.now() < fresh_until
 
     @property
     def bindings_fresh(self) -> bool:
@@ -233,7 +231,7 @@ class Agent:
         )
 
     async def _reconcile_once(self) -> None:
-        now = time.time()
+        now = self.clock.wall()
         self._observe_exits(now)
         for action in plan(self.desired, self.records, now, self.view()):
             try:
@@ -365,7 +363,7 @@ class Agent:
             current = self.records.get(key)
             if current is None or current.pid != record.pid or not current.running:
                 return
-            after = observe_probe(current, ok, time.time())
+            after = observe_probe(current, ok, self.clock.wall())
             self.records[key] = after
             if after.ready != current.ready:
                 if after.ready:
@@ -394,7 +392,7 @@ class Agent:
         token = lease.status.fencing_token
         try:
             async with self.client.fenced(NODE_LEASE_NAMESPACE, self.config.node, token) as api:
-                written = await asyncio.wait_for(api.update_status(instance), 10.0)
+                written = await within(self.clock, 10.0, api.update_status(instance))
             self._observe_instance(written)
             self._report_retry.pop(key, None)
         except Conflict:
@@ -406,12 +404,12 @@ class Agent:
             log.warning("status of %s rejected: node lease token %d is stale", key, token)
             if self.lease is lease:
                 self.lease = None  # re-acquire
-            self._report_retry[key] = time.time() + 1.0
+            self._report_retry[key] = self.clock.wall() + 1.0
         except NotFound:
             pass  # deleted; the watch says so
         except (KeelClientError, OSError, TimeoutError) as exc:
             log.info("status of %s not written: %s", key, exc)
-            self._report_retry[key] = time.time() + 1.0 + self.rng.random()
+            self._report_retry[key] = self.clock.wall() + 1.0 + self.rng.random()
         finally:
             self._reporting.discard(key)
             self.wake()
@@ -433,7 +431,7 @@ class Agent:
     async def _retrying(self, what: str, attempt: int) -> None:
         delay = self.config.reconnect.delay(min(attempt, 30), self.rng)
         log.debug("%s: retrying in %.2fs", what, delay)
-        await asyncio.sleep(delay)
+        await self.clock.sleep(delay)
 
     async def _register_loop(self) -> None:
         attempt = 0
@@ -475,15 +473,15 @@ class Agent:
         attempt = 0
         while True:
             lease = self.lease
-            sent = time.monotonic()
+            sent = self.clock.now()
             try:
                 if lease is None:
-                    self.lease = await asyncio.wait_for(self._acquire(), interval)
+                    self.lease = await within(self.clock, interval, self._acquire())
                     self.lease_ok_at = sent
                     self._remember_lease(self.lease, sent)
                     log.info("node lease acquired (token %d)", self.lease.status.fencing_token)
                 else:
-                    renewed = await asyncio.wait_for(self.client.renew_lease(lease), interval)
+                    renewed = await within(self.clock, interval, self.client.renew_lease(lease))
                     if self._adopted_lease:
                         self._adopted_lease = False
                         log.info(
@@ -495,7 +493,7 @@ class Agent:
                         self._remember_lease(renewed, sent)
                 attempt = 0
                 self.wake()
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+                await self.clock.sleep(max(0.0, interval - (self.clock.now() - sent)))
             except (NotFound, Conflict, _LeaseHeld):
                 self._adopted_lease = False
                 if lease is not None:
@@ -509,13 +507,13 @@ class Agent:
             except (KeelClientError, OSError, TimeoutError) as exc:
                 log.info("node lease: %s", exc)
                 # A renewal failed: try again soon, the lease may still be saved.
-                await asyncio.sleep(
+                await self.clock.sleep(
                     min(interval / 2, self.config.reconnect.delay(attempt, self.rng))
                 )
                 attempt += 1
 
     def _remember_lease(self, lease: Lease, sent: float) -> None:
-        renewed_at = time.time() - (time.monotonic() - sent)
+        renewed_at = self.clock.wall() - (self.clock.now() - sent)
         try:
             save_lease(self.config.state_dir, LeaseMemo(lease=lease, renewed_at=renewed_at))
         except OSError as exc:
@@ -580,7 +578,7 @@ class Agent:
             "reason": reason,
             "message": message[:4096],
             "type": "Warning" if warning else "Normal",
-            "time": _now_rfc3339(),
+            "time": iso_time(self.clock.wall()),
             "source": f"keel-agent/{self.config.node}",
             "node": self.config.node,
         }
@@ -594,13 +592,13 @@ class Agent:
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(self.client.record_event(event), 5.0)
+            await within(self.clock, 5.0, self.client.record_event(event))
         except (KeelClientError, OSError, TimeoutError) as exc:
             log.debug("event not recorded: %s", exc)
 
     async def _flush_events(self) -> None:
-        deadline = time.monotonic() + 2.0
-        while not self._events.empty() and time.monotonic() < deadline:
+        deadline = self.clock.now() + 2.0
+        while not self._events.empty() and self.clock.now() < deadline:
             await self._send_event(self._events.get_nowait())
 
     async def _telemetry_loop(self) -> None:
@@ -609,11 +607,11 @@ class Agent:
                 await self._report_usage()
             except Exception:
                 log.exception("telemetry failed")
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await self.clock.sleep(self.config.heartbeat_interval)
 
     async def _report_usage(self) -> None:
-        now = time.monotonic()
-        stamp = _now_rfc3339()
+        now = self.clock.now()
+        stamp = iso_time(self.clock.wall())
         sends = []
         total_cpu = 0.0
         total_mem = 0
@@ -654,9 +652,10 @@ class Agent:
         if self._log_path_accepted:
             try:
                 full = {**body, "logPath": record.log_path}
-                await asyncio.wait_for(
-                    self.client.put_telemetry("instanceusages", full, namespace=record.namespace),
+                await within(
+                    self.clock,
                     5.0,
+                    self.client.put_telemetry("instanceusages", full, namespace=record.namespace),
                 )
                 return
             except Invalid:
@@ -668,7 +667,9 @@ class Agent:
 
     async def _put_telemetry(self, kind: str, body: dict[str, Any], namespace: str | None) -> None:
         try:
-            await asyncio.wait_for(self.client.put_telemetry(kind, body, namespace=namespace), 5.0)
+            await within(
+                self.clock, 5.0, self.client.put_telemetry(kind, body, namespace=namespace)
+            )
         except (KeelClientError, OSError, TimeoutError) as exc:
             log.debug("%s not sent: %s", kind, exc)
 
@@ -679,7 +680,3 @@ class _LeaseHeld(Exception):
 
 def _rv(value: str) -> int:
     return int(value) if value.isdigit() else 0
-
-
-def _now_rfc3339() -> str:
-    return iso_time(time.time())
