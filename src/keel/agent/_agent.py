@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
-import subprocess
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from keel.agent import _driver, _health, _procfs
 from keel.agent._plan import (
     Action,
     Forget,
@@ -39,6 +36,12 @@ from keel.agent._plan import (
     observe_started,
     observe_stopping,
     plan,
+)
+from keel.agent._processes import (
+    LocalProcessDriver,
+    ProcessDriver,
+    StartFailed,
+    Workload,
 )
 from keel.agent._state import LeaseMemo, StateDir, load_lease, save_lease
 from keel.api.resources import (
@@ -92,16 +95,17 @@ class Agent:
         config: AgentConfig,
         *,
         clock: Clock | None = None,
+        driver: ProcessDriver | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.client = client
         self.config = config
         self.clock: Clock = clock or SystemClock()
+        self.driver: ProcessDriver = driver or LocalProcessDriver()
         self.rng = rng or random.Random()
         self.state = StateDir(config.state_dir)
         self.records: dict[str, Record] = {}
         self._saved: dict[str, Record] = {}
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.desired: dict[str, Instance] = {}
         self.synced = False
         self.watch_rv = 0
@@ -113,7 +117,7 @@ class Agent:
         self._report_retry: dict[str, float] = {}
         self._probing: set[str] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._usage: dict[str, tuple[float, int]] = {}  # key -> (time, cpu ticks)
+        self._usage: dict[str, tuple[float, float]] = {}  # key -> (time, cpu seconds)
         self._log_path_accepted = True
         self._adopted_lease = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -192,9 +196,9 @@ class Agent:
             self._adopted_lease = True
         for key, loaded in self.state.load().items():
             record = loaded
-            if record.running and not _procfs.alive(record.pid, record.proc_start):
+            if record.running and not self.driver.alive(record.pid, record.proc_start):
                 log.info("%s: process %d ended while the agent was away", key, record.pid)
-                _driver.kill_leftovers(record.pid)
+                self.driver.kill_leftovers(record.pid)
                 record = observe_exit(record, None, now)
                 self._event(record, "Exited", record.message or "exited", warning=True)
             elif record.running:
@@ -244,18 +248,11 @@ class Agent:
         for key, record in list(self.records.items()):
             if not record.running:
                 continue
-            child = self.children.get(key)
-            code: int | None
-            if child is not None and child.pid == record.pid:
-                code = child.poll()
-                if code is None:
-                    continue
-            elif _procfs.alive(record.pid, record.proc_start):
+            exited = self.driver.poll(record.pid, record.proc_start)
+            if exited is None:
                 continue
-            else:
-                code = None
-            self.children.pop(key, None)
-            _driver.kill_leftovers(record.pid)
+            code = exited.code
+            self.driver.kill_leftovers(record.pid)
             after = observe_exit(record, code, now)
             self.records[key] = after
             if not record.stopping:
@@ -271,7 +268,7 @@ class Agent:
             self._start(action, now)
         elif isinstance(action, Stop):
             record = self.records[action.key]
-            _driver.signal_group(record.pid, signal.SIGTERM)
+            self.driver.signal(record.pid, "TERM")
             self.records[action.key] = observe_stopping(record, action.reason, action.grace, now)
             self._event(
                 record,
@@ -281,7 +278,7 @@ class Agent:
             )
         elif isinstance(action, Kill):
             record = self.records[action.key]
-            _driver.signal_group(record.pid, signal.SIGKILL)
+            self.driver.signal(record.pid, "KILL")
             self.records[action.key] = replace(record, killed=True)
             self._event(record, "Killed", "grace period over: SIGKILL", warning=True)
         elif isinstance(action, Probe):
@@ -293,7 +290,6 @@ class Agent:
         elif isinstance(action, Forget):
             record = self.records.pop(action.key)
             self._saved.pop(action.key, None)
-            self.children.pop(action.key, None)
             self._usage.pop(action.key, None)
             self.state.remove(record)
 
@@ -303,30 +299,35 @@ class Agent:
             assert action.instance is not None
             meta = action.instance.metadata
             taken = {p for r in self.records.values() for p in r.ports.values()}
-            ports = _driver.assign_ports(action.instance.spec, taken)
+            ports = self.driver.assign_ports(action.instance.spec, taken)
             log_path = self.state.log_path(meta.namespace, meta.name)
             record = new_record(action.instance, ports, str(log_path))
-        env = _driver.process_env(record.spec, record.ports, self._extra_env(record))
-        try:
-            started = _driver.spawn(record.spec, env, Path(record.log_path), Path.cwd())
-        except OSError as exc:
-            after = observe_start_failed(record, str(exc), now)
+        started = self.driver.start(self._workload(record))
+        if isinstance(started, StartFailed):
+            after = observe_start_failed(record, started.message, now)
             self.records[action.key] = after
             self._event(after, "FailedStart", after.message, warning=True)
             return
-        self.children[action.key] = started.process
         after = observe_started(record, started.pid, started.proc_start, now)
         self.records[action.key] = after
         what = "Started" if after.starts == 1 else "Restarted"
         self._event(after, what, f"pid {started.pid}, ports {after.ports or {}}")
         log.info("%s: %s pid %d", action.key, what.lower(), started.pid)
 
-    def _extra_env(self, record: Record) -> dict[str, str]:
-        return {
+    def _workload(self, record: Record) -> Workload:
+        env = {
             "KEEL_NODE": self.config.node,
             "KEEL_NAMESPACE": record.namespace,
             "KEEL_INSTANCE": record.name,
         }
+        return Workload(
+            namespace=record.namespace,
+            name=record.name,
+            spec=record.spec,
+            ports=record.ports,
+            log_path=record.log_path,
+            env=env,
+        )
 
     def _persist(self) -> None:
         for key, record in self.records.items():
@@ -355,11 +356,7 @@ class Agent:
             record = self.records.get(key)
             if record is None or record.spec.health_check is None:
                 return
-            env = _driver.process_env(record.spec, record.ports, self._extra_env(record))
-            cwd = Path(record.spec.working_dir) if record.spec.working_dir else None
-            ok = await _health.run_check(
-                record.spec.health_check, record.spec, record.ports, env=env, cwd=cwd
-            )
+            ok = await self.driver.check_health(self._workload(record), record.spec.health_check)
             current = self.records.get(key)
             if current is None or current.pid != record.pid or not current.running:
                 return
@@ -616,16 +613,16 @@ class Agent:
         total_cpu = 0.0
         total_mem = 0
         for key, record in list(self.records.items()):
-            with contextlib.suppress(OSError):
-                _driver.rotate_log(Path(record.log_path))
+            self.driver.rotate_log(record.log_path)
             cpu = 0.0
             mem = 0
             if record.running:
-                ticks, mem = _procfs.group_usage(record.pid)
+                usage = self.driver.usage(record.pid)
+                mem = usage.memory_bytes
                 previous = self._usage.get(key)
-                if previous is not None and now > previous[0] and ticks >= previous[1]:
-                    cpu = (ticks - previous[1]) / _procfs.CLOCK_TICKS / (now - previous[0])
-                self._usage[key] = (now, ticks)
+                if previous is not None and now > previous[0] and usage.cpu_seconds >= previous[1]:
+                    cpu = (usage.cpu_seconds - previous[1]) / (now - previous[0])
+                self._usage[key] = (now, usage.cpu_seconds)
             total_cpu += cpu
             total_mem += mem
             body: dict[str, Any] = {
