@@ -39,15 +39,19 @@ from keel.agent._processes import (
     Usage,
     Workload,
 )
+from keel.agent._state import AgentState, LeaseMemo, MemoryState, StateDir
 
 __all__ = [
     "Action",
     "Agent",
     "AgentConfig",
+    "AgentState",
     "Exited",
     "Forget",
     "Kill",
+    "LeaseMemo",
     "LocalProcessDriver",
+    "MemoryState",
     "Probe",
     "ProcessDriver",
     "Record",
@@ -56,6 +60,7 @@ __all__ = [
     "Start",
     "StartFailed",
     "Started",
+    "StateDir",
     "Stop",
     "Usage",
     "View",

@@ -43,7 +43,7 @@ from keel.agent._processes import (
     StartFailed,
     Workload,
 )
-from keel.agent._state import LeaseMemo, StateDir, load_lease, save_lease
+from keel.agent._state import AgentState, LeaseMemo, StateDir
 from keel.api.resources import (
     Instance,
     Lease,
@@ -96,6 +96,7 @@ class Agent:
         *,
         clock: Clock | None = None,
         driver: ProcessDriver | None = None,
+        state: AgentState | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.client = client
@@ -103,7 +104,7 @@ class Agent:
         self.clock: Clock = clock or SystemClock()
         self.driver: ProcessDriver = driver or LocalProcessDriver()
         self.rng = rng or random.Random()
-        self.state = StateDir(config.state_dir)
+        self.state: AgentState = state if state is not None else StateDir(config.state_dir)
         self.records: dict[str, Record] = {}
         self._saved: dict[str, Record] = {}
         self.desired: dict[str, Instance] = {}
@@ -165,7 +166,7 @@ class Agent:
         lease = self.lease
         if lease is not None:
             self.lease = None
-            save_lease(self.config.state_dir, None)
+            self.state.save_lease(None)
             with contextlib.suppress(KeelClientError, OSError, TimeoutError):
                 await within(self.clock, 2.0, self.client.release_lease(lease))
 
@@ -184,7 +185,7 @@ class Agent:
         """Take over what an earlier agent started: live processes keep running, and a
         recently renewed node lease is renewed again rather than waited out."""
         now = self.clock.wall()
-        memo = load_lease(self.config.state_dir)
+        memo = self.state.load_lease()
         age = now - memo.renewed_at if memo is not None else -1.0
         duration = min(
             self.config.lease_duration,
@@ -512,7 +513,7 @@ class Agent:
     def _remember_lease(self, lease: Lease, sent: float) -> None:
         renewed_at = self.clock.wall() - (self.clock.now() - sent)
         try:
-            save_lease(self.config.state_dir, LeaseMemo(lease=lease, renewed_at=renewed_at))
+            self.state.save_lease(LeaseMemo(lease=lease, renewed_at=renewed_at))
         except OSError as exc:
             log.warning("cannot save the node lease: %s", exc)
 
