@@ -1,6 +1,9 @@
 """The node agent's asyncio shell: registers the Node, holds and renews the node lease,
 watches the Instances bound here, and executes what `plan` decides (start, stop, probe,
 report a status transition) while usage and events go to telemetry, never to the store.
+
+Time comes only from its `Clock`, processes only through its `ProcessDriver`, and what
+survives a restart only through its `AgentState`, so a simulation runs this same shell.
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ class AgentConfig:
 
 
 class Agent:
+    """The agent of one node. `clock` defaults to the system clock, `driver` to real
+    processes (`LocalProcessDriver`), `state` to files under `config.state_dir`."""
+
     def __init__(
         self,
         client: KeelClient,
