@@ -1,7 +1,9 @@
-"""Keel's node agent: runs the Instances bound to its Node as real processes, reports their
+"""Keel's node agent: runs the Instances bound to its Node as processes, reports their
 phase and readiness transitions (fenced by the node lease) and their usage as telemetry.
 
-`plan` is the pure decision core; `Agent` is the asyncio shell that executes it.
+`plan` is the pure decision core; `Agent` is the asyncio shell that executes it, on a
+`keel.clock.Clock` and through a `ProcessDriver` (`LocalProcessDriver`: real processes;
+`keel.sim.processes`: simulated ones).
 """
 
 from keel.agent._agent import Agent, AgentConfig
@@ -27,19 +29,42 @@ from keel.agent._plan import (
     plan,
     status_to_write,
 )
+from keel.agent._processes import (
+    Exited,
+    LocalProcessDriver,
+    ProcessDriver,
+    Signal,
+    Started,
+    StartFailed,
+    Usage,
+    Workload,
+)
+from keel.agent._state import AgentState, LeaseMemo, MemoryState, StateDir
 
 __all__ = [
     "Action",
     "Agent",
     "AgentConfig",
+    "AgentState",
+    "Exited",
     "Forget",
     "Kill",
+    "LeaseMemo",
+    "LocalProcessDriver",
+    "MemoryState",
     "Probe",
+    "ProcessDriver",
     "Record",
     "Report",
+    "Signal",
     "Start",
+    "StartFailed",
+    "Started",
+    "StateDir",
     "Stop",
+    "Usage",
     "View",
+    "Workload",
     "backoff_delay",
     "desired_status",
     "new_record",

@@ -1,6 +1,9 @@
 """The node agent's asyncio shell: registers the Node, holds and renews the node lease,
 watches the Instances bound here, and executes what `plan` decides (start, stop, probe,
 report a status transition) while usage and events go to telemetry, never to the store.
+
+Time comes only from its `Clock`, processes only through its `ProcessDriver`, and what
+survives a restart only through its `AgentState`, so a simulation runs this same shell.
 """
 
 from __future__ import annotations
@@ -9,9 +12,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,6 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from keel.agent import _driver, _health, _procfs
 from keel.agent._plan import (
     Action,
     Forget,
@@ -41,7 +40,13 @@ from keel.agent._plan import (
     observe_stopping,
     plan,
 )
-from keel.agent._state import LeaseMemo, StateDir, load_lease, save_lease
+from keel.agent._processes import (
+    LocalProcessDriver,
+    ProcessDriver,
+    StartFailed,
+    Workload,
+)
+from keel.agent._state import AgentState, LeaseMemo, StateDir
 from keel.api.resources import (
     Instance,
     Lease,
@@ -62,6 +67,8 @@ from keel.client import (
     KeelClientError,
     NotFound,
 )
+from keel.clock import Clock, SystemClock
+from keel.runtime.leaderelection import first_of, within
 
 log = logging.getLogger("keel.agent")
 
@@ -85,16 +92,27 @@ class AgentConfig:
 
 
 class Agent:
+    """The agent of one node. `clock` defaults to the system clock, `driver` to real
+    processes (`LocalProcessDriver`), `state` to files under `config.state_dir`."""
+
     def __init__(
-        self, client: KeelClient, config: AgentConfig, *, rng: random.Random | None = None
+        self,
+        client: KeelClient,
+        config: AgentConfig,
+        *,
+        clock: Clock | None = None,
+        driver: ProcessDriver | None = None,
+        state: AgentState | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.client = client
         self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.driver: ProcessDriver = driver or LocalProcessDriver()
         self.rng = rng or random.Random()
-        self.state = StateDir(config.state_dir)
+        self.state: AgentState = state if state is not None else StateDir(config.state_dir)
         self.records: dict[str, Record] = {}
         self._saved: dict[str, Record] = {}
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.desired: dict[str, Instance] = {}
         self.synced = False
         self.watch_rv = 0
@@ -106,7 +124,7 @@ class Agent:
         self._report_retry: dict[str, float] = {}
         self._probing: set[str] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._usage: dict[str, tuple[float, int]] = {}  # key -> (time, cpu ticks)
+        self._usage: dict[str, tuple[float, float]] = {}  # key -> (time, cpu seconds)
         self._log_path_accepted = True
         self._adopted_lease = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,31 +164,22 @@ class Agent:
         longest = max(
             (r.spec.termination_grace_period_seconds for r in self.records.values()), default=0
         )
-        deadline = time.monotonic() + longest + 10.0  # SIGKILL was sent long before this
-        while any(r.running for r in self.records.values()) and time.monotonic() < deadline:
+        deadline = self.clock.now() + longest + 10.0  # SIGKILL was sent long before this
+        while any(r.running for r in self.records.values()) and self.clock.now() < deadline:
             await self._reconcile_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.tick)
+            await first_of(self.clock, self.config.tick, self._wake.wait())
             self._wake.clear()
         lease = self.lease
         if lease is not None:
             self.lease = None
-            save_lease(self.config.state_dir, None)
+            self.state.save_lease(None)
             with contextlib.suppress(KeelClientError, OSError, TimeoutError):
-                await asyncio.wait_for(self.client.release_lease(lease), 2.0)
+                await within(self.clock, 2.0, self.client.release_lease(lease))
 
     async def _sleep_until_due(self, stop: asyncio.Event) -> None:
-        now = time.time()
+        now = self.clock.wall()
         delay = min(self.config.tick, next_wakeup(self.records.values(), now) - now)
-        waiter = asyncio.create_task(self._wake.wait())
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait(
-                {waiter, stopper}, timeout=max(0.0, delay), return_when="FIRST_COMPLETED"
-            )
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+        await first_of(self.clock, max(0.0, delay), self._wake.wait(), stop.wait())
         self._wake.clear()
 
     def wake(self) -> None:
@@ -181,8 +190,8 @@ class Agent:
     def _adopt(self) -> None:
         """Take over what an earlier agent started: live processes keep running, and a
         recently renewed node lease is renewed again rather than waited out."""
-        now = time.time()
-        memo = load_lease(self.config.state_dir)
+        now = self.clock.wall()
+        memo = self.state.load_lease()
         age = now - memo.renewed_at if memo is not None else -1.0
         duration = min(
             self.config.lease_duration,
@@ -190,13 +199,13 @@ class Agent:
         )
         if memo is not None and 0 <= age < duration:
             self.lease = memo.lease
-            self.lease_ok_at = time.monotonic() - age
+            self.lease_ok_at = self.clock.now() - age
             self._adopted_lease = True
         for key, loaded in self.state.load().items():
             record = loaded
-            if record.running and not _procfs.alive(record.pid, record.proc_start):
+            if record.running and not self.driver.alive(record.pid, record.proc_start):
                 log.info("%s: process %d ended while the agent was away", key, record.pid)
-                _driver.kill_leftovers(record.pid)
+                self.driver.kill_leftovers(record.pid)
                 record = observe_exit(record, None, now)
                 self._event(record, "Exited", record.message or "exited", warning=True)
             elif record.running:
@@ -213,7 +222,7 @@ class Agent:
         if self.lease is None:
             return False
         fresh_until = self.lease_ok_at + self.config.lease_duration - self.config.fence_margin
-        return time.monotonic() < fresh_until
+        return self.clock.now() < fresh_until
 
     @property
     def bindings_fresh(self) -> bool:
@@ -233,7 +242,7 @@ class Agent:
         )
 
     async def _reconcile_once(self) -> None:
-        now = time.time()
+        now = self.clock.wall()
         self._observe_exits(now)
         for action in plan(self.desired, self.records, now, self.view()):
             try:
@@ -246,18 +255,11 @@ class Agent:
         for key, record in list(self.records.items()):
             if not record.running:
                 continue
-            child = self.children.get(key)
-            code: int | None
-            if child is not None and child.pid == record.pid:
-                code = child.poll()
-                if code is None:
-                    continue
-            elif _procfs.alive(record.pid, record.proc_start):
+            exited = self.driver.poll(record.pid, record.proc_start)
+            if exited is None:
                 continue
-            else:
-                code = None
-            self.children.pop(key, None)
-            _driver.kill_leftovers(record.pid)
+            code = exited.code
+            self.driver.kill_leftovers(record.pid)
             after = observe_exit(record, code, now)
             self.records[key] = after
             if not record.stopping:
@@ -273,7 +275,7 @@ class Agent:
             self._start(action, now)
         elif isinstance(action, Stop):
             record = self.records[action.key]
-            _driver.signal_group(record.pid, signal.SIGTERM)
+            self.driver.signal(record.pid, "TERM")
             self.records[action.key] = observe_stopping(record, action.reason, action.grace, now)
             self._event(
                 record,
@@ -283,7 +285,7 @@ class Agent:
             )
         elif isinstance(action, Kill):
             record = self.records[action.key]
-            _driver.signal_group(record.pid, signal.SIGKILL)
+            self.driver.signal(record.pid, "KILL")
             self.records[action.key] = replace(record, killed=True)
             self._event(record, "Killed", "grace period over: SIGKILL", warning=True)
         elif isinstance(action, Probe):
@@ -295,7 +297,6 @@ class Agent:
         elif isinstance(action, Forget):
             record = self.records.pop(action.key)
             self._saved.pop(action.key, None)
-            self.children.pop(action.key, None)
             self._usage.pop(action.key, None)
             self.state.remove(record)
 
@@ -305,30 +306,35 @@ class Agent:
             assert action.instance is not None
             meta = action.instance.metadata
             taken = {p for r in self.records.values() for p in r.ports.values()}
-            ports = _driver.assign_ports(action.instance.spec, taken)
+            ports = self.driver.assign_ports(action.instance.spec, taken)
             log_path = self.state.log_path(meta.namespace, meta.name)
             record = new_record(action.instance, ports, str(log_path))
-        env = _driver.process_env(record.spec, record.ports, self._extra_env(record))
-        try:
-            started = _driver.spawn(record.spec, env, Path(record.log_path), Path.cwd())
-        except OSError as exc:
-            after = observe_start_failed(record, str(exc), now)
+        started = self.driver.start(self._workload(record))
+        if isinstance(started, StartFailed):
+            after = observe_start_failed(record, started.message, now)
             self.records[action.key] = after
             self._event(after, "FailedStart", after.message, warning=True)
             return
-        self.children[action.key] = started.process
         after = observe_started(record, started.pid, started.proc_start, now)
         self.records[action.key] = after
         what = "Started" if after.starts == 1 else "Restarted"
         self._event(after, what, f"pid {started.pid}, ports {after.ports or {}}")
         log.info("%s: %s pid %d", action.key, what.lower(), started.pid)
 
-    def _extra_env(self, record: Record) -> dict[str, str]:
-        return {
+    def _workload(self, record: Record) -> Workload:
+        env = {
             "KEEL_NODE": self.config.node,
             "KEEL_NAMESPACE": record.namespace,
             "KEEL_INSTANCE": record.name,
         }
+        return Workload(
+            namespace=record.namespace,
+            name=record.name,
+            spec=record.spec,
+            ports=record.ports,
+            log_path=record.log_path,
+            env=env,
+        )
 
     def _persist(self) -> None:
         for key, record in self.records.items():
@@ -357,15 +363,11 @@ class Agent:
             record = self.records.get(key)
             if record is None or record.spec.health_check is None:
                 return
-            env = _driver.process_env(record.spec, record.ports, self._extra_env(record))
-            cwd = Path(record.spec.working_dir) if record.spec.working_dir else None
-            ok = await _health.run_check(
-                record.spec.health_check, record.spec, record.ports, env=env, cwd=cwd
-            )
+            ok = await self.driver.check_health(self._workload(record), record.spec.health_check)
             current = self.records.get(key)
             if current is None or current.pid != record.pid or not current.running:
                 return
-            after = observe_probe(current, ok, time.time())
+            after = observe_probe(current, ok, self.clock.wall())
             self.records[key] = after
             if after.ready != current.ready:
                 if after.ready:
@@ -394,7 +396,7 @@ class Agent:
         token = lease.status.fencing_token
         try:
             async with self.client.fenced(NODE_LEASE_NAMESPACE, self.config.node, token) as api:
-                written = await asyncio.wait_for(api.update_status(instance), 10.0)
+                written = await within(self.clock, 10.0, api.update_status(instance))
             self._observe_instance(written)
             self._report_retry.pop(key, None)
         except Conflict:
@@ -406,12 +408,12 @@ class Agent:
             log.warning("status of %s rejected: node lease token %d is stale", key, token)
             if self.lease is lease:
                 self.lease = None  # re-acquire
-            self._report_retry[key] = time.time() + 1.0
+            self._report_retry[key] = self.clock.wall() + 1.0
         except NotFound:
             pass  # deleted; the watch says so
         except (KeelClientError, OSError, TimeoutError) as exc:
             log.info("status of %s not written: %s", key, exc)
-            self._report_retry[key] = time.time() + 1.0 + self.rng.random()
+            self._report_retry[key] = self.clock.wall() + 1.0 + self.rng.random()
         finally:
             self._reporting.discard(key)
             self.wake()
@@ -433,7 +435,7 @@ class Agent:
     async def _retrying(self, what: str, attempt: int) -> None:
         delay = self.config.reconnect.delay(min(attempt, 30), self.rng)
         log.debug("%s: retrying in %.2fs", what, delay)
-        await asyncio.sleep(delay)
+        await self.clock.sleep(delay)
 
     async def _register_loop(self) -> None:
         attempt = 0
@@ -475,15 +477,15 @@ class Agent:
         attempt = 0
         while True:
             lease = self.lease
-            sent = time.monotonic()
+            sent = self.clock.now()
             try:
                 if lease is None:
-                    self.lease = await asyncio.wait_for(self._acquire(), interval)
+                    self.lease = await within(self.clock, interval, self._acquire())
                     self.lease_ok_at = sent
                     self._remember_lease(self.lease, sent)
                     log.info("node lease acquired (token %d)", self.lease.status.fencing_token)
                 else:
-                    renewed = await asyncio.wait_for(self.client.renew_lease(lease), interval)
+                    renewed = await within(self.clock, interval, self.client.renew_lease(lease))
                     if self._adopted_lease:
                         self._adopted_lease = False
                         log.info(
@@ -495,7 +497,7 @@ class Agent:
                         self._remember_lease(renewed, sent)
                 attempt = 0
                 self.wake()
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+                await self.clock.sleep(max(0.0, interval - (self.clock.now() - sent)))
             except (NotFound, Conflict, _LeaseHeld):
                 self._adopted_lease = False
                 if lease is not None:
@@ -509,15 +511,15 @@ class Agent:
             except (KeelClientError, OSError, TimeoutError) as exc:
                 log.info("node lease: %s", exc)
                 # A renewal failed: try again soon, the lease may still be saved.
-                await asyncio.sleep(
+                await self.clock.sleep(
                     min(interval / 2, self.config.reconnect.delay(attempt, self.rng))
                 )
                 attempt += 1
 
     def _remember_lease(self, lease: Lease, sent: float) -> None:
-        renewed_at = time.time() - (time.monotonic() - sent)
+        renewed_at = self.clock.wall() - (self.clock.now() - sent)
         try:
-            save_lease(self.config.state_dir, LeaseMemo(lease=lease, renewed_at=renewed_at))
+            self.state.save_lease(LeaseMemo(lease=lease, renewed_at=renewed_at))
         except OSError as exc:
             log.warning("cannot save the node lease: %s", exc)
 
@@ -580,7 +582,7 @@ class Agent:
             "reason": reason,
             "message": message[:4096],
             "type": "Warning" if warning else "Normal",
-            "time": _now_rfc3339(),
+            "time": iso_time(self.clock.wall()),
             "source": f"keel-agent/{self.config.node}",
             "node": self.config.node,
         }
@@ -594,13 +596,13 @@ class Agent:
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(self.client.record_event(event), 5.0)
+            await within(self.clock, 5.0, self.client.record_event(event))
         except (KeelClientError, OSError, TimeoutError) as exc:
             log.debug("event not recorded: %s", exc)
 
     async def _flush_events(self) -> None:
-        deadline = time.monotonic() + 2.0
-        while not self._events.empty() and time.monotonic() < deadline:
+        deadline = self.clock.now() + 2.0
+        while not self._events.empty() and self.clock.now() < deadline:
             await self._send_event(self._events.get_nowait())
 
     async def _telemetry_loop(self) -> None:
@@ -609,25 +611,25 @@ class Agent:
                 await self._report_usage()
             except Exception:
                 log.exception("telemetry failed")
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await self.clock.sleep(self.config.heartbeat_interval)
 
     async def _report_usage(self) -> None:
-        now = time.monotonic()
-        stamp = _now_rfc3339()
+        now = self.clock.now()
+        stamp = iso_time(self.clock.wall())
         sends = []
         total_cpu = 0.0
         total_mem = 0
         for key, record in list(self.records.items()):
-            with contextlib.suppress(OSError):
-                _driver.rotate_log(Path(record.log_path))
+            self.driver.rotate_log(record.log_path)
             cpu = 0.0
             mem = 0
             if record.running:
-                ticks, mem = _procfs.group_usage(record.pid)
+                usage = self.driver.usage(record.pid)
+                mem = usage.memory_bytes
                 previous = self._usage.get(key)
-                if previous is not None and now > previous[0] and ticks >= previous[1]:
-                    cpu = (ticks - previous[1]) / _procfs.CLOCK_TICKS / (now - previous[0])
-                self._usage[key] = (now, ticks)
+                if previous is not None and now > previous[0] and usage.cpu_seconds >= previous[1]:
+                    cpu = (usage.cpu_seconds - previous[1]) / (now - previous[0])
+                self._usage[key] = (now, usage.cpu_seconds)
             total_cpu += cpu
             total_mem += mem
             body: dict[str, Any] = {
@@ -654,9 +656,10 @@ class Agent:
         if self._log_path_accepted:
             try:
                 full = {**body, "logPath": record.log_path}
-                await asyncio.wait_for(
-                    self.client.put_telemetry("instanceusages", full, namespace=record.namespace),
+                await within(
+                    self.clock,
                     5.0,
+                    self.client.put_telemetry("instanceusages", full, namespace=record.namespace),
                 )
                 return
             except Invalid:
@@ -668,7 +671,9 @@ class Agent:
 
     async def _put_telemetry(self, kind: str, body: dict[str, Any], namespace: str | None) -> None:
         try:
-            await asyncio.wait_for(self.client.put_telemetry(kind, body, namespace=namespace), 5.0)
+            await within(
+                self.clock, 5.0, self.client.put_telemetry(kind, body, namespace=namespace)
+            )
         except (KeelClientError, OSError, TimeoutError) as exc:
             log.debug("%s not sent: %s", kind, exc)
 
@@ -679,7 +684,3 @@ class _LeaseHeld(Exception):
 
 def _rv(value: str) -> int:
     return int(value) if value.isdigit() else 0
-
-
-def _now_rfc3339() -> str:
-    return iso_time(time.time())

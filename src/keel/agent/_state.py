@@ -2,6 +2,8 @@
 read by `keel logs` too), the logs (`logs/<ns>_<name>.log`) and the node
 lease last held (`lease.json`).
 Files are replaced atomically, so a SIGKILL leaves either the old or the new record.
+`AgentState` is what the agent needs of it; `MemoryState` keeps the same in memory (the
+simulation's machines have no disk, and outlive the agents they restart).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -32,6 +35,22 @@ class LeaseMemo(msgspec.Struct, frozen=True):
 
 def file_stem(namespace: str, name: str) -> str:
     return f"{namespace}_{name}"
+
+
+class AgentState(Protocol):
+    """What survives a restart of the agent on its machine."""
+
+    def log_path(self, namespace: str, name: str) -> Path: ...
+
+    def load(self) -> dict[str, Record]: ...
+
+    def save(self, record: Record) -> None: ...
+
+    def remove(self, record: Record) -> None: ...
+
+    def load_lease(self) -> LeaseMemo | None: ...
+
+    def save_lease(self, memo: LeaseMemo | None) -> None: ...
 
 
 class StateDir:
@@ -65,6 +84,39 @@ class StateDir:
     def remove(self, record: Record) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._record_path(record.namespace, record.name).unlink()
+
+    def load_lease(self) -> LeaseMemo | None:
+        return load_lease(self.root)
+
+    def save_lease(self, memo: LeaseMemo | None) -> None:
+        save_lease(self.root, memo)
+
+
+class MemoryState:
+    """`AgentState` in memory: records and the lease memo, log paths under a made-up root."""
+
+    def __init__(self, root: Path = Path("/keel-sim")) -> None:
+        self.root = root
+        self.records: dict[str, Record] = {}
+        self.lease: LeaseMemo | None = None
+
+    def log_path(self, namespace: str, name: str) -> Path:
+        return self.root / "logs" / f"{file_stem(namespace, name)}.log"
+
+    def load(self) -> dict[str, Record]:
+        return dict(sorted(self.records.items()))
+
+    def save(self, record: Record) -> None:
+        self.records[record.key] = record
+
+    def remove(self, record: Record) -> None:
+        self.records.pop(record.key, None)
+
+    def load_lease(self) -> LeaseMemo | None:
+        return self.lease
+
+    def save_lease(self, memo: LeaseMemo | None) -> None:
+        self.lease = memo
 
 
 def _lease_path(root: Path) -> Path:

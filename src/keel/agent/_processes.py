@@ -1,0 +1,182 @@
+"""The agent's seam to the machine: `ProcessDriver` is everything the agent does to processes
+(start, signal, poll, probe, measure, rotate logs, pick ports). `LocalProcessDriver` runs real
+processes through `_driver`, `_procfs` and `_health`; `keel.sim` plugs in simulated ones, so
+the agent shell above the seam is the same code in production and in simulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from keel.agent import _driver, _health, _procfs
+from keel.api.resources import HealthCheck, InstanceSpec
+
+__all__ = [
+    "Exited",
+    "LocalProcessDriver",
+    "ProcessDriver",
+    "Signal",
+    "StartFailed",
+    "Started",
+    "Usage",
+    "Workload",
+]
+
+Signal = Literal["TERM", "KILL"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a driver needs to run or probe one Instance's process."""
+
+    namespace: str
+    name: str
+    spec: InstanceSpec
+    ports: Mapping[str, int]  # assigned once (`assign_ports`) and kept across restarts
+    log_path: str  # stdout and stderr are appended here
+    env: Mapping[str, str] = field(default_factory=dict)  # the agent's (KEEL_NODE, ...)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Started:
+    """A process is running: `pid` leads its own process group, `proc_start` tells it apart
+    from a later process that reuses the PID."""
+
+    pid: int
+    proc_start: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """The process could not be started at all (no such command, bad working dir)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The process is gone; `code` is None when unknown (not a child of this driver, as a
+    process adopted from an earlier agent), negative for a signal."""
+
+    code: int | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Cumulative CPU seconds and resident memory of a process group."""
+
+    cpu_seconds: float
+    memory_bytes: int
+
+
+class ProcessDriver(Protocol):
+    """The processes of one machine, as the agent sees them. Synchronous calls are quick
+    (no waiting); only a health check may take time."""
+
+    def assign_ports(self, spec: InstanceSpec, taken: Collection[int]) -> dict[str, int]:
+        """A port per declared port: as given, or a free one (not in `taken`) for port 0."""
+        ...
+
+    def start(self, workload: Workload) -> Started | StartFailed:
+        """Start the workload's command in a new process group."""
+        ...
+
+    def signal(self, pid: int, sig: Signal) -> bool:
+        """Send SIGTERM or SIGKILL to the process group `pid`; False if none is left."""
+        ...
+
+    def alive(self, pid: int, proc_start: int) -> bool:
+        """Whether `pid` is still the process that started at `proc_start`."""
+        ...
+
+    def poll(self, pid: int, proc_start: int) -> Exited | None:
+        """None while the process runs; once it is gone, how it ended (reaps a child)."""
+        ...
+
+    def kill_leftovers(self, pid: int) -> None:
+        """SIGKILL what is left of the group `pid` after its leader exited."""
+        ...
+
+    async def check_health(self, workload: Workload, check: HealthCheck) -> bool:
+        """Run `check` once against the workload's process: True if it passed."""
+        ...
+
+    def usage(self, pid: int) -> Usage:
+        """CPU and memory of the process group `pid` (zero once it is gone)."""
+        ...
+
+    def rotate_log(self, log_path: str) -> None:
+        """Keep the workload's log bounded; never fails (the log is best effort)."""
+        ...
+
+
+class LocalProcessDriver:
+    """Real processes on this machine: new sessions, /proc, signals to the group."""
+
+    _SIGNALS: Mapping[Signal, signal.Signals] = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
+
+    def __init__(self, *, cwd: Path | None = None) -> None:
+        self._cwd = cwd  # the default working dir; None: the agent's at start time
+        # Processes this driver started, by PID: their exit codes can be read (and their
+        # zombies reaped). Processes adopted from an earlier agent are only watched in /proc.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def assign_ports(self, spec: InstanceSpec, taken: Collection[int]) -> dict[str, int]:
+        return _driver.assign_ports(spec, taken)
+
+    def start(self, workload: Workload) -> Started | StartFailed:
+        env = _driver.process_env(workload.spec, workload.ports, workload.env)
+        try:
+            started = _driver.spawn(
+                workload.spec, env, Path(workload.log_path), self._cwd or Path.cwd()
+            )
+        except OSError as exc:
+            return StartFailed(str(exc))
+        self._children[started.pid] = started.process
+        return Started(started.pid, started.proc_start)
+
+    def signal(self, pid: int, sig: Signal) -> bool:
+        return _driver.signal_group(pid, self._SIGNALS[sig])
+
+    def alive(self, pid: int, proc_start: int) -> bool:
+        return _procfs.alive(pid, proc_start)
+
+    def poll(self, pid: int, proc_start: int) -> Exited | None:
+        child = self._children.get(pid)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return None
+            del self._children[pid]
+            return Exited(code)
+        if _procfs.alive(pid, proc_start):
+            return None
+        return Exited(None)
+
+    def kill_leftovers(self, pid: int) -> None:
+        _driver.kill_leftovers(pid)
+
+    async def check_health(self, workload: Workload, check: HealthCheck) -> bool:
+        spec = workload.spec
+        env = _driver.process_env(spec, workload.ports, workload.env)
+        cwd = Path(spec.working_dir) if spec.working_dir else None
+        return await _health.run_check(check, spec, workload.ports, env=env, cwd=cwd)
+
+    def usage(self, pid: int) -> Usage:
+        ticks, memory = _procfs.group_usage(pid)
+        return Usage(ticks / _procfs.CLOCK_TICKS, memory)
+
+    def rotate_log(self, log_path: str) -> None:
+        # A full or read-only disk must not stop the agent; the next round tries again.
+        with contextlib.suppress(OSError):
+            _driver.rotate_log(Path(log_path))
