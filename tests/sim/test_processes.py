@@ -155,3 +155,16 @@ def test_a_copy_starting_as_another_stops_is_no_overlap() -> None:
         Transition(4.0, "n3", "ns/x", "start", 3, True),
     ]
     assert overlaps(history) == [Overlap("ns/x", 4.0, None, ("n2", "n3"), (2, 3))]
+
+
+def test_a_copy_killed_the_instant_it_started_never_overlaps() -> None:
+    """Found by the platform simulation: a start and a KILL at one instant sort stop-first,
+    and must not leave a phantom copy running."""
+    history = [
+        Transition(0.0, "n1", "ns/x", "start", 1, True),
+        Transition(5.0, "n1", "ns/x", "stop", 1, True),
+        Transition(9.0, "n2", "ns/x", "start", 2, True),
+        Transition(9.0, "n2", "ns/x", "stop", 2, True),
+        Transition(10.0, "n2", "ns/x", "start", 3, True),
+    ]
+    assert overlaps(history) == []

@@ -107,14 +107,18 @@ def overlaps(history: Iterable[Transition]) -> list[Overlap]:
     running: dict[str, dict[int, str]] = {}
     opened: dict[str, tuple[float, dict[int, str]]] = {}
     found: list[Overlap] = []
+    # A process that stops at the instant it starts is sorted stop-first: it never ran.
+    never_ran: set[int] = set()
     for t in ordered:
         if not t.exclusive:
             continue
         copies = running.setdefault(t.instance, {})
         if t.kind == "start":
+            if t.pid in never_ran:
+                continue
             copies[t.pid] = t.node
-        else:
-            copies.pop(t.pid, None)
+        elif copies.pop(t.pid, None) is None:
+            never_ran.add(t.pid)
         if len(copies) > 1:
             start, seen = opened.get(t.instance, (t.time, {}))
             opened[t.instance] = (start, {**seen, **copies})
