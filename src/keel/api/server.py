@@ -528,6 +528,7 @@ class ApiServer:
             self.metrics.watchers.labels(kind).set(stats.watchers)
             self.metrics.cache_objects.labels(kind).set(stats.objects)
             self.metrics.cache_events.labels(kind).set(stats.events)
+        self.metrics.compacted_revision.set(self.cache.compacted)
 
     # -- app
 
