@@ -192,6 +192,7 @@ def test_api_metrics_export_the_names_of_issue_3() -> None:
     metrics.watchers.labels("instances").inc()
     metrics.cache_objects.labels("instances").set(12)
     metrics.cache_events.labels("instances").set(40)
+    metrics.compacted_revision.set(17)
     _, types, samples = parse(metrics.render())
     assert types == {
         "keel_store_writes_total": "counter",
@@ -200,10 +201,12 @@ def test_api_metrics_export_the_names_of_issue_3() -> None:
         "keel_watch_cache_watchers": "gauge",
         "keel_watch_cache_objects": "gauge",
         "keel_watch_cache_events": "gauge",
+        "keel_store_compacted_revision": "gauge",
     }
     assert value_of(samples, "keel_api_requests_total", verb="get", kind="nodes", code="200") == 2
     count = "keel_api_request_duration_seconds_count"
     assert value_of(samples, count, verb="create", kind="leases", code="409") == 1
     assert value_of(samples, "keel_store_writes_total", kind="leases", verb="create") == 1
     assert value_of(samples, "keel_watch_cache_objects", kind="instances") == 12
+    assert value_of(samples, "keel_store_compacted_revision") == 17
     assert CONTENT_TYPE.startswith("text/plain; version=0.0.4")

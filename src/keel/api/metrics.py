@@ -319,6 +319,11 @@ class ApiMetrics:
         self.cache_events = r.gauge(
             "keel_watch_cache_events", "Events held in the watch cache's ring.", ("kind",)
         )
+        self.compacted_revision = r.gauge(
+            "keel_store_compacted_revision",
+            "The store revision compacted at, as far as this API server knows: "
+            "a watch from an older resourceVersion gets 410 Expired.",
+        )
 
     def observe_request(self, verb: str, kind: str, code: int, seconds: float) -> None:
         code_text = str(code)

@@ -443,9 +443,15 @@ class ApiServer:
             clock=self.clock,
             rng=rng,
         )
-        self.admission = admission if admission is not None else TokenBucketAdmission()
-        self.cache = cache if cache is not None else WatchCache(store)
-        self.telemetry = telemetry if telemetry is not None else telemetry_mod.TelemetryStore()
+        # Admission, the watch cache's history, telemetry TTLs and compaction all run on
+        # `clock` (virtual in a simulation, where real time barely passes).
+        self.admission = (
+            admission if admission is not None else TokenBucketAdmission(clock=self.clock.now)
+        )
+        self.cache = cache if cache is not None else WatchCache(store, clock=self.clock.now)
+        self.telemetry = (
+            telemetry if telemetry is not None else telemetry_mod.TelemetryStore(self.clock.now)
+        )
         self.compaction_interval = compaction_interval
         self.compaction_retention = compaction_retention
         self.ready_timeout = ready_timeout  # how long a read waits for the cache at boot
@@ -493,7 +499,9 @@ class ApiServer:
             self.store,
             interval=self.compaction_interval,
             retention=self.compaction_retention,
+            clock=self.clock.now,
             on_compact=self.cache.note_compacted,
+            sleep=self.clock.sleep,
         )
         self._compactor.start()
 
@@ -520,6 +528,7 @@ class ApiServer:
             self.metrics.watchers.labels(kind).set(stats.watchers)
             self.metrics.cache_objects.labels(kind).set(stats.objects)
             self.metrics.cache_events.labels(kind).set(stats.events)
+        self.metrics.compacted_revision.set(self.cache.compacted)
 
     # -- app
 

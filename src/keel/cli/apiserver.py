@@ -52,6 +52,8 @@ class ServeOptions:
     max_object_bytes: int
     admission_rate: float = 200.0
     admission_burst: int = 400
+    compaction_interval: float = 60.0
+    compaction_retention: float = 300.0
     clusters: int = 0
     command: str = "apiserver"
 
@@ -99,6 +101,8 @@ async def serve(
         tokens,
         max_object_bytes=options.max_object_bytes,
         admission=TokenBucketAdmission(options.admission_rate, options.admission_burst),
+        compaction_interval=options.compaction_interval,
+        compaction_retention=options.compaction_retention,
     )
     config = uvicorn.Config(
         api.app,
@@ -209,6 +213,8 @@ def serve_options(args: argparse.Namespace, command: str) -> ServeOptions:
         max_object_bytes=args.max_object_bytes,
         admission_rate=args.admission_rate,
         admission_burst=args.admission_burst,
+        compaction_interval=args.compaction_interval,
+        compaction_retention=args.compaction_retention,
         clusters=getattr(args, "clusters", 0),
         command=command,
     )
@@ -231,6 +237,20 @@ def guarded(command: str, body: Callable[[], int]) -> int:
 
 def cmd_apiserver(args: argparse.Namespace) -> int:
     return guarded("apiserver", lambda: run_server(serve(serve_options(args, "apiserver"))))
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -272,6 +292,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--admission-burst", type=int, default=400, help="burst per principal (default 400)"
+    )
+    parser.add_argument(
+        "--compaction-interval",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often the store revision is sampled for compaction (default 60)",
+    )
+    parser.add_argument(
+        "--compaction-retention",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="store history kept for watch resumes and paging (default 300); a watch from an "
+        "older resourceVersion gets 410 Expired",
     )
 
 

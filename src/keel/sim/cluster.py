@@ -61,6 +61,7 @@ class SimCluster:
         )
         self.app = AppTransport(self.server.app)
         self.log = MutationLog(self.trace)
+        self.url = SERVER  # what clients of `app` address requests to
 
     async def start(self) -> None:
         """Boot the API server (namespaces, watch cache) and wait until it serves reads."""
@@ -113,6 +114,11 @@ class SimCluster:
             rng=random.Random(f"{self.seed}:{caller}:client"),
             retry=RetryPolicy(),
         )
+
+    def token(self, role: str) -> str:
+        """The bearer token of `role` (one of ROLES, or node:NAME for a node of the run), for
+        requests outside the client's API (e.g. /metrics through `app`)."""
+        return _token(role)
 
     async def _revision(self) -> int:
         return (await self.store.status()).revision

@@ -133,6 +133,13 @@ class MutationLog:
             return
         info: KindInfo = target.info
         namespace, name = target.namespace or "", target.name or ""
+        if not name and request.body:
+            # A create names its object in the body: a rejected one is logged by that name
+            # (an accepted one by the name the server answered, e.g. for generateName).
+            try:
+                name = _head_decoder.decode(request.body).metadata.name
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                name = ""
         obj: Resource | None = None
         revision = 0
         if response is None:
