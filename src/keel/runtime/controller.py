@@ -378,10 +378,12 @@ class ControllerRunner:
         if not self._partitions:
             return
         for controller, to_keys in self._routes[kind]:
-            keys: set[str] = set()
+            # Ordered, not a set: the order keys are queued in must not depend on
+            # PYTHONHASHSEED (a simulation seed replays exactly in any interpreter).
+            keys: dict[str, None] = {}
             for obj in (old, new):
                 if obj is not None:
-                    keys.update(to_keys(obj))
+                    keys.update(dict.fromkeys(to_keys(obj)))
             for key in keys:
                 for partition in list(self._partitions.values()):
                     partition.enqueue(controller, key)
