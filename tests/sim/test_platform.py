@@ -5,6 +5,11 @@ is caught; a seed replays exactly."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from keel.sim import FaultMix, SimResult
@@ -71,8 +76,21 @@ def test_broken_self_fencing_is_caught_as_an_exclusive_instance_running_twice() 
     assert all("ran twice at once" in " ".join(r.violations) for r in caught)
 
 
-def test_a_platform_seed_replays_exactly() -> None:
-    first = run(4, MIXES["everything"])
-    second = run(4, MIXES["everything"])
-    assert first.trace == second.trace
-    assert first.digest == second.digest
+def test_a_platform_seed_replays_exactly_in_any_interpreter(tmp_path: Path) -> None:
+    """The same seed gives the same trace here, and in fresh interpreters with other
+    PYTHONHASHSEEDs: a failing seed found by CI replays on a laptop."""
+    first = run(4, MIXES["partitions"])
+    assert run(4, MIXES["partitions"]).trace == first.trace
+    script = tmp_path / "replay.py"
+    script.write_text(
+        "from keel.sim import FaultMix\n"
+        "from keel.sim.platform import simulate_platform\n"
+        "mix = FaultMix(partition=0.1, max_partition=30.0, latency=0.01)\n"
+        "print(simulate_platform(4, faults=mix, duration=40.0, settle=120.0).digest)\n"
+    )
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == first.digest
