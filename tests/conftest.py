@@ -1,4 +1,5 @@
-"""Shared fixtures: real etcd clusters on loopback and stores of every backend."""
+"""Shared fixtures: real etcd clusters on loopback, stores of every backend, and (from
+tests/support) real API servers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from keel.dev.etcd_cluster import EtcdCluster
 from keel.store import Store, open_store
+
+pytest_plugins = ["support.fixtures"]
 
 BACKENDS = ["memory", "sqlite", "etcd1", "etcd3"]
 
