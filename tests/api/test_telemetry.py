@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support import ManualClock
 
 from keel.api.telemetry import (
     DEFAULT_TTL,
@@ -22,17 +23,6 @@ from keel.api.telemetry import (
 )
 
 T0 = "2024-05-01T12:00:00Z"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def heartbeat(node: str = "n1", **extra: Any) -> dict[str, Any]:
@@ -153,7 +143,7 @@ def test_subject_node_is_the_node_the_telemetry_is_about() -> None:
 
 
 def test_latest_heartbeat_replaces_the_previous_one() -> None:
-    store = TelemetryStore(Clock())
+    store = TelemetryStore(ManualClock())
     store.put(NODEHEARTBEATS, None, "n1", heartbeat(cpuUsage="1"))
     store.put(NODEHEARTBEATS, None, "n1", heartbeat(cpuUsage="2"))
     assert store.get(NODEHEARTBEATS, None, "n1") == heartbeat(cpuUsage="2")
@@ -161,7 +151,7 @@ def test_latest_heartbeat_replaces_the_previous_one() -> None:
 
 
 def test_entries_expire_after_their_ttl() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = TelemetryStore(clock)
     store.put(NODEHEARTBEATS, None, "n1", heartbeat(), ttl=10)
     clock.advance(9.9)
@@ -172,7 +162,7 @@ def test_entries_expire_after_their_ttl() -> None:
 
 
 def test_default_ttls_hold_a_heartbeat_for_a_minute_and_events_for_an_hour() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = TelemetryStore(clock)
     store.put(NODEHEARTBEATS, None, "n1", heartbeat())
     store.put(EVENTS, "default", "web-1", event())
@@ -184,7 +174,7 @@ def test_default_ttls_hold_a_heartbeat_for_a_minute_and_events_for_an_hour() -> 
 
 
 def test_a_renewed_heartbeat_lives_on() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = TelemetryStore(clock)
     for _ in range(10):
         store.put(NODEHEARTBEATS, None, "n1", heartbeat(), ttl=10)
@@ -193,7 +183,7 @@ def test_a_renewed_heartbeat_lives_on() -> None:
 
 
 def test_list_returns_live_entries_of_one_namespace_or_all() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = TelemetryStore(clock)
     store.put(INSTANCEUSAGES, "prod", "b", usage("b"))
     store.put(INSTANCEUSAGES, "default", "z", usage("z"))
@@ -205,7 +195,7 @@ def test_list_returns_live_entries_of_one_namespace_or_all() -> None:
 
 
 def test_sweep_drops_every_expired_entry() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = TelemetryStore(clock)
     for i in range(100):
         store.put(NODEHEARTBEATS, None, f"n{i}", heartbeat(f"n{i}"), ttl=10 if i % 2 else 100)
@@ -217,7 +207,7 @@ def test_sweep_drops_every_expired_entry() -> None:
 
 
 def test_events_append_per_object_and_keep_the_last_100() -> None:
-    store = TelemetryStore(Clock())
+    store = TelemetryStore(ManualClock())
     for i in range(250):
         store.put(EVENTS, "default", "web-1", event(message=f"m{i}"))
     store.put(EVENTS, "default", "web-2", event("web-2"))
@@ -228,7 +218,7 @@ def test_events_append_per_object_and_keep_the_last_100() -> None:
 
 
 def test_event_list_is_in_arrival_order_across_objects() -> None:
-    store = TelemetryStore(Clock())
+    store = TelemetryStore(ManualClock())
     for i in range(6):
         store.put(EVENTS, "default", f"o{i % 3}", event(f"o{i % 3}", message=str(i)))
     store.put(EVENTS, "prod", "x", event("x"))
@@ -237,7 +227,7 @@ def test_event_list_is_in_arrival_order_across_objects() -> None:
 
 
 def test_each_kind_is_bounded_dropping_the_least_recently_written() -> None:
-    store = TelemetryStore(Clock(), max_entries=10)
+    store = TelemetryStore(ManualClock(), max_entries=10)
     for i in range(25):
         store.put(NODEHEARTBEATS, None, f"n{i}", heartbeat(f"n{i}"))
     store.put(NODEHEARTBEATS, None, "n15", heartbeat("n15"))  # rewritten: now the newest
@@ -248,7 +238,7 @@ def test_each_kind_is_bounded_dropping_the_least_recently_written() -> None:
 
 
 def test_events_in_total_are_bounded_dropping_the_oldest_objects_events() -> None:
-    store = TelemetryStore(Clock(), max_entries=50, max_events_per_object=20)
+    store = TelemetryStore(ManualClock(), max_entries=50, max_events_per_object=20)
     for i in range(1000):
         store.put(EVENTS, "default", f"o{i % 7}", event(f"o{i % 7}", message=str(i)))
     assert store.count(EVENTS) == 50
@@ -258,7 +248,7 @@ def test_events_in_total_are_bounded_dropping_the_oldest_objects_events() -> Non
 
 
 def test_unknown_kinds_are_refused() -> None:
-    store = TelemetryStore(Clock())
+    store = TelemetryStore(ManualClock())
     with pytest.raises(TelemetryError, match="unknown telemetry kind"):
         store.put("pods", "default", "p", {})
     with pytest.raises(TelemetryError, match="unknown telemetry kind"):
@@ -266,7 +256,7 @@ def test_unknown_kinds_are_refused() -> None:
 
 
 def test_a_writer_may_choose_the_ttl_within_a_day() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = TelemetryStore(clock)
     body = validate(NODEHEARTBEATS, heartbeat(ttlSeconds=5))
     assert ttl_of(body) == 5.0 and ttl_of(heartbeat()) is None

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from support import ManualClock
 
 from keel.api.compactor import Compactor, choose_compaction
 from keel.api.registry import BY_PLURAL
@@ -110,17 +111,6 @@ async def read_until_end(watch: CacheWatch, timeout: float = TIMEOUT) -> list[Li
 async def settle(store: Store, cache: WatchCache) -> None:
     """Wait until the cache has applied everything the store has now."""
     assert await cache.wait_fresh((await store.range(b"/registry/", limit=1)).revision)
-
-
-class VirtualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -466,7 +456,7 @@ async def test_watch_resumes_from_a_revision_in_the_ring(
 async def test_resume_deep_in_a_large_ring_is_complete_and_joins_live_changes(
     store: Store, cache_factory: Callable[..., Any], ns: str
 ) -> None:
-    clock = VirtualClock()
+    clock = ManualClock()
     cache: WatchCache = await cache_factory(ring_min_events=1500, clock=clock)
     expected: list[tuple[str, str, str]] = []
     for batch in range(30):  # 3,000 changes in 30 revisions: several ring segments
@@ -493,7 +483,7 @@ async def test_resume_deep_in_a_large_ring_is_complete_and_joins_live_changes(
 async def test_watch_from_before_the_ring_is_expired(
     store: Store, cache_factory: Callable[..., Any], ns: str
 ) -> None:
-    clock = VirtualClock()
+    clock = ManualClock()
     before = await put_lease(store, ns, "old")
     cache: WatchCache = await cache_factory(ring_seconds=75.0, ring_min_events=5, clock=clock)
     # Before the cache's first list there is no history at all.
@@ -539,9 +529,9 @@ async def test_watch_below_the_store_compaction_is_expired(
         try:
             revisions = [await put_lease(store, ns, f"l{i}") for i in range(6)]
             assert await cache.wait_fresh(revisions[-1])
-            clock = VirtualClock()
+            clock = ManualClock()
             compactor = Compactor(
-                store, retention=300.0, clock=clock, on_compact=cache.note_compacted
+                store, retention=300.0, clock=clock.now, on_compact=cache.note_compacted
             )
             await compactor.tick()
             clock.advance(300.0)
@@ -978,19 +968,20 @@ async def test_compactor_keeps_at_least_retention_of_history(
     backend: str, private_store_url: Callable[[str], str], ns: str
 ) -> None:
     async with await open_store(private_store_url(backend)) as store:
-        clock = VirtualClock()
+        clock = ManualClock()
         noted: list[int] = []
         compactor = Compactor(
-            store, interval=60.0, retention=300.0, clock=clock, on_compact=noted.append
+            store, interval=60.0, retention=300.0, clock=clock.now, on_compact=noted.append
         )
         history: list[tuple[float, int]] = []  # (time, store revision then)
         for step in range(15):
             for i in range(3):
-                history.append((clock(), await put_lease(store, ns, f"l{i}", holder=f"h{step}")))
+                revision = await put_lease(store, ns, f"l{i}", holder=f"h{step}")
+                history.append((clock.now(), revision))
             await compactor.tick()
             # Every state of the last `retention` seconds can still be read.
             for at, revision in history:
-                if clock() - at < 300.0:
+                if clock.now() - at < 300.0:
                     await store.range(LEASES.key_prefix(ns), revision=revision)
             clock.advance(60.0)
         assert compactor.compactions >= 9
@@ -1001,8 +992,8 @@ async def test_compactor_keeps_at_least_retention_of_history(
 
 async def test_compactor_tolerates_a_store_already_compacted_further(tmp_path: Path) -> None:
     async with await open_store(f"sqlite:///{tmp_path / 'k.db'}") as store:
-        clock = VirtualClock()
-        compactor = Compactor(store, retention=300.0, clock=clock)
+        clock = ManualClock()
+        compactor = Compactor(store, retention=300.0, clock=clock.now)
         await compactor.tick()
         for i in range(5):
             newest = await store.put(b"/registry/leases/x/y%d" % i, lease_value("x", f"y{i}"))
@@ -1015,6 +1006,6 @@ async def test_compactor_tolerates_a_store_already_compacted_further(tmp_path: P
 async def test_compactor_tolerates_an_unavailable_store(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path / 'k.db'}")
     await store.close()
-    compactor = Compactor(store, clock=VirtualClock())
+    compactor = Compactor(store, clock=ManualClock().now)
     assert await compactor.tick() is None
     assert compactor.samples == []

@@ -5,13 +5,14 @@ Memory is bounded: idle clients are forgotten, and at most `max_clients` are tra
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable
+
+from keel.clock import Clock, SystemClock
 
 DEFAULT_RATE = 200.0  # requests per second, per principal
 DEFAULT_BURST = 400
 DEFAULT_MAX_CLIENTS = 10_000
+_SYSTEM_CLOCK = SystemClock()
 
 
 class TokenBucketAdmission:
@@ -27,7 +28,7 @@ class TokenBucketAdmission:
         self,
         rate: float = DEFAULT_RATE,
         burst: int = DEFAULT_BURST,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = _SYSTEM_CLOCK,
         *,
         max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
@@ -50,7 +51,7 @@ class TokenBucketAdmission:
         return len(self._buckets)
 
     def admit(self, client: str, cost: float = 1.0) -> float:
-        now = self._clock()
+        now = self._clock.now()
         self._forget_idle(now)
         tokens, last = self._buckets.pop(client, (self.burst, now))
         tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)

@@ -446,11 +446,11 @@ class ApiServer:
         # Admission, the watch cache's history, telemetry TTLs and compaction all run on
         # `clock` (virtual in a simulation, where real time barely passes).
         self.admission = (
-            admission if admission is not None else TokenBucketAdmission(clock=self.clock.now)
+            admission if admission is not None else TokenBucketAdmission(clock=self.clock)
         )
-        self.cache = cache if cache is not None else WatchCache(store, clock=self.clock.now)
+        self.cache = cache if cache is not None else WatchCache(store, clock=self.clock)
         self.telemetry = (
-            telemetry if telemetry is not None else telemetry_mod.TelemetryStore(self.clock.now)
+            telemetry if telemetry is not None else telemetry_mod.TelemetryStore(self.clock)
         )
         self.compaction_interval = compaction_interval
         self.compaction_retention = compaction_retention

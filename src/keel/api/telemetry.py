@@ -6,14 +6,13 @@ Pure logic over an injected clock; the server maps `/apis/telemetry.keel.dev/v1/
 from __future__ import annotations
 
 import re
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from keel.api.resources import NAME_RE
+from keel.clock import Clock, SystemClock
 
 TELEMETRY_GROUP_VERSION = "telemetry.keel.dev/v1"
 NODEHEARTBEATS = "nodeheartbeats"
@@ -26,6 +25,7 @@ DEFAULT_TTL: dict[str, float] = {NODEHEARTBEATS: 60.0, INSTANCEUSAGES: 120.0, EV
 NAMESPACED: dict[str, bool] = {NODEHEARTBEATS: False, INSTANCEUSAGES: True, EVENTS: True}
 DEFAULT_MAX_ENTRIES = 50_000  # per kind: heartbeats/usages by name; events in total
 DEFAULT_MAX_EVENTS_PER_OBJECT = 100
+_SYSTEM_CLOCK = SystemClock()
 
 # --------------------------------------------------------------------------- records
 
@@ -222,7 +222,7 @@ class TelemetryStore:
 
     def __init__(
         self,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = _SYSTEM_CLOCK,
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_events_per_object: int = DEFAULT_MAX_EVENTS_PER_OBJECT,
@@ -269,7 +269,7 @@ class TelemetryStore:
     ) -> None:
         """Store `body` (already validated). Events append; other kinds replace."""
         self._check_kind(kind)
-        now = self._clock()
+        now = self._clock.now()
         expires = now + (DEFAULT_TTL[kind] if ttl is None else ttl)
         key = (namespace or "", name)
         if kind != EVENTS:
@@ -307,7 +307,7 @@ class TelemetryStore:
         entry = entries.get(key)
         if entry is None:
             return None
-        if entry[0] <= self._clock():
+        if entry[0] <= self._clock.now():
             del entries[key]
             return None
         return entry[1]
@@ -318,7 +318,7 @@ class TelemetryStore:
         events = self._events.get(key)
         if events is None:
             return []
-        self._expire_events(key, events, self._clock())
+        self._expire_events(key, events, self._clock.now())
         return [body for _, _, body in events]
 
     def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
@@ -327,7 +327,7 @@ class TelemetryStore:
         Heartbeats and usages are sorted by (namespace, name); events by arrival.
         """
         self._check_kind(kind)
-        now = self._clock()
+        now = self._clock.now()
         if kind == EVENTS:
             found: list[tuple[int, dict[str, Any]]] = []
             for key in [k for k in self._events if namespace is None or k[0] == namespace]:
@@ -348,7 +348,7 @@ class TelemetryStore:
 
     def sweep(self) -> int:
         """Drop every expired entry; returns how many were dropped."""
-        now = self._clock()
+        now = self._clock.now()
         dropped = 0
         for entries in self._latest.values():
             expired = [key for key, (expires, _) in entries.items() if expires <= now]

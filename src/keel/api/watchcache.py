@@ -11,7 +11,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import msgspec
 
 from keel.api.registry import BY_PLURAL, REGISTRY_PREFIX, KindInfo
 from keel.api.resources import API_VERSION, Lease, Resource
+from keel.clock import Clock, SystemClock
 from keel.store import CompactedError, Event, EventType, KeyValue, Store, WatchBatch
 
 __all__ = [
@@ -46,6 +46,7 @@ DELETED = "DELETED"
 # Backlog entries turned into lines per wakeup of a resumed watch: large enough to batch,
 # small enough that one resumed watch does not hold the event loop for long.
 _BACKLOG_CHUNK = 512
+_SYSTEM_CLOCK = SystemClock()
 
 _API_VERSION_FIELD = b'{"apiVersion":"' + API_VERSION.encode() + b'"'
 
@@ -516,7 +517,7 @@ class WatchCache:
         ring_max_events: int | None = None,
         max_pending_per_watcher: int = 10_000,
         delivery_interval: float = 0.05,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = _SYSTEM_CLOCK,
     ) -> None:
         self._store = store
         self._ring_seconds = ring_seconds
@@ -860,7 +861,7 @@ class WatchCache:
 
     def _apply(self, batch: WatchBatch) -> None:
         self._applying = True
-        now = self._clock()
+        now = self._clock.now()
         if batch.events:
             per_kind: dict[_KindCache, list[_Change]] = {}
             for event in batch.events:
@@ -935,7 +936,7 @@ class WatchCache:
                     exc_info=expire_all,
                 )
                 # Resuming from revision + 1 loses nothing; the store says Compacted if it can't.
-                await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+                await self._clock.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
 
     async def _relist(self, *, expire_all: bool = False) -> None:
         """Rebuild the snapshot from a fresh list. Current watchers get the differences as
@@ -957,7 +958,7 @@ class WatchCache:
             except Exception as exc:
                 failures += 1
                 log.warning("watch cache: relist failed (%s); retrying", exc)
-                await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+                await self._clock.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
         self.relists += 1
         self._applying = True
         self._apply_relist(result.kvs, result.revision)
@@ -965,7 +966,7 @@ class WatchCache:
         self.synced = True
 
     def _apply_relist(self, kvs: Sequence[KeyValue], revision: int) -> None:
-        now = self._clock()
+        now = self._clock.now()
         was = self.revision
         revision = max(revision, was)
         seen: dict[_KindCache, set[bytes]] = {kind: set() for kind in self._kinds.values()}
