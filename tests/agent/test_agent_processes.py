@@ -15,16 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import (
-    AgentProcess,
-    ApiServer,
-    group_alive,
-    instance,
-    kill_group,
-    pid_alive,
-    ready,
-    wait_for,
-)
+from agent_harness import group_alive, instance, kill_group, pid_alive, ready
+from support import AgentProcess, ApiServer, wait_for
 
 from keel.api.resources import HealthCheck, Instance, Lease, Node, PortSpec
 from keel.client import NotFound, SyncClient
@@ -38,15 +30,13 @@ SLEEPER = [PY, "-c", "import time; time.sleep(600)"]
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path / "api", ["n1", "n2"])
-    server.start()
-    yield server
-    server.stop()
+    with ApiServer(tmp_path / "api", nodes=["n1", "n2"]) as server:
+        yield server
 
 
 @pytest.fixture
 def client(api: ApiServer) -> Iterator[SyncClient]:
-    with api.client() as c:
+    with api.sync_client() as c:
         yield c
 
 
@@ -55,14 +45,16 @@ def agent(api: ApiServer, tmp_path: Path) -> Iterator[Callable[..., AgentProcess
     started: list[AgentProcess] = []
 
     def make(node: str = "n1", *extra: str) -> AgentProcess:
-        process = AgentProcess(api, node, tmp_path / "agents" / node, *extra)
-        process.start()
+        process = api.agent(
+            node, tmp_path / "agents" / node,
+            "--heartbeat-interval", "0.5", "--capacity", "cpu=4,memory=8Gi", *extra,
+        ).start()  # fmt: skip
         started.append(process)
         return process
 
     yield make
     for process in started:
-        process.stop()
+        process.stop(timeout=40)
         # Belt and braces: nothing a test's agent started may outlive the test.
         for path in (process.state_dir / "instances").glob("*.json"):
             kill_group(json.loads(path.read_text()).get("pid", 0))
@@ -96,7 +88,7 @@ def wait_ready(client: SyncClient, name: str, timeout: float = 30.0) -> Instance
         obj = get(client, name)
         return obj if obj.status.phase == "Running" and ready(obj) else None
 
-    return wait_for(f"{name} Running and Ready", check, timeout)
+    return wait_for(f"{name} Running and Ready", check, timeout=timeout)
 
 
 def http_status(port: int) -> int:
@@ -137,12 +129,8 @@ def test_http_instance_runs_ready_and_answers_on_its_assigned_port(
 
     # The workload's output lands in its log file under the agent's state dir.
     log = node_agent.state_dir / "logs" / "default_web.log"
-    wait_for("request logged", lambda: "GET / HTTP" in log.read_text(), 10)
-    usage = wait_for(
-        "usage telemetry",
-        lambda: _telemetry(client, "web"),
-        10,
-    )
+    wait_for("request logged", lambda: "GET / HTTP" in log.read_text(), timeout=10)
+    usage = wait_for("usage telemetry", lambda: _telemetry(client, "web"), timeout=10)
     assert usage["node"] == "n1" and usage["restarts"] == 0 and usage["memory"] > 0
     events = client.events("default", "web")
     assert any(e["reason"] == "Started" for e in events)
@@ -162,23 +150,23 @@ def test_killed_workload_is_restarted_and_counted_in_telemetry(
     node_agent = agent("n1")
     client.create(instance("web", "n1", HTTP_SERVER, ports=[PortSpec(name="http", port=0)]))
     first = wait_ready(client, "web")
-    pid = wait_for("a pid", lambda: running_pid(node_agent, "web"), 10)
+    pid = wait_for("a pid", lambda: running_pid(node_agent, "web"), timeout=10)
 
     os.kill(pid, signal.SIGKILL)
     new_pid = wait_for(
-        "a new process", lambda: (p := running_pid(node_agent, "web")) != pid and p, 15
+        "a new process", lambda: (p := running_pid(node_agent, "web")) != pid and p, timeout=15
     )
     assert new_pid != pid
     usage = wait_for(
         "restarts >= 1 in telemetry",
         lambda: (u := _telemetry(client, "web")) and u["restarts"] >= 1 and u,
-        15,
+        timeout=15,
     )
     assert usage["restarts"] == 1
     # Same port after the restart: the assignment is kept for the instance's life.
     again = wait_ready(client, "web")
     assert again.status.ports == first.status.ports
-    wait_for("answers again", lambda: http_status(again.status.ports[0].port) == 200, 10)
+    wait_for("answers again", lambda: http_status(again.status.ports[0].port) == 200, timeout=10)
 
 
 def test_never_policy_ends_succeeded_or_failed(
@@ -188,7 +176,7 @@ def test_never_policy_ends_succeeded_or_failed(
     client.create(instance("ok", "n1", ["sh", "-c", "exit 0"], restart_policy="Never"))
     client.create(instance("bad", "n1", ["sh", "-c", "exit 3"], restart_policy="Never"))
     client.create(instance("missing", "n1", ["/nonexistent/cmd"], restart_policy="Never"))
-    wait_for("ok Succeeded", lambda: get(client, "ok").status.phase == "Succeeded", 20)
+    wait_for("ok Succeeded", lambda: get(client, "ok").status.phase == "Succeeded", timeout=20)
     bad = wait_for("bad Failed", lambda: in_phase(client, "bad", "Failed"))
     assert bad.status.message == "exited with code 3"
     assert not ready(bad)
@@ -204,15 +192,17 @@ def test_restarted_agent_readopts_the_running_process(
     client.create(instance("solo", "n1", SLEEPER, exclusive=True))
     before = wait_ready(client, "web")
     wait_ready(client, "solo")
-    pid = wait_for("a pid", lambda: running_pid(node_agent, "web"), 10)
+    pid = wait_for("a pid", lambda: running_pid(node_agent, "web"), timeout=10)
     solo = running_pid(node_agent, "solo")
 
     node_agent.kill()  # SIGKILL: a crash
     assert pid_alive(pid)
     node_agent.start()
-    wait_for("re-adoption", lambda: "re-adopted running process" in node_agent.logs(), 20)
+    wait_for("re-adoption", lambda: "re-adopted running process" in node_agent.log(), timeout=20)
     # The saved lease is renewed (no 10 s wait for it to expire): the same incarnation.
-    wait_for("lease renewed", lambda: "renewed the saved node lease" in node_agent.logs(), 10)
+    wait_for(
+        "lease renewed", lambda: "renewed the saved node lease" in node_agent.log(), timeout=10
+    )
     after = wait_ready(client, "web")
     assert running_pid(node_agent, "web") == pid
     # A fresh saved lease kept the exclusive instance running through the agent restart.
@@ -223,7 +213,7 @@ def test_restarted_agent_readopts_the_running_process(
 
     # An adopted process is not the agent's child: its death is seen through /proc.
     os.kill(pid, signal.SIGKILL)
-    wait_for("restart", lambda: (p := running_pid(node_agent, "web")) != pid and p, 15)
+    wait_for("restart", lambda: (p := running_pid(node_agent, "web")) != pid and p, timeout=15)
 
 
 def test_exec_health_check_drives_the_ready_condition(
@@ -236,12 +226,12 @@ def test_exec_health_check_drives_the_ready_condition(
         type="exec", command=["test", "-f", "healthy"], period_seconds=1, failure_threshold=2
     )
     client.create(instance("probed", "n1", SLEEPER, working_dir=str(work), health_check=check))
-    running = wait_for("Running", lambda: in_phase(client, "probed", "Running"), 20)
+    running = wait_for("Running", lambda: in_phase(client, "probed", "Running"), timeout=20)
     assert not ready(running)
     (work / "healthy").touch()
     wait_ready(client, "probed")
     (work / "healthy").unlink()
-    wait_for("not Ready", lambda: not ready(get(client, "probed")), 20)
+    wait_for("not Ready", lambda: not ready(get(client, "probed")), timeout=20)
     assert get(client, "probed").status.phase == "Running"
 
 
@@ -259,7 +249,7 @@ def test_tcp_health_check_passes_once_the_port_listens(
             health_check=HealthCheck(type="tcp", port="main", period_seconds=1),
         )
     )
-    running = wait_for("Running", lambda: in_phase(client, "late", "Running"), 20)
+    running = wait_for("Running", lambda: in_phase(client, "late", "Running"), timeout=20)
     assert not ready(running)
     obj = wait_ready(client, "late")
     assert http_status(obj.status.ports[0].port) == 200
@@ -280,12 +270,12 @@ def test_deleting_the_instance_stops_its_whole_process_group(
 
     client.delete(Instance, "tree", namespace="default")
     client.delete(Instance, "stubborn", namespace="default")
-    wait_for("tree's group gone", lambda: not group_alive(tree), 15)
+    wait_for("tree's group gone", lambda: not group_alive(tree), timeout=15)
     # SIGTERM is ignored: the SIGKILL after the 1 s grace period ends it.
     started = time.monotonic()
-    wait_for("stubborn gone", lambda: not group_alive(stubborn), 15)
+    wait_for("stubborn gone", lambda: not group_alive(stubborn), timeout=15)
     assert time.monotonic() - started < 10
-    wait_for("records forgotten", lambda: not state(node_agent, "stubborn"), 10)
+    wait_for("records forgotten", lambda: not state(node_agent, "stubborn"), timeout=10)
     events = client.events("default", "stubborn")
     assert any(e["reason"] == "Killed" for e in events)
 
@@ -304,14 +294,14 @@ def test_exclusive_instance_is_self_fenced_when_the_lease_cannot_be_renewed(
     api.pause()  # SIGSTOP: renewals hang, as in a partition
     paused = time.monotonic()
     try:
-        wait_for("solo stopped", lambda: not group_alive(solo), 10)
+        wait_for("solo stopped", lambda: not group_alive(solo), timeout=10)
         # Before the lease (4 s from the last renewal, which preceded the pause) could expire.
         assert time.monotonic() - paused < 4.0
         assert pid_alive(shared), "a control-plane outage must leave other workloads running"
     finally:
         api.resume()
     # Lease renewed or re-acquired: the exclusive instance runs again, the other never stopped.
-    wait_for("solo back", lambda: running_pid(node_agent, "solo"), 30)
+    wait_for("solo back", lambda: running_pid(node_agent, "solo"), timeout=30)
     assert running_pid(node_agent, "shared") == shared
     wait_ready(client, "solo")
 
@@ -348,8 +338,8 @@ def test_instance_deleted_while_the_agent_was_down_is_stopped_when_it_returns(
     node_agent.kill()
     client.delete(Instance, "gone", namespace="default")
     node_agent.start()
-    wait_for("gone stopped", lambda: not group_alive(gone), 20)
-    wait_for("gone forgotten", lambda: not state(node_agent, "gone"), 10)
+    wait_for("gone stopped", lambda: not group_alive(gone), timeout=20)
+    wait_for("gone forgotten", lambda: not state(node_agent, "gone"), timeout=10)
     assert running_pid(node_agent, "kept") == kept
 
 
@@ -364,7 +354,7 @@ def test_leave_running_hands_workloads_to_the_next_agent(
     assert node_agent.wait(timeout=20) == 0
     assert pid_alive(pid)
     node_agent.start()
-    wait_for("re-adoption", lambda: "re-adopted running process" in node_agent.logs(), 20)
+    wait_for("re-adoption", lambda: "re-adopted running process" in node_agent.log(), timeout=20)
     assert running_pid(node_agent, "web") == pid
 
 
@@ -382,7 +372,7 @@ def test_workloads_keep_running_and_restarting_while_the_api_server_is_down(
         wait_for(
             "answers during the outage",
             lambda: http_status(obj.status.ports[0].port) == 200,
-            10,
+            timeout=10,
         )
     finally:
         api.start()

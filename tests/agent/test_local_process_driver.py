@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_harness import group_alive, kill_group, wait_for
+from agent_harness import group_alive, kill_group
+from support import wait_for
 
 from keel.agent import Exited, LocalProcessDriver, Started, StartFailed, Workload
 from keel.api.resources import HealthCheck, InstanceSpec, PortSpec

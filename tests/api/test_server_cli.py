@@ -5,19 +5,22 @@ from __future__ import annotations
 import signal
 import ssl
 import subprocess
+import sys
 import time
-import urllib.request
+import urllib.error
 from pathlib import Path
 
+import pytest
 import yaml
-from test_server_harness import KEEL, ApiProcess, Client, deployment, wait_for
+from api_objects import deployment
+from support import V1, ApiServer, HttpClient, wait_for
 
-V1 = "/apis/keel.dev/v1"
+KEEL = [sys.executable, "-m", "keel"]
 
 
 def test_up_writes_a_kubeconfig_and_creates_the_clusters(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    up = ApiProcess(state, None, "--clusters", "2", "--nodes-per-cluster", "0", command="up")
+    up = ApiServer(state, "--clusters", "2", "--nodes-per-cluster", "0", subcommand="up")
     up.start()
     try:
         config = yaml.safe_load((state / "kubeconfig").read_text())
@@ -25,24 +28,25 @@ def test_up_writes_a_kubeconfig_and_creates_the_clusters(tmp_path: Path) -> None
         token = config["users"][0]["user"]["token"]
         assert server == up.url
         assert config["current-context"] == config["contexts"][0]["name"]
-        client = Client(server, token)
+        client = HttpClient(server, token)
         assert (state / "keel.db").exists()
 
         def clusters() -> list[str]:
             items = client.get(f"{V1}/clusters").json["items"]
             return [c["metadata"]["name"] for c in items]
 
-        wait_for(lambda: clusters() == ["cluster-1", "cluster-2"], "the Cluster objects")
-        assert set(up.tokens()) == {"admin", "controller", "scheduler", "viewer"}
+        wait_for("the Cluster objects", lambda: clusters() == ["cluster-1", "cluster-2"])
+        roles = {line.split(",")[2] for line in up.token_file.read_text().splitlines()[1:]}
+        assert roles == {"admin", "controller", "scheduler", "viewer"}
         assert client.post(f"{V1}/namespaces/default/deployments", deployment("web")).status == 201
     finally:
         assert up.stop(signal.SIGINT) == 0
     # running it again resumes from the state dir: same tokens, same objects
-    again = ApiProcess(state, None, "--clusters", "2", command="up").start()
+    again = ApiServer(state, "--clusters", "2", subcommand="up").start()
     try:
         config = yaml.safe_load((state / "kubeconfig").read_text())
         assert config["users"][0]["user"]["token"] == token
-        client = Client(again.url, token)
+        client = HttpClient(again.url, token)
         assert client.get(f"{V1}/namespaces/default/deployments/web").status == 200
         items = client.get(f"{V1}/clusters").json["items"]
         assert [c["metadata"]["name"] for c in items] == ["cluster-1", "cluster-2"]
@@ -51,19 +55,15 @@ def test_up_writes_a_kubeconfig_and_creates_the_clusters(tmp_path: Path) -> None
 
 
 def test_boundary_reports_writes_per_kind_with_storage_class(tmp_path: Path) -> None:
-    server = ApiProcess(tmp_path, f"sqlite:///{tmp_path / 'k.db'}").start()
-    try:
-        admin = server.client()
-        admin.post(f"{V1}/namespaces/default/deployments", deployment("web"))
+    with ApiServer(tmp_path) as server:
+        server.http().post(f"{V1}/namespaces/default/deployments", deployment("web"))
         report = subprocess.run(
-            [*KEEL, "boundary", "--kubeconfig", str(tmp_path / "kubeconfig")],
+            [*KEEL, "boundary", "--kubeconfig", str(server.kubeconfig)],
             capture_output=True,
             text=True,
             timeout=60,
             check=True,
         ).stdout
-    finally:
-        server.stop()
     lines = {line.split()[0]: line for line in report.splitlines() if line.strip()}
     assert "consensus" in lines["Deployment"]
     assert "create=1" in lines["Deployment"]
@@ -95,8 +95,8 @@ def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path) -> None:
 
 
 def test_sigterm_with_an_open_watch_stops_promptly_and_cleanly(tmp_path: Path) -> None:
-    server = ApiProcess(tmp_path, f"sqlite:///{tmp_path / 'k.db'}").start()
-    watch = server.client().watch(f"{V1}/namespaces?watch=true")
+    server = ApiServer(tmp_path).start()
+    watch = server.http().watch(f"{V1}/namespaces?watch=true")
     try:
         assert watch.next()["type"] == "ADDED"
         started = time.monotonic()
@@ -104,7 +104,7 @@ def test_sigterm_with_an_open_watch_stops_promptly_and_cleanly(tmp_path: Path) -
         assert time.monotonic() - started < 5
     finally:
         watch.close()
-    output = "".join(server.output)
+    output = server.log()
     assert "stopped" in output
     assert "Traceback" not in output
 
@@ -121,35 +121,17 @@ def test_tls_serving_with_the_kubeconfig_trusting_the_certificate(tmp_path: Path
         capture_output=True,
         timeout=60,
     )  # fmt: skip
-    proc = subprocess.Popen(
-        [
-            *KEEL, "apiserver", "--store", f"sqlite:///{tmp_path / 'k.db'}",
-            "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
-            "--tls-cert", str(cert), "--tls-key", str(key),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
+    # Started means it answered /readyz over https, trusting only the kubeconfig's CA.
+    server = ApiServer(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key)).start()
     try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
-        assert url.startswith("https://127.0.0.1:")
-        config = yaml.safe_load((tmp_path / "kubeconfig").read_text())
-        cluster = config["clusters"][0]["cluster"]
-        assert cluster["server"] == url
-        context = ssl.create_default_context(cafile=cluster["certificate-authority"])
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=5) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(ready, "/readyz over https")
+        assert server.url.startswith("https://127.0.0.1:")
+        assert f"listening on {server.url}" in server.log()
+        cluster = yaml.safe_load(server.kubeconfig.read_text())["clusters"][0]["cluster"]
+        assert cluster["server"] == server.url
+        trusting = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        assert HttpClient(server.url, server.token(), trusting).get(f"{V1}/nodes").status == 200
+        # A client that does not trust the certificate gets no answer.
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            HttpClient(server.url, None).get("/readyz")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        if proc.stdout is not None:
-            proc.stdout.close()
+        assert server.stop() == 0

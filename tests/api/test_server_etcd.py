@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_server_harness import ApiProcess, deployment, lease, store_writes, wait_for
+from api_objects import deployment, lease, store_writes
+from support import ApiServer, wait_for
 
 from keel.dev.etcd_cluster import EtcdCluster
 from keel.store import open_store
@@ -22,35 +23,26 @@ MERGE = "application/merge-patch+json"
 @pytest.fixture(scope="module")
 def pair(
     etcd_cluster_3: EtcdCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ApiProcess, ApiProcess]]:
-    first_dir = tmp_path_factory.mktemp("api-a")
-    first = ApiProcess(first_dir, etcd_cluster_3.url).start()
-    tokens = str(first_dir / "tokens.csv")
-    try:
-        second = ApiProcess(
-            tmp_path_factory.mktemp("api-b"), etcd_cluster_3.url, "--token-file", tokens
+) -> Iterator[tuple[ApiServer, ApiServer]]:
+    with ApiServer(tmp_path_factory.mktemp("api-a"), store=etcd_cluster_3.url) as first:
+        second = ApiServer(
+            tmp_path_factory.mktemp("api-b"), store=etcd_cluster_3.url, token_file=first.token_file
         )
-        second.start()
-        second.state_dir = first_dir  # same token file
-        try:
+        with second:
             yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
 
 
 @pytest.fixture
-def ns(pair: tuple[ApiProcess, ApiProcess]) -> str:
+def ns(pair: tuple[ApiServer, ApiServer]) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
-    assert pair[0].client().post(f"{V1}/namespaces", {"metadata": {"name": name}}).status == 201
+    assert pair[0].http().post(f"{V1}/namespaces", {"metadata": {"name": name}}).status == 201
     return name
 
 
 def test_a_write_through_one_server_is_read_at_once_through_the_other(
-    pair: tuple[ApiProcess, ApiProcess], ns: str
+    pair: tuple[ApiServer, ApiServer], ns: str
 ) -> None:
-    a, b = pair[0].client(), pair[1].client()
+    a, b = pair[0].http(), pair[1].http()
     path = f"{V1}/namespaces/{ns}/deployments"
     created = a.post(path, deployment("web", 3))
     assert created.status == 201, created.body
@@ -61,9 +53,9 @@ def test_a_write_through_one_server_is_read_at_once_through_the_other(
 
 
 def test_a_watch_on_one_server_sees_writes_through_the_other(
-    pair: tuple[ApiProcess, ApiProcess], ns: str
+    pair: tuple[ApiServer, ApiServer], ns: str
 ) -> None:
-    a, b = pair[0].client(), pair[1].client()
+    a, b = pair[0].http(), pair[1].http()
     path = f"{V1}/namespaces/{ns}/deployments"
     watch = b.watch(f"{path}?watch=true")
     try:
@@ -76,8 +68,8 @@ def test_a_watch_on_one_server_sees_writes_through_the_other(
     assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
 
 
-def test_occ_holds_across_servers(pair: tuple[ApiProcess, ApiProcess], ns: str) -> None:
-    a, b = pair[0].client(), pair[1].client()
+def test_occ_holds_across_servers(pair: tuple[ApiServer, ApiServer], ns: str) -> None:
+    a, b = pair[0].http(), pair[1].http()
     path = f"{V1}/namespaces/{ns}/deployments"
     first = a.post(path, deployment("web", 2)).json
     assert b.put(f"{path}/web", dict(first, spec=dict(first["spec"], replicas=4))).status == 200
@@ -87,9 +79,9 @@ def test_occ_holds_across_servers(pair: tuple[ApiProcess, ApiProcess], ns: str) 
 
 
 def test_a_lease_held_through_one_server_is_held_for_the_other(
-    pair: tuple[ApiProcess, ApiProcess], ns: str
+    pair: tuple[ApiServer, ApiServer], ns: str
 ) -> None:
-    a, b = pair[0].client(), pair[1].client()
+    a, b = pair[0].http(), pair[1].http()
     path = f"{V1}/namespaces/{ns}/leases"
     token = a.post(path, lease("leader", "a", 2)).json["status"]["fencingToken"]
     assert b.post(path, lease("leader", "b")).status == 409
@@ -98,7 +90,7 @@ def test_a_lease_held_through_one_server_is_held_for_the_other(
     assert renewed.status == 200
     assert store_writes(b) == before
     # once it expires (no more renewals) the other holder gets it, and a new token
-    wait_for(lambda: b.post(path, lease("leader", "b")).status == 201, "lease expiry", 20)
+    wait_for("lease expiry", lambda: b.post(path, lease("leader", "b")).status == 201, timeout=20)
     new = b.get(f"{path}/leader").json["status"]["fencingToken"]
     assert new > token
     late = a.post(
@@ -110,26 +102,24 @@ def test_a_lease_held_through_one_server_is_held_for_the_other(
     assert late.json["reason"] == "FencingTokenRejected"
 
 
-def test_both_servers_share_the_system_namespaces(pair: tuple[ApiProcess, ApiProcess]) -> None:
+def test_both_servers_share_the_system_namespaces(pair: tuple[ApiServer, ApiServer]) -> None:
     for server in pair:
-        names = {
-            n["metadata"]["name"] for n in server.client().get(f"{V1}/namespaces").json["items"]
-        }
+        names = {n["metadata"]["name"] for n in server.http().get(f"{V1}/namespaces").json["items"]}
         assert {"default", "keel-system", "keel-node-lease"} <= names
 
 
-def test_tokens_are_shared_when_the_file_is(pair: tuple[ApiProcess, ApiProcess]) -> None:
-    assert Path(pair[1].state_dir / "tokens.csv").exists()
-    assert pair[1].client("viewer").get(f"{V1}/namespaces").status == 200
+def test_tokens_are_shared_when_the_file_is(pair: tuple[ApiServer, ApiServer]) -> None:
+    _, second = pair
+    assert not (second.state_dir / "tokens.csv").exists()  # no tokens of its own
+    assert second.http("viewer").get(f"{V1}/namespaces").status == 200
 
 
 def test_a_continue_token_older_than_the_compaction_is_410_expired(
     new_etcd_cluster: Callable[[int], EtcdCluster], tmp_path: Path
 ) -> None:
     cluster = new_etcd_cluster(1)
-    server = ApiProcess(tmp_path, cluster.url).start()
-    try:
-        admin = server.client()
+    with ApiServer(tmp_path, store=cluster.url) as server:
+        admin = server.http()
         path = f"{V1}/namespaces/default/deployments"
         for i in range(3):
             admin.post(path, deployment(f"d{i}"))
@@ -149,17 +139,14 @@ def test_a_continue_token_older_than_the_compaction_is_410_expired(
         assert expired.json["reason"] == "Expired"
         # a fresh list still works
         assert len(admin.get(path).json["items"]) == 4
-    finally:
-        server.stop()
 
 
 def test_a_store_outage_is_503_or_504_saying_the_outcome_and_the_server_recovers(
     new_etcd_cluster: Callable[[int], EtcdCluster], tmp_path: Path
 ) -> None:
     cluster = new_etcd_cluster(1)
-    server = ApiProcess(tmp_path, cluster.url + "?timeout=2").start()
-    try:
-        admin = server.client()
+    with ApiServer(tmp_path, store=cluster.url + "?timeout=2") as server:
+        admin = server.http()
         path = f"{V1}/namespaces/default/deployments"
         assert admin.post(path, deployment("before")).status == 201
         cluster.pause_member(0)
@@ -174,9 +161,7 @@ def test_a_store_outage_is_503_or_504_saying_the_outcome_and_the_server_recovers
         else:
             assert answer.json["reason"] == "ServiceUnavailable"
         # once etcd is back, so is the API, with the outcome visible to a read
-        wait_for(lambda: admin.get(f"{path}/before").status == 200, "recovery")
+        wait_for("recovery", lambda: admin.get(f"{path}/before").status == 200)
         during = admin.get(f"{path}/during").status
         assert during in (200, 404)
         assert admin.post(path, deployment("after")).status == 201
-    finally:
-        server.stop()

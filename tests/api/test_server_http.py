@@ -6,14 +6,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from test_server_harness import (
-    ApiProcess,
-    Client,
-    deployment,
-    instance,
-    running,
-    store_writes,
-)
+from api_objects import deployment, instance, store_writes
+from support import ApiServer, HttpClient
 
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
@@ -21,18 +15,18 @@ V1 = "/apis/keel.dev/v1"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    state = tmp_path_factory.mktemp("apiserver")
-    yield from running(state, f"sqlite:///{state / 'keel.db'}")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    with ApiServer(tmp_path_factory.mktemp("apiserver")) as api:
+        yield api
 
 
 @pytest.fixture
-def admin(server: ApiProcess) -> Client:
-    return server.client("admin")
+def admin(server: ApiServer) -> HttpClient:
+    return server.http("admin")
 
 
 @pytest.fixture
-def ns(admin: Client) -> str:
+def ns(admin: HttpClient) -> str:
     """A fresh namespace per test, so tests sharing the server do not see each other."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     created = admin.post(f"{V1}/namespaces", {"metadata": {"name": name}})
@@ -47,8 +41,8 @@ def deployments(ns: str, name: str = "") -> str:
 # ------------------------------------------------------------------------- discovery
 
 
-def test_health_version_and_readiness_need_no_token(server: ApiProcess) -> None:
-    anonymous = server.client(None)
+def test_health_version_and_readiness_need_no_token(server: ApiServer) -> None:
+    anonymous = server.http(None)
     assert anonymous.get("/healthz").status == 200
     assert anonymous.get("/readyz").status == 200
     version = anonymous.get("/version")
@@ -56,7 +50,7 @@ def test_health_version_and_readiness_need_no_token(server: ApiProcess) -> None:
     assert version.json["gitVersion"].startswith("v")
 
 
-def test_discovery_lists_groups_kinds_and_subresources(admin: Client) -> None:
+def test_discovery_lists_groups_kinds_and_subresources(admin: HttpClient) -> None:
     assert admin.get("/api").json["kind"] == "APIVersions"
     groups = admin.get("/apis").json
     assert groups["kind"] == "APIGroupList"
@@ -74,7 +68,7 @@ def test_discovery_lists_groups_kinds_and_subresources(admin: Client) -> None:
     assert {"deployments/status", "instances/binding", "leases/renew"} <= set(by_name)
 
 
-def test_metrics_are_prometheus_text(admin: Client) -> None:
+def test_metrics_are_prometheus_text(admin: HttpClient) -> None:
     admin.get(f"{V1}/namespaces/default")
     metrics = admin.get("/metrics")
     assert metrics.status == 200
@@ -84,14 +78,14 @@ def test_metrics_are_prometheus_text(admin: Client) -> None:
     assert "keel_api_request_duration_seconds_bucket" in text
 
 
-def test_openapi_document_describes_the_paths(admin: Client) -> None:
+def test_openapi_document_describes_the_paths(admin: HttpClient) -> None:
     doc = admin.get("/openapi/v3")
     assert doc.status == 200
     assert doc.json["openapi"].startswith("3.")
     assert any("/deployments" in path for path in doc.json["paths"])
 
 
-def test_unknown_path_is_a_404_status(admin: Client) -> None:
+def test_unknown_path_is_a_404_status(admin: HttpClient) -> None:
     for path in (f"{V1}/widgets", "/nope", f"{V1}/namespaces/default/deployments/a/b/c"):
         answer = admin.get(path)
         assert answer.status == 404
@@ -102,34 +96,34 @@ def test_unknown_path_is_a_404_status(admin: Client) -> None:
 # ------------------------------------------------------------------------- authn / authz
 
 
-def test_requests_without_a_valid_token_are_401(server: ApiProcess) -> None:
-    for client in (server.client(None), Client(server.url, "not-a-token")):
+def test_requests_without_a_valid_token_are_401(server: ApiServer) -> None:
+    for client in (server.http(None), HttpClient(server.url, "not-a-token")):
         answer = client.get(f"{V1}/namespaces")
         assert answer.status == 401
         assert answer.json["reason"] == "Unauthorized"
 
 
-def test_viewer_reads_but_cannot_write_403(server: ApiProcess, ns: str) -> None:
-    viewer = server.client("viewer")
+def test_viewer_reads_but_cannot_write_403(server: ApiServer, ns: str) -> None:
+    viewer = server.http("viewer")
     assert viewer.get(deployments(ns)).status == 200
     answer = viewer.post(deployments(ns), deployment("web"))
     assert answer.status == 403
     assert answer.json["reason"] == "Forbidden"
 
 
-def test_controller_may_not_bind_but_scheduler_may(server: ApiProcess, ns: str) -> None:
-    admin = server.client("admin")
+def test_controller_may_not_bind_but_scheduler_may(server: ApiServer, ns: str) -> None:
+    admin = server.http("admin")
     assert admin.post(f"{V1}/namespaces/{ns}/instances", instance("i1")).status == 201
     binding = {"target": {"name": "node-a"}}
     path = f"{V1}/namespaces/{ns}/instances/i1/binding"
-    assert server.client("controller").post(path, binding).status == 403
-    assert server.client("scheduler").post(path, binding).status == 201
+    assert server.http("controller").post(path, binding).status == 403
+    assert server.http("scheduler").post(path, binding).status == 201
 
 
 # ------------------------------------------------------------------------- create / get
 
 
-def test_create_fills_identity_and_get_returns_it(admin: Client, ns: str) -> None:
+def test_create_fills_identity_and_get_returns_it(admin: HttpClient, ns: str) -> None:
     created = admin.post(deployments(ns), deployment("web", 2, app="web"))
     assert created.status == 201, created.body
     obj = created.json
@@ -147,28 +141,28 @@ def test_create_fills_identity_and_get_returns_it(admin: Client, ns: str) -> Non
     assert got.json["spec"]["replicas"] == 2
 
 
-def test_creating_an_existing_name_is_409_already_exists(admin: Client, ns: str) -> None:
+def test_creating_an_existing_name_is_409_already_exists(admin: HttpClient, ns: str) -> None:
     assert admin.post(deployments(ns), deployment("web")).status == 201
     again = admin.post(deployments(ns), deployment("web"))
     assert again.status == 409
     assert again.json["reason"] == "AlreadyExists"
 
 
-def test_creating_in_a_missing_namespace_is_404(admin: Client) -> None:
+def test_creating_in_a_missing_namespace_is_404(admin: HttpClient) -> None:
     answer = admin.post(deployments("no-such-ns"), deployment("web"))
     assert answer.status == 404
     assert answer.json["reason"] == "NotFound"
     assert "namespaces" in answer.json["message"]
 
 
-def test_get_of_a_missing_object_is_404(admin: Client, ns: str) -> None:
+def test_get_of_a_missing_object_is_404(admin: HttpClient, ns: str) -> None:
     answer = admin.get(deployments(ns, "ghost"))
     assert answer.status == 404
     assert answer.json["reason"] == "NotFound"
     assert answer.json["details"]["name"] == "ghost"
 
 
-def test_generate_name_gives_unique_names(admin: Client, ns: str) -> None:
+def test_generate_name_gives_unique_names(admin: HttpClient, ns: str) -> None:
     body = deployment("")
     body["metadata"] = {"generateName": "web-"}
     names = {admin.post(deployments(ns), body).json["metadata"]["name"] for _ in range(5)}
@@ -180,7 +174,7 @@ def test_generate_name_gives_unique_names(admin: Client, ns: str) -> None:
     assert bad.json["details"]["causes"][0]["field"] == "metadata.generateName"
 
 
-def test_system_namespaces_exist_from_the_start(admin: Client) -> None:
+def test_system_namespaces_exist_from_the_start(admin: HttpClient) -> None:
     names = {n["metadata"]["name"] for n in admin.get(f"{V1}/namespaces").json["items"]}
     assert {"default", "keel-system", "keel-node-lease"} <= names
 
@@ -188,7 +182,7 @@ def test_system_namespaces_exist_from_the_start(admin: Client) -> None:
 # ------------------------------------------------------------------------- validation
 
 
-def test_unknown_field_is_422_naming_its_path(admin: Client, ns: str) -> None:
+def test_unknown_field_is_422_naming_its_path(admin: HttpClient, ns: str) -> None:
     body = deployment("web")
     body["spec"]["replicaz"] = 3
     answer = admin.post(deployments(ns), body)
@@ -198,7 +192,7 @@ def test_unknown_field_is_422_naming_its_path(admin: Client, ns: str) -> None:
     assert admin.get(deployments(ns, "web")).status == 404
 
 
-def test_ill_typed_field_is_422_naming_its_path(admin: Client, ns: str) -> None:
+def test_ill_typed_field_is_422_naming_its_path(admin: HttpClient, ns: str) -> None:
     body = deployment("web")
     body["spec"]["replicas"] = "three"
     answer = admin.post(deployments(ns), body)
@@ -206,7 +200,7 @@ def test_ill_typed_field_is_422_naming_its_path(admin: Client, ns: str) -> None:
     assert answer.json["details"]["causes"][0]["field"] == "spec.replicas"
 
 
-def test_nested_field_errors_name_the_full_path(admin: Client, ns: str) -> None:
+def test_nested_field_errors_name_the_full_path(admin: HttpClient, ns: str) -> None:
     body = deployment("web")
     body["spec"]["template"]["spec"]["ports"] = [{"name": "Bad_Name"}]
     answer = admin.post(deployments(ns), body)
@@ -219,7 +213,7 @@ def test_nested_field_errors_name_the_full_path(admin: Client, ns: str) -> None:
     assert missing.json["details"]["causes"][0]["field"] == "spec.template"
 
 
-def test_body_identity_mismatching_the_url_is_400(admin: Client, ns: str) -> None:
+def test_body_identity_mismatching_the_url_is_400(admin: HttpClient, ns: str) -> None:
     wrong_kind = deployment("web")
     wrong_kind["kind"] = "Service"
     wrong_ns = deployment("web")
@@ -235,13 +229,15 @@ def test_body_identity_mismatching_the_url_is_400(admin: Client, ns: str) -> Non
     assert renamed.status == 400
 
 
-def test_malformed_json_is_400(admin: Client, ns: str) -> None:
+def test_malformed_json_is_400(admin: HttpClient, ns: str) -> None:
     answer = admin.post(deployments(ns), None, raw=b'{"metadata": ')
     assert answer.status == 400
     assert answer.json["reason"] == "BadRequest"
 
 
-def test_object_over_the_size_limit_is_413_and_nothing_is_stored(admin: Client, ns: str) -> None:
+def test_object_over_the_size_limit_is_413_and_nothing_is_stored(
+    admin: HttpClient, ns: str
+) -> None:
     body = deployment("big")
     body["metadata"]["annotations"] = {"blob": "x" * (1024 * 1024 + 10)}
     answer = admin.post(deployments(ns), body)
@@ -259,7 +255,7 @@ def test_object_over_the_size_limit_is_413_and_nothing_is_stored(admin: Client, 
 # ------------------------------------------------------------------------- update / OCC
 
 
-def test_update_with_a_stale_resource_version_is_409_conflict(admin: Client, ns: str) -> None:
+def test_update_with_a_stale_resource_version_is_409_conflict(admin: HttpClient, ns: str) -> None:
     first = admin.post(deployments(ns), deployment("web", 2)).json
     body = dict(first, spec=dict(first["spec"], replicas=5))
     assert admin.put(deployments(ns, "web"), body).status == 200
@@ -270,7 +266,7 @@ def test_update_with_a_stale_resource_version_is_409_conflict(admin: Client, ns:
     assert admin.get(deployments(ns, "web")).json["spec"]["replicas"] == 5
 
 
-def test_generation_rises_on_spec_changes_only(admin: Client, ns: str) -> None:
+def test_generation_rises_on_spec_changes_only(admin: HttpClient, ns: str) -> None:
     created = admin.post(deployments(ns), deployment("web", 2)).json
     labelled = admin.patch(deployments(ns, "web"), {"metadata": {"labels": {"a": "b"}}}, MERGE)
     assert labelled.json["metadata"]["generation"] == 1
@@ -283,7 +279,7 @@ def test_generation_rises_on_spec_changes_only(admin: Client, ns: str) -> None:
     assert status.json["metadata"]["uid"] == created["metadata"]["uid"]
 
 
-def test_status_subresource_changes_only_status(admin: Client, ns: str) -> None:
+def test_status_subresource_changes_only_status(admin: HttpClient, ns: str) -> None:
     obj = admin.post(deployments(ns), deployment("web", 2)).json
     obj["spec"]["replicas"] = 9
     obj["status"] = {"readyReplicas": 1, "observedGeneration": 1}
@@ -300,11 +296,11 @@ def test_status_subresource_changes_only_status(admin: Client, ns: str) -> None:
     assert main["spec"]["replicas"] == 2
 
 
-def test_update_of_a_missing_object_is_404(admin: Client, ns: str) -> None:
+def test_update_of_a_missing_object_is_404(admin: HttpClient, ns: str) -> None:
     assert admin.put(deployments(ns, "ghost"), deployment("ghost")).status == 404
 
 
-def test_an_update_changing_nothing_writes_nothing(admin: Client, ns: str) -> None:
+def test_an_update_changing_nothing_writes_nothing(admin: HttpClient, ns: str) -> None:
     obj = admin.post(deployments(ns), deployment("web")).json
     again = admin.put(deployments(ns, "web"), obj)
     assert again.status == 200
@@ -314,7 +310,7 @@ def test_an_update_changing_nothing_writes_nothing(admin: Client, ns: str) -> No
 # ------------------------------------------------------------------------- patch
 
 
-def test_merge_patch_merges_and_null_removes(admin: Client, ns: str) -> None:
+def test_merge_patch_merges_and_null_removes(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("web", 1, app="web", tier="front"))
     patched = admin.patch(
         deployments(ns, "web"), {"metadata": {"labels": {"tier": None, "x": "y"}}}, MERGE
@@ -323,7 +319,7 @@ def test_merge_patch_merges_and_null_removes(admin: Client, ns: str) -> None:
     assert patched.json["metadata"]["labels"] == {"app": "web", "x": "y"}
 
 
-def test_json_patch_applies_each_operation(admin: Client, ns: str) -> None:
+def test_json_patch_applies_each_operation(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("web", 1, app="web"))
     ops = [
         {"op": "test", "path": "/spec/replicas", "value": 1},
@@ -339,7 +335,7 @@ def test_json_patch_applies_each_operation(admin: Client, ns: str) -> None:
     assert patched.json["metadata"]["labels"] == {"tier": "db", "moved": "db"}
 
 
-def test_json_patch_failed_test_is_409_and_changes_nothing(admin: Client, ns: str) -> None:
+def test_json_patch_failed_test_is_409_and_changes_nothing(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("web", 2))
     ops = [
         {"op": "replace", "path": "/spec/replicas", "value": 5},
@@ -351,7 +347,7 @@ def test_json_patch_failed_test_is_409_and_changes_nothing(admin: Client, ns: st
     assert admin.get(deployments(ns, "web")).json["spec"]["replicas"] == 2
 
 
-def test_json_patch_errors_are_422_naming_the_operation(admin: Client, ns: str) -> None:
+def test_json_patch_errors_are_422_naming_the_operation(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("web", 2))
     answer = admin.patch(
         deployments(ns, "web"), [{"op": "remove", "path": "/spec/nothing"}], JSONPATCH
@@ -368,7 +364,7 @@ def test_json_patch_errors_are_422_naming_the_operation(admin: Client, ns: str) 
     assert typed.json["details"]["causes"][0]["field"] == "spec.replicas"
 
 
-def test_patch_with_another_content_type_is_415(admin: Client, ns: str) -> None:
+def test_patch_with_another_content_type_is_415(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("web"))
     for content_type in ("application/json", "application/strategic-merge-patch+json"):
         answer = admin.patch(deployments(ns, "web"), {"spec": {"replicas": 2}}, content_type)
@@ -379,7 +375,7 @@ def test_patch_with_another_content_type_is_415(admin: Client, ns: str) -> None:
 # ------------------------------------------------------------------------- list
 
 
-def test_label_selectors_filter_lists(admin: Client, ns: str) -> None:
+def test_label_selectors_filter_lists(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("a", app="web", tier="front"))
     admin.post(deployments(ns), deployment("b", app="web", tier="back"))
     admin.post(deployments(ns), deployment("c", app="db"))
@@ -397,7 +393,7 @@ def test_label_selectors_filter_lists(admin: Client, ns: str) -> None:
     assert names("!tier") == ["c"]
 
 
-def test_field_selectors_filter_lists(admin: Client, ns: str) -> None:
+def test_field_selectors_filter_lists(admin: HttpClient, ns: str) -> None:
     instances = f"{V1}/namespaces/{ns}/instances"
     admin.post(instances, instance("i1", node="n1"))
     admin.post(instances, instance("i2", node="n2"))
@@ -410,7 +406,7 @@ def test_field_selectors_filter_lists(admin: Client, ns: str) -> None:
     assert [i["metadata"]["name"] for i in named.json["items"]] == ["i2", "i3"]
 
 
-def test_a_bad_selector_is_400_saying_why(admin: Client, ns: str) -> None:
+def test_a_bad_selector_is_400_saying_why(admin: HttpClient, ns: str) -> None:
     for query in ("labelSelector=app%20in%20(a", "labelSelector=a%20b", "fieldSelector=spec.foo=1"):
         answer = admin.get(deployments(ns) + "?" + query)
         assert answer.status == 400, query
@@ -418,7 +414,7 @@ def test_a_bad_selector_is_400_saying_why(admin: Client, ns: str) -> None:
         assert answer.json["message"]
 
 
-def test_list_pages_with_limit_and_continue_form_one_snapshot(admin: Client, ns: str) -> None:
+def test_list_pages_with_limit_and_continue_form_one_snapshot(admin: HttpClient, ns: str) -> None:
     for i in range(7):
         admin.post(deployments(ns), deployment(f"d{i}"))
     first = admin.get(deployments(ns) + "?limit=3").json
@@ -438,11 +434,11 @@ def test_list_pages_with_limit_and_continue_form_one_snapshot(admin: Client, ns:
     assert seen == [f"d{i}" for i in range(7)]
 
 
-def test_a_garbled_continue_token_is_400(admin: Client, ns: str) -> None:
+def test_a_garbled_continue_token_is_400(admin: HttpClient, ns: str) -> None:
     assert admin.get(deployments(ns) + "?limit=1&continue=garbage!").status == 400
 
 
-def test_lists_carry_a_resource_version_and_all_namespaces(admin: Client, ns: str) -> None:
+def test_lists_carry_a_resource_version_and_all_namespaces(admin: HttpClient, ns: str) -> None:
     created = admin.post(deployments(ns), deployment("web")).json
     listed = admin.get(f"{V1}/deployments").json
     assert listed["kind"] == "DeploymentList"
@@ -453,14 +449,14 @@ def test_lists_carry_a_resource_version_and_all_namespaces(admin: Client, ns: st
 # ------------------------------------------------------------------------- delete
 
 
-def test_delete_removes_the_object(admin: Client, ns: str) -> None:
+def test_delete_removes_the_object(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("web"))
     assert admin.delete(deployments(ns, "web")).status == 200
     assert admin.get(deployments(ns, "web")).status == 404
     assert admin.delete(deployments(ns, "web")).status == 404
 
 
-def test_delete_with_finalizers_marks_and_waits_for_them(admin: Client, ns: str) -> None:
+def test_delete_with_finalizers_marks_and_waits_for_them(admin: HttpClient, ns: str) -> None:
     body = deployment("web")
     body["metadata"]["finalizers"] = ["keel.dev/cleanup"]
     body["metadata"]["ownerReferences"] = [
@@ -480,7 +476,7 @@ def test_delete_with_finalizers_marks_and_waits_for_them(admin: Client, ns: str)
     assert admin.get(deployments(ns, "web")).status == 404
 
 
-def test_no_object_can_be_created_in_a_namespace_being_deleted(admin: Client) -> None:
+def test_no_object_can_be_created_in_a_namespace_being_deleted(admin: HttpClient) -> None:
     name = f"t-{uuid.uuid4().hex[:8]}"
     admin.post(f"{V1}/namespaces", {"metadata": {"name": name, "finalizers": ["keel.dev/x"]}})
     assert admin.post(deployments(name), deployment("before")).status == 201
@@ -492,7 +488,7 @@ def test_no_object_can_be_created_in_a_namespace_being_deleted(admin: Client) ->
     assert admin.get(deployments(name, "before")).status == 200
 
 
-def test_delete_preconditions_on_uid_and_resource_version(admin: Client, ns: str) -> None:
+def test_delete_preconditions_on_uid_and_resource_version(admin: HttpClient, ns: str) -> None:
     obj = admin.post(deployments(ns), deployment("web")).json
     meta = obj["metadata"]
     wrong_uid = admin.delete(deployments(ns, "web"), {"preconditions": {"uid": "other"}})
@@ -511,7 +507,7 @@ def test_delete_preconditions_on_uid_and_resource_version(admin: Client, ns: str
 # ------------------------------------------------------------------------- binding
 
 
-def test_binding_sets_the_node_once(admin: Client, ns: str) -> None:
+def test_binding_sets_the_node_once(admin: HttpClient, ns: str) -> None:
     instances = f"{V1}/namespaces/{ns}/instances"
     admin.post(instances, instance("i1"))
     bound = admin.post(f"{instances}/i1/binding", {"target": {"name": "node-a"}})
@@ -523,7 +519,7 @@ def test_binding_sets_the_node_once(admin: Client, ns: str) -> None:
     assert admin.get(f"{instances}/i1").json["spec"]["nodeName"] == "node-a"
 
 
-def test_binding_with_a_stale_resource_version_is_409(admin: Client, ns: str) -> None:
+def test_binding_with_a_stale_resource_version_is_409(admin: HttpClient, ns: str) -> None:
     instances = f"{V1}/namespaces/{ns}/instances"
     created = admin.post(instances, instance("i1")).json
     admin.patch(f"{instances}/i1", {"metadata": {"labels": {"x": "y"}}}, MERGE)
@@ -538,7 +534,7 @@ def test_binding_with_a_stale_resource_version_is_409(admin: Client, ns: str) ->
     assert admin.get(f"{instances}/i1").json["spec"]["nodeName"] == ""
 
 
-def test_node_name_changes_only_through_binding(admin: Client, ns: str) -> None:
+def test_node_name_changes_only_through_binding(admin: HttpClient, ns: str) -> None:
     instances = f"{V1}/namespaces/{ns}/instances"
     admin.post(instances, instance("i1", node="node-a"))
     answer = admin.patch(f"{instances}/i1", {"spec": {"nodeName": "node-b"}}, MERGE)
@@ -546,7 +542,7 @@ def test_node_name_changes_only_through_binding(admin: Client, ns: str) -> None:
     assert answer.json["details"]["causes"][0]["field"] == "spec.nodeName"
 
 
-def test_binding_a_missing_instance_is_404(admin: Client, ns: str) -> None:
+def test_binding_a_missing_instance_is_404(admin: HttpClient, ns: str) -> None:
     answer = admin.post(f"{V1}/namespaces/{ns}/instances/ghost/binding", {"target": {"name": "n"}})
     assert answer.status == 404
 
@@ -554,7 +550,7 @@ def test_binding_a_missing_instance_is_404(admin: Client, ns: str) -> None:
 # ------------------------------------------------------------------------- writes counted
 
 
-def test_store_writes_are_counted_per_kind_and_verb(admin: Client, ns: str) -> None:
+def test_store_writes_are_counted_per_kind_and_verb(admin: HttpClient, ns: str) -> None:
     before = store_writes(admin)
     admin.post(deployments(ns), deployment("web"))
     admin.patch(deployments(ns, "web"), {"spec": {"replicas": 2}}, MERGE)
@@ -567,7 +563,7 @@ def test_store_writes_are_counted_per_kind_and_verb(admin: Client, ns: str) -> N
     assert (delta("create"), delta("patch"), delta("delete")) == (1, 1, 1)
 
 
-def test_reads_are_not_store_writes(admin: Client, ns: str) -> None:
+def test_reads_are_not_store_writes(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("web"))
     before = store_writes(admin)
     for _ in range(5):
@@ -580,7 +576,7 @@ def test_reads_are_not_store_writes(admin: Client, ns: str) -> None:
 
 
 def test_telemetry_is_served_from_memory_and_never_stored(
-    server: ApiProcess, admin: Client
+    server: ApiServer, admin: HttpClient
 ) -> None:
     before = store_writes(admin)
     beat = {
@@ -596,9 +592,9 @@ def test_telemetry_is_served_from_memory_and_never_stored(
     assert any(item["node"] == "node-7" for item in listed)
     bad = admin.put(path, {"node": "node-7"})
     assert bad.status == 422
-    assert server.client("viewer").put(path, beat).status == 403
+    assert server.http("viewer").put(path, beat).status == 403
     assert store_writes(admin) == before
 
 
-def test_path_not_found_for_unknown_telemetry_kind(admin: Client) -> None:
+def test_path_not_found_for_unknown_telemetry_kind(admin: HttpClient) -> None:
     assert admin.get("/apis/telemetry.keel.dev/v1/widgets").status == 404

@@ -5,30 +5,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_server_harness import ApiProcess, instance, running
-
-from keel.api.auth import TokenFile
+from api_objects import instance
+from support import ApiServer
 
 V1 = "/apis/keel.dev/v1"
 MERGE = "application/merge-patch+json"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    state = tmp_path_factory.mktemp("apiserver-roles")
-    tokens = state / "tokens.csv"
-    TokenFile.create(tokens)
-    for name, role in (("viewer", "viewer"), ("agent-n1", "node:n1"), ("sched", "scheduler")):
-        TokenFile.append(tokens, name, role)
-    yield from running(state, f"sqlite:///{state / 'keel.db'}")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    with ApiServer(tmp_path_factory.mktemp("apiserver-roles"), nodes=["n1"]) as api:
+        yield api
 
 
 def node(name: str) -> dict[str, object]:
     return {"apiVersion": "keel.dev/v1", "kind": "Node", "metadata": {"name": name}}
 
 
-def test_a_node_registers_only_itself(server: ApiProcess) -> None:
-    agent = server.client("node:n1")
+def test_a_node_registers_only_itself(server: ApiServer) -> None:
+    agent = server.http("node:n1")
     assert agent.post(f"{V1}/nodes", node("n1")).status == 201
     refused = agent.post(f"{V1}/nodes", node("n2"))
     assert refused.status == 403
@@ -37,8 +32,8 @@ def test_a_node_registers_only_itself(server: ApiProcess) -> None:
     assert agent.patch(f"{V1}/nodes/n1/status", status, MERGE).status == 200
 
 
-def test_a_node_writes_status_only_of_instances_bound_to_it(server: ApiProcess) -> None:
-    admin, agent = server.client(), server.client("node:n1")
+def test_a_node_writes_status_only_of_instances_bound_to_it(server: ApiServer) -> None:
+    admin, agent = server.http(), server.http("node:n1")
     instances = f"{V1}/namespaces/default/instances"
     admin.post(instances, instance("mine", node="n1"))
     admin.post(instances, instance("theirs", node="n2"))
@@ -49,8 +44,8 @@ def test_a_node_writes_status_only_of_instances_bound_to_it(server: ApiProcess) 
     assert admin.get(f"{instances}/mine").json["status"]["phase"] == "Running"
 
 
-def test_a_node_holds_only_its_own_node_lease(server: ApiProcess) -> None:
-    agent = server.client("node:n1")
+def test_a_node_holds_only_its_own_node_lease(server: ApiServer) -> None:
+    agent = server.http("node:n1")
     leases = f"{V1}/namespaces/keel-node-lease/leases"
     body = {
         "metadata": {"name": "n1"},
@@ -65,8 +60,8 @@ def test_a_node_holds_only_its_own_node_lease(server: ApiProcess) -> None:
     assert agent.post(leases, other).status == 403
 
 
-def test_telemetry_a_node_sends_must_be_about_itself(server: ApiProcess) -> None:
-    agent = server.client("node:n1")
+def test_telemetry_a_node_sends_must_be_about_itself(server: ApiServer) -> None:
+    agent = server.http("node:n1")
     beat = {"cpuUsage": "100m", "memoryUsage": "1Mi", "time": "2026-01-01T00:00:00Z"}
     base = "/apis/telemetry.keel.dev/v1/nodeheartbeats"
     assert agent.put(f"{base}/n1", {"node": "n1", **beat}).status == 200

@@ -8,19 +8,20 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from test_server_harness import ApiProcess, running
+from support import ApiServer
 
 V1 = "/apis/keel.dev/v1"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     state = tmp_path_factory.mktemp("apiserver-fuzz")
-    yield from running(state, f"sqlite:///{state / 'keel.db'}", "--admission-rate", "100000")
+    with ApiServer(state, "--admission-rate", "100000") as api:
+        yield api
 
 
-def test_generated_requests_never_get_a_5xx(server: ApiProcess) -> None:
-    admin = server.client()
+def test_generated_requests_never_get_a_5xx(server: ApiServer) -> None:
+    admin = server.http()
     document = admin.get("/openapi/v3").json
     schema = schemathesis.openapi.from_dict(document)
     headers = {"Authorization": f"Bearer {admin.token}"}

@@ -9,33 +9,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_server_harness import (
-    ApiProcess,
-    Client,
-    deployment,
-    lease,
-    running,
-    store_writes,
-    wait_for,
-)
+from api_objects import deployment, lease, store_writes
+from support import ApiServer, HttpClient, wait_for
 
 V1 = "/apis/keel.dev/v1"
 MERGE = "application/merge-patch+json"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    state = tmp_path_factory.mktemp("apiserver-watch")
-    yield from running(state, f"sqlite:///{state / 'keel.db'}")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    with ApiServer(tmp_path_factory.mktemp("apiserver-watch")) as api:
+        yield api
 
 
 @pytest.fixture
-def admin(server: ApiProcess) -> Client:
-    return server.client("admin")
+def admin(server: ApiServer) -> HttpClient:
+    return server.http("admin")
 
 
 @pytest.fixture
-def ns(admin: Client) -> str:
+def ns(admin: HttpClient) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
     assert admin.post(f"{V1}/namespaces", {"metadata": {"name": name}}).status == 201
     return name
@@ -59,7 +52,7 @@ def rv(obj: dict[str, object]) -> int:
 
 
 def test_watch_without_version_starts_with_current_objects_then_changes(
-    admin: Client, ns: str
+    admin: HttpClient, ns: str
 ) -> None:
     admin.post(deployments(ns), deployment("a"))
     admin.post(deployments(ns), deployment("b"))
@@ -78,7 +71,7 @@ def test_watch_without_version_starts_with_current_objects_then_changes(
         watch.close()
 
 
-def test_watch_resumes_after_a_version_in_order_without_gaps(admin: Client, ns: str) -> None:
+def test_watch_resumes_after_a_version_in_order_without_gaps(admin: HttpClient, ns: str) -> None:
     start = rv(admin.post(deployments(ns), deployment("a")).json)
     admin.patch(deployments(ns, "a"), {"spec": {"replicas": 4}}, MERGE)
     admin.post(deployments(ns), deployment("b"))
@@ -106,7 +99,9 @@ def test_watch_resumes_after_a_version_in_order_without_gaps(admin: Client, ns: 
     assert (rest["type"], rv(rest["object"])) == ("DELETED", deleted_at)
 
 
-def test_watch_from_a_version_older_than_history_says_410_expired(admin: Client, ns: str) -> None:
+def test_watch_from_a_version_older_than_history_says_410_expired(
+    admin: HttpClient, ns: str
+) -> None:
     watch = admin.watch(deployments(ns) + "?watch=true&resourceVersion=1")
     try:
         event = watch.next()
@@ -120,7 +115,7 @@ def test_watch_from_a_version_older_than_history_says_410_expired(admin: Client,
     assert event["object"]["reason"] == "Expired"
 
 
-def test_label_selector_watch_sees_objects_leave_and_enter(admin: Client, ns: str) -> None:
+def test_label_selector_watch_sees_objects_leave_and_enter(admin: HttpClient, ns: str) -> None:
     admin.post(deployments(ns), deployment("a", app="web"))
     watch = admin.watch(deployments(ns) + "?watch=true&labelSelector=app%3Dweb")
     try:
@@ -136,7 +131,7 @@ def test_label_selector_watch_sees_objects_leave_and_enter(admin: Client, ns: st
         watch.close()
 
 
-def test_bookmarks_are_sent_when_allowed(admin: Client, ns: str) -> None:
+def test_bookmarks_are_sent_when_allowed(admin: HttpClient, ns: str) -> None:
     created = rv(admin.post(deployments(ns), deployment("a")).json)
     watch = admin.watch(
         deployments(ns) + f"?watch=true&resourceVersion={created}&allowWatchBookmarks=true"
@@ -148,7 +143,7 @@ def test_bookmarks_are_sent_when_allowed(admin: Client, ns: str) -> None:
     assert rv(bookmark["object"]) >= created
 
 
-def test_watch_ends_after_timeout_seconds(admin: Client, ns: str) -> None:
+def test_watch_ends_after_timeout_seconds(admin: HttpClient, ns: str) -> None:
     watch = admin.watch(deployments(ns) + "?watch=true&timeoutSeconds=1")
     started = time.monotonic()
     with pytest.raises(EOFError):
@@ -160,7 +155,7 @@ def test_watch_ends_after_timeout_seconds(admin: Client, ns: str) -> None:
 # ------------------------------------------------------------------------- leases
 
 
-def test_acquiring_a_held_lease_is_409(admin: Client, ns: str) -> None:
+def test_acquiring_a_held_lease_is_409(admin: HttpClient, ns: str) -> None:
     held = admin.post(leases(ns), lease("leader", "a"))
     assert held.status == 201, held.body
     assert held.json["status"]["fencingToken"] == rv(held.json)
@@ -171,7 +166,7 @@ def test_acquiring_a_held_lease_is_409(admin: Client, ns: str) -> None:
     assert admin.get(leases(ns, "leader")).json["spec"]["holderIdentity"] == "a"
 
 
-def test_fencing_token_rises_with_every_new_holder(admin: Client, ns: str) -> None:
+def test_fencing_token_rises_with_every_new_holder(admin: HttpClient, ns: str) -> None:
     first = admin.post(leases(ns), lease("leader", "a")).json["status"]["fencingToken"]
     assert admin.delete(leases(ns, "leader")).status == 200
     second = admin.post(leases(ns), lease("leader", "b"))
@@ -179,7 +174,7 @@ def test_fencing_token_rises_with_every_new_holder(admin: Client, ns: str) -> No
     assert second.json["status"]["fencingToken"] > first
 
 
-def test_renewal_is_a_keepalive_not_a_store_write(admin: Client, ns: str) -> None:
+def test_renewal_is_a_keepalive_not_a_store_write(admin: HttpClient, ns: str) -> None:
     token = admin.post(leases(ns), lease("leader", "a", 5)).json["status"]["fencingToken"]
     before = store_writes(admin)
     for _ in range(5):
@@ -192,7 +187,7 @@ def test_renewal_is_a_keepalive_not_a_store_write(admin: Client, ns: str) -> Non
 
 
 def test_renewal_by_another_holder_or_token_is_409_and_of_a_lost_lease_404(
-    admin: Client, ns: str
+    admin: HttpClient, ns: str
 ) -> None:
     token = admin.post(leases(ns), lease("leader", "a")).json["status"]["fencingToken"]
     path = leases(ns, "leader") + "/renew"
@@ -205,7 +200,7 @@ def test_renewal_by_another_holder_or_token_is_409_and_of_a_lost_lease_404(
     assert lost.status == 404
 
 
-def test_an_expired_lease_vanishes_with_a_deleted_event(admin: Client, ns: str) -> None:
+def test_an_expired_lease_vanishes_with_a_deleted_event(admin: HttpClient, ns: str) -> None:
     created = admin.post(leases(ns), lease("short", "a", 2)).json
     watch = admin.watch(leases(ns) + f"?watch=true&resourceVersion={rv(created)}", timeout=15)
     try:
@@ -214,19 +209,19 @@ def test_an_expired_lease_vanishes_with_a_deleted_event(admin: Client, ns: str) 
         watch.close()
     assert event["type"] == "DELETED"
     assert event["object"]["metadata"]["name"] == "short"
-    wait_for(lambda: admin.get(leases(ns, "short")).status == 404, "lease gone")
+    wait_for("lease gone", lambda: admin.get(leases(ns, "short")).status == 404)
     # and it may be acquired again
     assert admin.post(leases(ns), lease("short", "b", 2)).status == 201
 
 
-def test_changing_the_holder_by_update_is_refused(admin: Client, ns: str) -> None:
+def test_changing_the_holder_by_update_is_refused(admin: HttpClient, ns: str) -> None:
     admin.post(leases(ns), lease("leader", "a"))
     answer = admin.patch(leases(ns, "leader"), {"spec": {"holderIdentity": "b"}}, MERGE)
     assert answer.status == 422
     assert answer.json["details"]["causes"][0]["field"] == "spec.holderIdentity"
 
 
-def test_stale_fencing_token_is_rejected_after_a_new_holder(admin: Client, ns: str) -> None:
+def test_stale_fencing_token_is_rejected_after_a_new_holder(admin: HttpClient, ns: str) -> None:
     old = admin.post(leases(ns), lease("leader", "a")).json["status"]["fencingToken"]
     header = {"Keel-Fencing-Token": f"{ns}/leader={old}"}
     ok = admin.post(deployments(ns), deployment("by-a"), headers=header)
@@ -249,14 +244,14 @@ def test_stale_fencing_token_is_rejected_after_a_new_holder(admin: Client, ns: s
     assert admin.delete(deployments(ns, "by-a"), headers=current).status == 200
 
 
-def test_a_fencing_token_for_a_lease_nobody_holds_is_rejected(admin: Client, ns: str) -> None:
+def test_a_fencing_token_for_a_lease_nobody_holds_is_rejected(admin: HttpClient, ns: str) -> None:
     header = {"Keel-Fencing-Token": f"{ns}/nobody=7"}
     answer = admin.post(deployments(ns), deployment("x"), headers=header)
     assert answer.status == 409
     assert answer.json["reason"] == "FencingTokenRejected"
 
 
-def test_a_malformed_fencing_header_is_400(admin: Client, ns: str) -> None:
+def test_a_malformed_fencing_header_is_400(admin: HttpClient, ns: str) -> None:
     for value in ("leader=3", f"{ns}/leader", f"{ns}/leader=abc"):
         answer = admin.post(deployments(ns), deployment("x"), headers={"Keel-Fencing-Token": value})
         assert answer.status == 400, value
@@ -268,12 +263,12 @@ def test_a_malformed_fencing_header_is_400(admin: Client, ns: str) -> None:
 
 def test_a_client_over_its_rate_gets_429_with_retry_after(tmp_path: Path) -> None:
     extra = ("--admission-rate", "0.5", "--admission-burst", "3")
-    for server in running(tmp_path, f"sqlite:///{tmp_path / 'k.db'}", *extra):
-        admin = server.client("admin")
+    with ApiServer(tmp_path, *extra) as server:
+        admin = server.http("admin")
         answers = [admin.get(f"{V1}/namespaces") for _ in range(5)]
         limited = [a for a in answers if a.status == 429]
         assert limited, [a.status for a in answers]
         assert limited[0].json["reason"] == "TooManyRequests"
         assert int(limited[0].headers["retry-after"]) >= 1
         # other principals are not affected
-        assert server.client("viewer").get(f"{V1}/namespaces").status == 200
+        assert server.http("viewer").get(f"{V1}/namespaces").status == 200

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from client_server import ApiServerProcess
+from support import ApiServer
 
 from keel.api.resources import (
     Deployment,
@@ -71,7 +71,7 @@ async def events_until(watch: Watch[Any], name: str, kind: str = "ADDED") -> lis
             return seen
 
 
-async def test_objects_round_trip_through_every_verb(apiserver: ApiServerProcess) -> None:
+async def test_objects_round_trip_through_every_verb(apiserver: ApiServer) -> None:
     name = unique("web")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         created = await client.create(deployment(name, tier="web"))
@@ -115,7 +115,7 @@ async def test_objects_round_trip_through_every_verb(apiserver: ApiServerProcess
 
 
 async def test_a_write_based_on_a_stale_version_is_rejected_with_conflict(
-    apiserver: ApiServerProcess,
+    apiserver: ApiServer,
 ) -> None:
     name = unique("occ")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
@@ -136,7 +136,7 @@ async def test_a_write_based_on_a_stale_version_is_rejected_with_conflict(
         assert (await client.get(Deployment, name)).spec.replicas == 2
 
 
-async def test_invalid_writes_name_the_offending_fields(apiserver: ApiServerProcess) -> None:
+async def test_invalid_writes_name_the_offending_fields(apiserver: ApiServer) -> None:
     name = unique("bad")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(deployment(name))
@@ -145,14 +145,14 @@ async def test_invalid_writes_name_the_offending_fields(apiserver: ApiServerProc
         assert any("replicas" in field for field in caught.value.fields)
 
 
-async def test_a_wrong_token_is_unauthorized(apiserver: ApiServerProcess) -> None:
+async def test_a_wrong_token_is_unauthorized(apiserver: ApiServer) -> None:
     async with KeelClient(apiserver.url, token="not-a-token") as client:
         with pytest.raises(Unauthorized):
             await client.get(Node, "anything")
 
 
 async def test_list_returns_every_page_and_pages_follow_continue(
-    apiserver: ApiServerProcess,
+    apiserver: ApiServer,
 ) -> None:
     batch = unique("batch")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
@@ -172,7 +172,7 @@ async def test_list_returns_every_page_and_pages_follow_continue(
 
 
 async def test_a_watch_sees_changes_in_order_from_its_start_version(
-    apiserver: ApiServerProcess,
+    apiserver: ApiServer,
 ) -> None:
     name = unique("watched")
     async with (
@@ -190,7 +190,7 @@ async def test_a_watch_sees_changes_in_order_from_its_start_version(
 
 
 async def test_a_watch_resumes_across_an_api_server_restart(
-    own_apiserver: ApiServerProcess,
+    own_apiserver: ApiServer,
 ) -> None:
     before, during, after = unique("before"), unique("during"), unique("after")
     async with (
@@ -216,7 +216,7 @@ async def test_a_watch_resumes_across_an_api_server_restart(
 
 
 async def test_a_watch_from_a_version_older_than_the_history_relists_then_continues(
-    apiserver: ApiServerProcess,
+    apiserver: ApiServer,
 ) -> None:
     name, later = unique("old"), unique("later")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
@@ -233,7 +233,7 @@ async def test_a_watch_from_a_version_older_than_the_history_relists_then_contin
 
 
 async def test_a_stale_fencing_token_is_rejected_after_a_new_holder(
-    apiserver: ApiServerProcess,
+    apiserver: ApiServer,
 ) -> None:
     lease_name, target = unique("leader"), unique("fenced")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
@@ -259,7 +259,7 @@ async def test_a_stale_fencing_token_is_rejected_after_a_new_holder(
 
 
 async def test_a_lease_is_held_renewed_and_released_by_its_holder(
-    apiserver: ApiServerProcess,
+    apiserver: ApiServer,
 ) -> None:
     name = unique("lease")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
@@ -278,7 +278,7 @@ async def test_a_lease_is_held_renewed_and_released_by_its_holder(
         assert (await client.get(Lease, name)).spec.holder_identity == "someone-else"
 
 
-async def test_the_scheduler_binding_sets_the_node_once(apiserver: ApiServerProcess) -> None:
+async def test_the_scheduler_binding_sets_the_node_once(apiserver: ApiServer) -> None:
     name = unique("inst")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         inst = await client.create(
@@ -293,7 +293,7 @@ async def test_the_scheduler_binding_sets_the_node_once(apiserver: ApiServerProc
         assert (await client.get(Instance, name)).spec.node_name == "node-a"
 
 
-async def test_telemetry_is_reported_and_read_back(apiserver: ApiServerProcess) -> None:
+async def test_telemetry_is_reported_and_read_back(apiserver: ApiServer) -> None:
     node_name, inst = unique("node"), unique("inst")
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
@@ -319,7 +319,7 @@ async def test_telemetry_is_reported_and_read_back(apiserver: ApiServerProcess) 
 
 
 def test_the_sync_client_does_the_same_over_a_background_loop(
-    apiserver: ApiServerProcess,
+    apiserver: ApiServer,
 ) -> None:
     name = unique("sync")
     with SyncClient.from_kubeconfig(apiserver.kubeconfig) as client:

@@ -1,5 +1,5 @@
-"""A real `keel up` for the client command tests, and a runner for the commands as real
-subprocesses (`python -m keel ...`)."""
+"""A real `keel up` for the client command tests (from tests/support), and a runner for the
+commands as real subprocesses (`python -m keel ...`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,26 +17,30 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import ApiServer
 
 from keel.client import SyncClient
 
 DEADLINE = 30.0
-
-
-ENTRY = [sys.executable, "-m", "keel"]
+KEEL = [sys.executable, "-m", "keel"]
 
 
 @dataclass
 class Platform:
-    """A running `keel up` (API server over sqlite) in a temporary state dir."""
+    """A running `keel up` (API server over sqlite, no agents) in a temporary state dir."""
 
-    state_dir: Path
-    kubeconfig: Path
-    server: str
-    process: subprocess.Popen[bytes]
+    up: ApiServer
+
+    @property
+    def state_dir(self) -> Path:
+        return self.up.state_dir
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.up.kubeconfig
 
     def client(self) -> SyncClient:
-        return SyncClient.from_kubeconfig(self.kubeconfig)
+        return self.up.sync_client()
 
     def keel(
         self,
@@ -52,7 +55,7 @@ class Platform:
         if env is not None:
             environment.update(env)
         result = subprocess.run(
-            [*ENTRY, *args],
+            [*KEEL, *args],
             check=False,
             input=stdin,
             capture_output=True,
@@ -72,7 +75,7 @@ class Platform:
         """Start a long-running client command (`get -w`, `logs -f`)."""
         environment = {**os.environ, "KEEL_KUBECONFIG": str(self.kubeconfig)}
         process = subprocess.Popen(
-            [*ENTRY, *args],
+            [*KEEL, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -107,7 +110,8 @@ class Streaming:
         for line in self.process.stdout:
             self.lines.put(line.rstrip("\n"))
 
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = DEADLINE) -> str:
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = DEADLINE) -> str:
+        """The next line (read by the thread, so no polling) for which `predicate` holds."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -131,60 +135,9 @@ class Streaming:
                 self.process.wait()
 
 
-def _ready(server: str) -> bool:
-    try:
-        with urllib.request.urlopen(server + "/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("keel-commands")
-    state = root / ".keel"
-    log = (root / "up.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "keel",
-            "up",
-            "--state-dir",
-            str(state),
-            "--listen",
-            "127.0.0.1:0",
-            "--nodes-per-cluster",
-            "0",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-    )
-    kubeconfig = state / "kubeconfig"
-    deadline = time.monotonic() + DEADLINE
-    server = ""
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"keel up exited: {(root / 'up.log').read_text()}")
-        if kubeconfig.exists():
-            try:
-                server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
-            except (TypeError, KeyError, yaml.YAMLError):
-                server = ""
-            if server and _ready(server):
-                break
-        time.sleep(0.1)
-    else:
-        process.kill()
-        raise AssertionError(f"keel up not ready: {(root / 'up.log').read_text()}")
-    try:
-        yield Platform(state, kubeconfig, server, process)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    up = ApiServer(root / ".keel", "--nodes-per-cluster", "0", subcommand="up", cwd=root)
+    with up:
+        yield Platform(up)

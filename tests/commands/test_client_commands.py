@@ -339,22 +339,22 @@ def test_get_watch_streams_a_row_per_change(platform: Platform, tmp_path: Path) 
     platform.keel("apply", "-f", str(manifest))
     watch = platform.start("get", "deployments", "-n", ns, "-w")
     try:
-        watch.wait_for(lambda line: line.startswith("NAME"))
-        watch.wait_for(lambda line: line.startswith("watched") and "/1 " in line)
+        watch.wait_for_line(lambda line: line.startswith("NAME"))
+        watch.wait_for_line(lambda line: line.startswith("watched") and "/1 " in line)
         write(manifest, deployment("watched", ns, replicas=7))
         platform.keel("apply", "-f", str(manifest))
-        watch.wait_for(lambda line: line.startswith("watched") and "/7 " in line)
+        watch.wait_for_line(lambda line: line.startswith("watched") and "/7 " in line)
         platform.keel("apply", "-f", str(write(tmp_path / "x.yaml", deployment("later", ns))))
-        watch.wait_for(lambda line: line.startswith("later"))
+        watch.wait_for_line(lambda line: line.startswith("later"))
     finally:
         watch.stop()
 
     single = platform.start("get", "deploy", "watched", "-n", ns, "-w", "-o", "json")
     try:
-        single.wait_for(lambda line: line == "{")
+        single.wait_for_line(lambda line: line == "{")
         write(manifest, deployment("watched", ns, replicas=2))
         platform.keel("apply", "-f", str(manifest))
-        single.wait_for(lambda line: '"replicas": 2' in line)
+        single.wait_for_line(lambda line: '"replicas": 2' in line)
     finally:
         single.stop()
 
@@ -479,16 +479,16 @@ def test_logs_prints_and_follows_the_agents_file_across_rotation(platform: Platf
 
     follow = platform.start("logs", "talker", "-n", ns, "-f")
     try:
-        follow.wait_for(lambda line: line == "hello 2")
+        follow.wait_for_line(lambda line: line == "hello 2")
         with path.open("a") as f:
             f.write("hello 3\n")
-        follow.wait_for(lambda line: line == "hello 3")
+        follow.wait_for_line(lambda line: line == "hello 3")
         # The agent rotates: the file moves to .1 and a new one starts.
         with path.open("a") as f:
             f.write("last of old\n")
         shutil.move(path, logs / f"{ns}_talker.log.1")
         path.write_text("first of new\n")
-        follow.wait_for(lambda line: line == "first of new")
+        follow.wait_for_line(lambda line: line == "first of new")
         assert "last of old" in follow.seen
     finally:
         follow.stop()

@@ -1,4 +1,4 @@
-"""Fixtures of the controller tests: one real API server (sqlite) per module, and a
+"""Fixtures of the controller tests: the module's real API server (from tests/support) and a
 controller-manager running the chosen controllers in this process under leader election."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from controllers.keel_processes import ApiServer, RunManager
+from support import ApiServer
 
 from keel.client import KeelClient
 from keel.clock import SystemClock
@@ -18,26 +18,21 @@ from keel.runtime.controller import ControllerRunner
 from keel.runtime.manager import ControllerManager
 
 
-@pytest.fixture(scope="module")
-def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("apiserver")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def client(apiserver: ApiServer) -> AsyncIterator[KeelClient]:
-    async with KeelClient.from_kubeconfig(apiserver.controller_kubeconfig()) as client:
+    async with apiserver.client("controller") as client:
         yield client
 
 
 @pytest.fixture
-async def run_manager(apiserver: ApiServer) -> AsyncIterator[RunManager]:
+async def run_manager(
+    apiserver: ApiServer,
+) -> AsyncIterator[Callable[[list[str]], ControllerManager]]:
     """Start a controller-manager (own client, own identity) with the named controllers."""
     started: list[tuple[asyncio.Task[None], KeelClient]] = []
 
     def start(names: list[str]) -> ControllerManager:
-        client = KeelClient.from_kubeconfig(apiserver.controller_kubeconfig())
+        client = apiserver.client("controller")
         clock = SystemClock()
         runner = ControllerRunner(client, clock=clock)
         for controller in build(names, runner.cache):

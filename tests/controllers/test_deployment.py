@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import msgspec
 import pytest
-from controllers.keel_processes import ApiServer, eventually
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scheduler.keel_platform import platform
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
     Condition,
@@ -259,7 +259,7 @@ async def test_deployment_keeps_replicas_with_deterministic_names_and_scales(
             got = await instances_of(client, name)
             return got if got == sorted(f"{name}-{h}-{i}" for i in range(n)) else None
 
-        await eventually(lambda: count_is(3), "3 instances")
+        await wait_for_async("3 instances", lambda: count_is(3))
 
         async def status_is(n: int) -> bool:
             current = await client.get(Deployment, name, namespace=NS)
@@ -271,13 +271,13 @@ async def test_deployment_keeps_replicas_with_deterministic_names_and_scales(
                 h,
             )
 
-        await eventually(lambda: status_is(3), "status replicas=3")
+        await wait_for_async("status replicas=3", lambda: status_is(3))
         await client.patch(Deployment, name, {"spec": {"replicas": 5}}, namespace=NS)
-        await eventually(lambda: count_is(5), "5 instances")
-        await eventually(lambda: status_is(5), "status replicas=5")
+        await wait_for_async("5 instances", lambda: count_is(5))
+        await wait_for_async("status replicas=5", lambda: status_is(5))
         await client.patch(Deployment, name, {"spec": {"replicas": 2}}, namespace=NS)
-        await eventually(lambda: count_is(2), "2 instances")
-        await eventually(lambda: status_is(2), "status replicas=2")
+        await wait_for_async("2 instances", lambda: count_is(2))
+        await wait_for_async("status replicas=2", lambda: status_is(2))
 
         # An Instance deleted by hand comes back under the same name.
         victim = f"{name}-{h}-1"
@@ -291,7 +291,7 @@ async def test_deployment_keeps_replicas_with_deterministic_names_and_scales(
             return current.metadata.uid != old_uid
 
         await client.delete(Instance, victim, namespace=NS)
-        await eventually(recreated, "the deleted instance to be recreated")
+        await wait_for_async("the deleted instance to be recreated", recreated)
 
 
 async def test_template_change_replaces_instances(
@@ -301,9 +301,9 @@ async def test_template_change_replaces_instances(
         strategy = Strategy(rolling_update=RollingUpdate(max_surge=1, max_unavailable="100%"))
         dep = await client.create(deployment(2, name=name, strategy=strategy))
         old_hash = template_hash(dep)
-        await eventually(
-            lambda: names_are(client, name, [f"{name}-{old_hash}-{i}" for i in (0, 1)]),
+        await wait_for_async(
             "2 instances of the first template",
+            lambda: names_are(client, name, [f"{name}-{old_hash}-{i}" for i in (0, 1)]),
         )
         # A merge patch: the controller writes the status meanwhile (no read-modify-write).
         changed = await client.patch(
@@ -314,9 +314,9 @@ async def test_template_change_replaces_instances(
         )
         new_hash = template_hash(changed)
         assert new_hash != old_hash
-        await eventually(
-            lambda: names_are(client, name, [f"{name}-{new_hash}-{i}" for i in (0, 1)]),
+        await wait_for_async(
             "2 instances of the new template only",
+            lambda: names_are(client, name, [f"{name}-{new_hash}-{i}" for i in (0, 1)]),
         )
 
 

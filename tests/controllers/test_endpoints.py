@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from controllers.keel_processes import ApiServer, eventually
 from scheduler.keel_platform import platform
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
     Condition,
@@ -170,21 +170,21 @@ async def test_endpoints_follow_instance_status(apiserver: ApiServer, name: str)
             got = [(a.instance, a.port, a.ready) for s in ep.subsets for a in s.addresses]
             return got == wanted
 
-        await eventually(lambda: addresses_are([]), "empty Endpoints")
+        await wait_for_async("empty Endpoints", lambda: addresses_are([]))
         for port, instance in enumerate(instances, start=9001):
             await set_status(admin, instance, port, ready=False)
-        await eventually(
-            lambda: addresses_are([(instances[0], 9001, False), (instances[1], 9002, False)]),
+        await wait_for_async(
             "two not-ready addresses",
+            lambda: addresses_are([(instances[0], 9001, False), (instances[1], 9002, False)]),
         )
         await set_status(admin, instances[0], 9001, ready=True)
-        await eventually(
-            lambda: addresses_are([(instances[0], 9001, True), (instances[1], 9002, False)]),
+        await wait_for_async(
             "the first address ready",
+            lambda: addresses_are([(instances[0], 9001, True), (instances[1], 9002, False)]),
         )
         await admin.delete(Instance, instances[1], namespace=NS)
-        await eventually(
-            lambda: addresses_are([(instances[0], 9001, True)]), "the deleted one gone"
+        await wait_for_async(
+            "the deleted one gone", lambda: addresses_are([(instances[0], 9001, True)])
         )
         ep = await admin.get(Endpoints, name, namespace=NS)
         assert ep.subsets == [
@@ -200,7 +200,7 @@ async def test_endpoints_follow_instance_status(apiserver: ApiServer, name: str)
         # Idle: no rewrites.
         before = ep.metadata.resource_version
         await set_status(admin, instances[0], 9001, ready=True, message="unrelated")
-        await eventually(lambda: addresses_are([(instances[0], 9001, True)]), "unchanged")
+        await wait_for_async("unchanged", lambda: addresses_are([(instances[0], 9001, True)]))
         after = await admin.get(Endpoints, name, namespace=NS)
         assert after.metadata.resource_version == before
         # The Service without a selector got no Endpoints from us.

@@ -4,7 +4,9 @@ name is never deleted by a decision made about its predecessor."""
 
 from __future__ import annotations
 
-from controllers.keel_processes import RunManager, eventually
+from collections.abc import Callable
+
+from support import wait_for_async
 
 from keel.api.resources import (
     Deployment,
@@ -18,8 +20,12 @@ from keel.api.resources import (
 )
 from keel.client import KeelClient, NotFound
 from keel.controllers.gc import Delete, Unknown, execute, live_owners, plan
+from keel.runtime.manager import ControllerManager
 
 NOW = "2026-01-01T00:00:00Z"
+
+# Starts a controller-manager running the named controllers in this process (a fixture).
+RunManager = Callable[[list[str]], ControllerManager]
 
 
 def ref(name: str, uid: str, kind: str = "Deployment") -> OwnerReference:
@@ -103,7 +109,7 @@ async def test_orphans_are_collected_and_owned_objects_kept(
     async def orphans_gone() -> bool:
         return not (await exists(client, "orphan", name) or await exists(client, "stale-uid", name))
 
-    await eventually(orphans_gone, "the orphans to be collected")
+    await wait_for_async("the orphans to be collected", orphans_gone)
 
     # Every key has been looked at: what is left was judged and kept, not just not reached.
     metrics = manager.runner.metrics["gc-instances"]
@@ -111,7 +117,7 @@ async def test_orphans_are_collected_and_owned_objects_kept(
     async def all_judged() -> bool:
         return metrics.reconciles >= 5
 
-    await eventually(all_judged, "a reconcile of every instance")
+    await wait_for_async("a reconcile of every instance", all_judged)
     for kept in ("owned", "unowned", "half-owned"):
         assert await exists(client, kept, name), kept
 
@@ -121,13 +127,14 @@ async def test_orphans_are_collected_and_owned_objects_kept(
     async def dependents_gone() -> bool:
         return not (await exists(client, "owned", name) or await exists(client, "half-owned", name))
 
-    await eventually(dependents_gone, "the dependents of the deleted owner")
+    await wait_for_async("the dependents of the deleted owner", dependents_gone)
     assert await exists(client, "unowned", name)
 
 
 async def test_a_recreated_object_is_not_deleted_by_a_stale_decision(
     client: KeelClient, name: str
 ) -> None:
+
     await client.create(Namespace(metadata=ObjectMeta(name=name)))
     first = await client.create(instance("x", ref("ghost", "gone"), namespace=name))
     [action] = plan(first, await live_owners(client, first))

@@ -9,7 +9,7 @@ import contextlib
 import logging
 
 import pytest
-from controllers.keel_processes import ApiServer, eventually
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import Lease, Namespace
 from keel.client import KeelClient
@@ -49,7 +49,7 @@ async def test_a_fenced_out_write_stops_the_work_and_steps_down(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="keel.manager")
     clock = SystemClock()
-    async with KeelClient.from_kubeconfig(apiserver.controller_kubeconfig()) as own:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig_for("controller")) as own:
         runner = ControllerRunner(own, clock=clock)
         annotator = Annotator()
         runner.register(annotator, workers=1)
@@ -63,7 +63,7 @@ async def test_a_fenced_out_write_stops_the_work_and_steps_down(
             async def wrote() -> bool:
                 return annotator.writes >= 1 and not annotator.go.is_set()
 
-            await eventually(wrote, "a first, accepted write")
+            await wait_for_async("a first, accepted write", wrote)
 
             # Someone else takes the lease behind the leader's back.
             stolen = await client.get(Lease, LEASE_NAME, namespace=LEASE_NAMESPACE)
@@ -80,7 +80,7 @@ async def test_a_fenced_out_write_stops_the_work_and_steps_down(
                     and (manager.elector.token is None)
                 )
 
-            await eventually(stepped_down, "the manager to stop and step down")
+            await wait_for_async("the manager to stop and step down", stepped_down)
             assert "FencingTokenRejected" in caplog.text
             assert runner.partitions == {}
             lease = await client.get(Lease, LEASE_NAME, namespace=LEASE_NAMESPACE)

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from controllers.keel_processes import ApiServer, eventually
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import Namespace, ObjectMeta
 from keel.client import KeelClient
@@ -53,7 +53,7 @@ async def sharded(
     clients: list[KeelClient] = []
 
     def start(identity: str) -> ControllerManager:
-        client = KeelClient.from_kubeconfig(apiserver.controller_kubeconfig())
+        client = KeelClient.from_kubeconfig(apiserver.kubeconfig_for("controller"))
         clients.append(client)
         clock = SystemClock()
         runner = ControllerRunner(client, clock=clock)
@@ -86,7 +86,7 @@ async def test_replicas_split_the_shards_and_take_over_when_one_leaves(
         # Balanced (ceil(4 / 2) each), so no shard moves while the keys below are worked on.
         return len(owned_a) == len(owned_b) == SHARDS // 2 and not owned_a & owned_b
 
-    await eventually(split, "the replicas to split the shards evenly")
+    await wait_for_async("the replicas to split the shards evenly", split)
 
     names = [f"{name}-{i}" for i in range(12)]
     for ns in names:
@@ -96,7 +96,7 @@ async def test_replicas_split_the_shards_and_take_over_when_one_leaves(
         found = [await client.get(Namespace, ns) for ns in names]
         return all(FINALIZER in ns.metadata.finalizers for ns in found)
 
-    await eventually(all_finalized, "every namespace to get the finalizer")
+    await wait_for_async("every namespace to get the finalizer", all_finalized)
     # Each key was reconciled by the owner of its shard only.
     owners = {"shard-a": set(a.owned_shards()), "shard-b": set(b.owned_shards())}
     for ns in names:
@@ -112,12 +112,12 @@ async def test_replicas_split_the_shards_and_take_over_when_one_leaves(
     async def b_owns_all() -> bool:
         return b.owned_shards() == list(range(SHARDS))
 
-    await eventually(b_owns_all, "shard-b to take every shard", timeout=20)
+    await wait_for_async("shard-b to take every shard", b_owns_all, timeout=20)
     late = f"{name}-late"
     await client.create(Namespace(metadata=ObjectMeta(name=late)))
 
     async def late_finalized() -> bool:
         return FINALIZER in (await client.get(Namespace, late)).metadata.finalizers
 
-    await eventually(late_finalized, "the remaining replica to do all the work")
+    await wait_for_async("the remaining replica to do all the work", late_finalized)
     assert seen[late] == {"shard-b"}

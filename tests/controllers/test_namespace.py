@@ -3,8 +3,10 @@ Namespace deletes what is in it first, and only then lets the Namespace go."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
-from controllers.keel_processes import RunManager, eventually
+from support import wait_for_async
 
 from keel.api.resources import (
     Deployment,
@@ -29,8 +31,12 @@ from keel.controllers.namespace import (
     live_contents,
     plan,
 )
+from keel.runtime.manager import ControllerManager
 
 NOW = "2026-01-01T00:00:00Z"
+
+# Starts a controller-manager running the named controllers in this process (a fixture).
+RunManager = Callable[[list[str]], ControllerManager]
 
 
 def namespace(finalizers: list[str], deleting: bool = False, phase: str = "Active") -> Namespace:
@@ -120,7 +126,7 @@ async def test_deleting_a_namespace_removes_its_objects_then_the_namespace(
         ns = await client.get(Namespace, name)
         return FINALIZER in ns.metadata.finalizers
 
-    await eventually(finalized, "the controller to add its finalizer")
+    await wait_for_async("the controller to add its finalizer", finalized)
     assert manager.leading()
     for obj in contents(name):
         await client.create(obj)
@@ -131,7 +137,7 @@ async def test_deleting_a_namespace_removes_its_objects_then_the_namespace(
         left = await live_contents(client, name)
         return left if [o.metadata.name for o in left] == ["held"] else []
 
-    left = await eventually(only_held_left, "everything but the held object to go")
+    left = await wait_for_async("everything but the held object to go", only_held_left)
     assert left[0].metadata.deletion_timestamp  # deleted, waiting for its finalizer
     ns = await client.get(Namespace, name)
     assert ns.status.phase == "Terminating"
@@ -151,13 +157,14 @@ async def test_deleting_a_namespace_removes_its_objects_then_the_namespace(
             return True
         return False
 
-    await eventually(namespace_gone, "the Namespace to go once it is empty")
+    await wait_for_async("the Namespace to go once it is empty", namespace_gone)
     assert await live_contents(client, name) == []
 
 
 async def test_an_empty_namespace_goes_at_once(
     client: KeelClient, run_manager: RunManager, name: str
 ) -> None:
+
     run_manager(["namespace"])
     await client.create(Namespace(metadata=ObjectMeta(name=name)))
 
@@ -165,7 +172,7 @@ async def test_an_empty_namespace_goes_at_once(
         ns = await client.get(Namespace, name)
         return FINALIZER in ns.metadata.finalizers
 
-    await eventually(finalized, "the finalizer")
+    await wait_for_async("the finalizer", finalized)
     await client.delete(Namespace, name)
 
     async def gone() -> bool:
@@ -175,4 +182,4 @@ async def test_an_empty_namespace_goes_at_once(
             return True
         return False
 
-    await eventually(gone, "the Namespace to go")
+    await wait_for_async("the Namespace to go", gone)

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import msgspec
 import pytest
-from controllers.keel_processes import ApiServer, eventually
 from scheduler.keel_platform import FakeAgent, platform
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
     Condition,
@@ -145,7 +145,7 @@ async def test_node_not_ready_after_grace_and_its_instances_deleted(
                 async def is_ready(wanted: str) -> bool:
                     return await ready_status(admin, name) == wanted
 
-                await eventually(lambda: is_ready("True"), "Ready=True")
+                await wait_for_async("Ready=True", lambda: is_ready("True"))
                 plain, exclusive = f"{name}-web", f"{name}-db"
                 for instance, excl in ((plain, False), (exclusive, True)):
                     await admin.create(
@@ -157,19 +157,19 @@ async def test_node_not_ready_after_grace_and_its_instances_deleted(
                     await admin.bind("default", instance, name)
                 died = time.monotonic()
                 await agent.die()
-                await eventually(lambda: is_ready("False"), "Ready=False")
+                await wait_for_async("Ready=False", lambda: is_ready("False"))
                 assert time.monotonic() - died >= 1.0  # not before the grace period
 
                 async def gone(instance: str) -> bool:
                     return not await exists(admin, instance)
 
-                await eventually(lambda: gone(plain), "the non-exclusive instance deleted")
+                await wait_for_async("the non-exclusive instance deleted", lambda: gone(plain))
                 assert await exists(admin, exclusive)  # its agent may still be fencing
-                await eventually(lambda: gone(exclusive), "the exclusive one, later")
+                await wait_for_async("the exclusive one, later", lambda: gone(exclusive))
                 # lease duration (2 s) + grace (1 s) after the lease went missing
                 assert time.monotonic() - died >= 3.0
                 # A lease again: Ready again.
                 await agent.start_lease_only()
-                await eventually(lambda: is_ready("True"), "Ready=True again")
+                await wait_for_async("Ready=True again", lambda: is_ready("True"))
         finally:
             await agent.stop_renewing()

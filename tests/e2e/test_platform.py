@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,31 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from keel.api.auth import TokenFile
-from keel.cli._state_dir import write_kubeconfig
+from support import AgentProcess, ApiServer, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello.yaml"
 V1 = "/apis/keel.dev/v1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def keel(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -60,28 +39,20 @@ def keel(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class Platform:
+    """`keel up` run in `dir` (state in dir/.keel), and what a user sees of it over HTTP."""
+
     dir: Path
-    port: int
-    args: tuple[str, ...]
-    process: subprocess.Popen[bytes] | None = None
+    up: ApiServer
+
+    @classmethod
+    def create(cls, directory: Path, *args: str, nodes: tuple[str, ...] = ()) -> Platform:
+        """Not started yet; `nodes` get a node token each, for agents the test starts."""
+        up = ApiServer(directory / ".keel", *args, subcommand="up", cwd=directory, nodes=nodes)
+        return cls(directory, up)
 
     @property
     def state(self) -> Path:
-        return self.dir / ".keel"
-
-    def start(self) -> None:
-        log = (self.dir / "up.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "keel", "up", "--listen", f"127.0.0.1:{self.port}", *self.args],
-            cwd=self.dir,
-            stdout=log,
-            stderr=log,
-        )
-        wait_for("the API server", lambda: self.get("/readyz", auth=False) is not None)
-
-    def token(self) -> str:
-        text = (self.state / "kubeconfig").read_text()
-        return text.split("token:")[1].split()[0]
+        return self.up.state_dir
 
     def request(
         self,
@@ -92,20 +63,15 @@ class Platform:
         auth: bool = True,
         content_type: str = "application/json",
     ) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, method=method
-        )
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token()}")
-        if data is not None:
-            request.add_header("Content-Type", content_type)
+        """The answer's JSON (or bytes); None for an error or when nothing answers."""
+        client = self.up.http("admin" if auth else None)
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                text = response.read()
-                return json.loads(text) if text.startswith(b"{") else text
-        except (urllib.error.URLError, OSError):
+            answer = client.request(method, path, body, content_type=content_type, timeout=5)
+        except OSError:
             return None
+        if answer.status >= 400:
+            return None
+        return answer.json if answer.body.startswith(b"{") else answer.body
 
     def get(self, path: str, *, auth: bool = True) -> Any:
         return self.request("GET", path, auth=auth)
@@ -155,14 +121,9 @@ class Platform:
                 found.append(int(entry.name))
         return found
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self) -> int | None:
+        """Ctrl-C; the exit code."""
+        return self.up.stop(signal.SIGINT, timeout=40)
 
 
 def answers_http(port: int) -> bool:
@@ -179,10 +140,10 @@ def port_of(instance: dict[str, Any]) -> int:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    plat = Platform(
-        tmp_path_factory.mktemp("up"), free_port(), ("--clusters", "2", "--nodes-per-cluster", "2")
+    plat = Platform.create(
+        tmp_path_factory.mktemp("up"), "--clusters", "2", "--nodes-per-cluster", "2"
     )
-    plat.start()
+    plat.up.start()
     yield plat
     plat.stop()
     for pid in plat.our_processes():
@@ -235,7 +196,7 @@ def test_a_workload_killed_with_sigkill_is_restarted(platform: Platform) -> None
     os.kill(pid, signal.SIGKILL)
     wait_for("a new process", lambda: platform.workload_pids().get(name) not in (None, pid))
     instance = next(i for i in platform.instances() if i["metadata"]["name"] == name)
-    wait_for("it answers again", lambda: answers_http(port_of(instance)), 30)
+    wait_for("it answers again", lambda: answers_http(port_of(instance)), timeout=30)
 
 
 def test_scaling_to_five_and_back_to_two(platform: Platform) -> None:
@@ -269,10 +230,8 @@ def test_ctrl_c_stops_everything_and_a_restart_brings_the_same_workloads_back(
     names = sorted(i["metadata"]["name"] for i in platform.ready_instances())
     assert len(names) == 2
     processes = platform.our_processes() + list(platform.workload_pids().values())
-    assert platform.process is not None
     started = time.monotonic()
-    platform.stop()
-    assert platform.process.returncode == 0
+    assert platform.stop() == 0
     assert time.monotonic() - started < 30
     left = [
         p
@@ -281,68 +240,40 @@ def test_ctrl_c_stops_everything_and_a_restart_brings_the_same_workloads_back(
         and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()
     ]
     assert not left, f"processes left behind after Ctrl-C: {left}"
-    platform.start()
+    platform.up.start()
     wait_for(
         "the same 2 instances ready again",
         lambda: sorted(i["metadata"]["name"] for i in platform.ready_instances()) == names,
-        60,
+        timeout=60,
     )
 
 
 @pytest.fixture
-def bare_platform(
-    tmp_path: Path,
-) -> Iterator[tuple[Platform, Callable[[str], subprocess.Popen[bytes]]]]:
+def bare_platform(tmp_path: Path) -> Iterator[tuple[Platform, Callable[[str], AgentProcess]]]:
     """`keel up` without agents, and agents this test starts and kills itself."""
-    state = tmp_path / ".keel"
-    state.mkdir()
-    tokens = state / "tokens.csv"
-    TokenFile.create(tokens)
-    node_tokens = {n: TokenFile.append(tokens, n, f"node:{n}") for n in ("na", "nb", "nc")}
-    plat = Platform(tmp_path, free_port(), ("--clusters", "1", "--nodes-per-cluster", "0"))
-    plat.start()
-    agents: list[subprocess.Popen[bytes]] = []
+    plat = Platform.create(
+        tmp_path, "--clusters", "1", "--nodes-per-cluster", "0", nodes=("na", "nb", "nc")
+    )
+    plat.up.start()
+    agents: list[AgentProcess] = []
 
-    def start_agent(node: str) -> subprocess.Popen[bytes]:
-        kubeconfig = state / f"agent-{node}.kubeconfig"
-        write_kubeconfig(kubeconfig, f"http://127.0.0.1:{plat.port}", node_tokens[node])
-        log = (tmp_path / f"agent-{node}.log").open("ab")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keel",
-                "agent",
-                "--node",
-                node,
-                "--cluster",
-                "cluster-1",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--state-dir",
-                str(state / "agents" / node),
-                "--lease-duration",
-                "4",
-            ],
-            cwd=tmp_path,
-            stdout=log,
-            stderr=log,
+    def start_agent(node: str) -> AgentProcess:
+        agent = plat.up.agent(
+            node, plat.state / "agents" / node, "--lease-duration", "4", cluster="cluster-1"
         )
-        agents.append(proc)
-        return proc
+        agents.append(agent)
+        return agent.start()
 
     yield plat, start_agent
-    for proc in agents:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+    for agent in agents:
+        agent.stop()
     plat.stop()
     for pid in plat.our_processes():
         os.kill(pid, signal.SIGKILL)
 
 
 def test_instances_of_a_killed_agent_run_elsewhere_and_a_restarted_agent_readopts(
-    bare_platform: tuple[Platform, Callable[[str], subprocess.Popen[bytes]]],
+    bare_platform: tuple[Platform, Callable[[str], AgentProcess]],
 ) -> None:
     plat, start_agent = bare_platform
     agents = {node: start_agent(node) for node in ("na", "nb", "nc")}
@@ -351,15 +282,13 @@ def test_instances_of_a_killed_agent_run_elsewhere_and_a_restarted_agent_readopt
     # restarting an agent re-adopts its workloads: same processes, no restart
     pids = wait_for("pids", lambda: len(plat.workload_pids()) == 3 and plat.workload_pids())
     agents["nc"].kill()
-    agents["nc"].wait()
-    agents["nc"] = start_agent("nc")
+    agents["nc"].start()
     time.sleep(3)  # give a wrongly restarting agent the chance to restart something
     assert plat.workload_pids() == pids
     assert all(answers_http(port_of(i)) for i in ready)
     # kill -9 an agent: its instance is running elsewhere within 15 s
     victim = ready[0]["spec"]["nodeName"]
     agents[victim].kill()
-    agents[victim].wait()
     killed_at = time.monotonic()
     moved = wait_for(
         "the instance running on another node",
@@ -367,7 +296,7 @@ def test_instances_of_a_killed_agent_run_elsewhere_and_a_restarted_agent_readopt
             len(live := [i for i in plat.ready_instances() if i["spec"]["nodeName"] != victim]) == 3
             and live
         ),
-        30,
+        timeout=30,
     )
     elapsed = time.monotonic() - killed_at
     assert elapsed < 15, f"failover took {elapsed:.1f} s"

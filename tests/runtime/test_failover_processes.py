@@ -12,12 +12,11 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from controllers.keel_processes import ApiServer, ManagerProcess, lease_of, wait_for
 from runtime.fencing_probe import ANNOTATION
+from support import V1, ApiServer, KeelProcess, lease_of, wait_for
 
 TTL = 2
 CONTROLLERS = "namespace,gc"
@@ -25,30 +24,26 @@ PROBE = "runtime.fencing_probe:fencing_probe"
 
 
 @pytest.fixture
-def apiserver(tmp_path: Path) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path / "apiserver").start()
-    yield server
-    server.stop()
+def apiserver(own_apiserver: ApiServer) -> ApiServer:
+    return own_apiserver
 
 
 @pytest.fixture
-def replicas(apiserver: ApiServer, tmp_path: Path) -> Iterator[list[ManagerProcess]]:
+def replicas(apiserver: ApiServer) -> Iterator[list[KeelProcess]]:
     """cm-a, which becomes the leader, then cm-b, standing by; both stopped afterwards."""
-    kubeconfig = apiserver.controller_kubeconfig()
-    started: list[ManagerProcess] = []
+    started: list[KeelProcess] = []
 
-    def start(identity: str) -> ManagerProcess:
-        replica = ManagerProcess(
-            tmp_path, kubeconfig, identity,
-            "--lease-ttl", str(TTL), "--controllers", CONTROLLERS, "--controller", PROBE,
-        )  # fmt: skip
+    def start(identity: str) -> KeelProcess:
+        replica = apiserver.controller_manager(
+            identity, "--lease-ttl", str(TTL), "--controllers", CONTROLLERS, "--controller", PROBE
+        )
         started.append(replica)
         return replica
 
     a = start("cm-a")
-    wait_for(lambda: holder(apiserver) == "cm-a", "cm-a to lead")
+    wait_for("cm-a to lead", lambda: holder(apiserver) == "cm-a")
     b = start("cm-b")
-    wait_for(lambda: "standing by" in b.log(), "cm-b to stand by, watching the lease")
+    wait_for("cm-b to stand by, watching the lease", lambda: "standing by" in b.log())
     try:
         yield [a, b]
     finally:
@@ -57,7 +52,7 @@ def replicas(apiserver: ApiServer, tmp_path: Path) -> Iterator[list[ManagerProce
 
 
 def holder(server: ApiServer) -> str | None:
-    lease = lease_of(server)
+    lease = lease_of(server.http())
     return lease["spec"]["holderIdentity"] if lease else None
 
 
@@ -68,25 +63,25 @@ def token(lease: dict[str, Any] | None) -> int:
 
 def takeover(server: ApiServer, new_holder: str, since: float) -> tuple[float, dict[str, Any]]:
     def taken() -> dict[str, Any] | None:
-        lease = lease_of(server)
+        lease = lease_of(server.http())
         return lease if lease and lease["spec"]["holderIdentity"] == new_holder else None
 
-    lease = wait_for(taken, f"{new_holder} to take the lease", timeout=TTL + 10)
+    lease = wait_for(f"{new_holder} to take the lease", taken, timeout=TTL + 10)
     elapsed = time.monotonic() - since
     assert lease is not None
     return elapsed, lease
 
 
-def leading_lines(replica: ManagerProcess) -> list[str]:
+def leading_lines(replica: KeelProcess) -> list[str]:
     return re.findall(r"leading keel-system/controller-manager with fencing token \d+",
                       replica.log())  # fmt: skip
 
 
 def test_paused_leader_is_replaced_and_fenced_out_when_it_resumes(
-    apiserver: ApiServer, replicas: list[ManagerProcess]
+    apiserver: ApiServer, replicas: list[KeelProcess]
 ) -> None:
     a, b = replicas
-    old_token = token(lease_of(apiserver))
+    old_token = token(lease_of(apiserver.http()))
 
     paused_at = time.monotonic()
     a.signal(signal.SIGSTOP)
@@ -98,26 +93,26 @@ def test_paused_leader_is_replaced_and_fenced_out_when_it_resumes(
 
     a.signal(signal.SIGCONT)
     # Its probe writes on, believing nothing; the store refuses the stale token.
-    wait_for(lambda: "FencingTokenRejected" in a.log(), "cm-a's write to be rejected")
-    wait_for(lambda: "stepped down" in a.log(), "cm-a to step down")
+    wait_for("cm-a's write to be rejected", lambda: "FencingTokenRejected" in a.log())
+    wait_for("cm-a to step down", lambda: "stepped down" in a.log())
     # cm-b keeps acting under its token while cm-a stays a follower.
     wait_for(
-        lambda: f"cm-b token {new_token}" in probe_annotation(apiserver),
         "cm-b's own writes after the resume",
+        lambda: f"cm-b token {new_token}" in probe_annotation(apiserver),
     )
-    current = lease_of(apiserver)
+    current = lease_of(apiserver.http())
     assert current is not None and current["spec"]["holderIdentity"] == "cm-b"
     assert token(current) == new_token
     assert leading_lines(a) == [f"leading keel-system/controller-manager with fencing token "
                                 f"{old_token}"]  # fmt: skip
-    assert a.process.poll() is None and b.process.poll() is None
+    assert a.running and b.running
 
 
 def test_killed_leader_is_replaced_within_ttl_plus_one_second(
-    apiserver: ApiServer, replicas: list[ManagerProcess]
+    apiserver: ApiServer, replicas: list[KeelProcess]
 ) -> None:
     a, b = replicas
-    old_token = token(lease_of(apiserver))
+    old_token = token(lease_of(apiserver.http()))
 
     killed_at = time.monotonic()
     a.signal(signal.SIGKILL)
@@ -127,17 +122,17 @@ def test_killed_leader_is_replaced_within_ttl_plus_one_second(
     assert elapsed <= TTL + 1.0
     assert new_token > old_token
     wait_for(
-        lambda: f"cm-b token {new_token}" in probe_annotation(apiserver),
         "cm-b to act as the leader",
+        lambda: f"cm-b token {new_token}" in probe_annotation(apiserver),
     )
-    assert b.process.poll() is None
+    assert b.running
 
 
 def test_a_leader_that_exits_hands_over_at_once(
-    apiserver: ApiServer, replicas: list[ManagerProcess]
+    apiserver: ApiServer, replicas: list[KeelProcess]
 ) -> None:
     a, _b = replicas
-    old_token = token(lease_of(apiserver))
+    old_token = token(lease_of(apiserver.http()))
     stopped_at = time.monotonic()
     assert a.stop() == 0  # SIGTERM: stops its work, then releases the lease
     elapsed, lease = takeover(apiserver, "cm-b", stopped_at)
@@ -148,42 +143,33 @@ def test_a_leader_that_exits_hands_over_at_once(
 
 
 def probe_annotation(server: ApiServer) -> str:
-    import json
-    import urllib.request
-
-    import yaml
-
-    admin = yaml.safe_load(server.kubeconfig.read_text())["users"][0]["user"]["token"]
-    request = urllib.request.Request(
-        f"{server.url}/apis/keel.dev/v1/namespaces/keel-system",
-        headers={"Authorization": f"Bearer {admin}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        namespace = json.loads(response.read())
+    namespace = server.http().object(f"{V1}/namespaces/keel-system")
+    assert namespace is not None
     return str(namespace["metadata"].get("annotations", {}).get(ANNOTATION, ""))
 
 
 def test_shards_of_a_killed_replica_move_to_the_survivor(
-    apiserver: ApiServer, tmp_path: Path
+    apiserver: ApiServer,
 ) -> None:
-    kubeconfig = apiserver.controller_kubeconfig()
     shards = 4
-    a = ManagerProcess(tmp_path, kubeconfig, "sa", "--shards", str(shards), "--lease-ttl", "2")
-    b = ManagerProcess(tmp_path, kubeconfig, "sb", "--shards", str(shards), "--lease-ttl", "2")
+    a = apiserver.controller_manager("sa", "--shards", str(shards), "--lease-ttl", "2")
+    b = apiserver.controller_manager("sb", "--shards", str(shards), "--lease-ttl", "2")
     try:
 
         def holders() -> list[str]:
-            found = [lease_of(apiserver, f"controller-manager-shard-{k}") for k in range(shards)]
+            found = [
+                lease_of(apiserver.http(), f"controller-manager-shard-{k}") for k in range(shards)
+            ]
             return [lease["spec"]["holderIdentity"] if lease else "" for lease in found]
 
-        wait_for(lambda: sorted(holders()) == ["sa", "sa", "sb", "sb"], "an even split")
+        wait_for("an even split", lambda: sorted(holders()) == ["sa", "sa", "sb", "sb"])
         killed_at = time.monotonic()
         a.signal(signal.SIGKILL)
-        wait_for(lambda: holders() == ["sb"] * shards, "sb to hold every shard", TTL + 10)
+        wait_for("sb to hold every shard", lambda: holders() == ["sb"] * shards, timeout=TTL + 10)
         elapsed = time.monotonic() - killed_at
         print(f"SIGKILL shard takeover: {elapsed:.2f}s")
         assert elapsed <= TTL + 1.0
-        assert b.process.poll() is None
+        assert b.running
     finally:
         a.stop()
         b.stop()

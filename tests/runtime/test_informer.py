@@ -9,22 +9,17 @@ import asyncio
 import random
 import re
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
     Instance,
@@ -40,101 +35,17 @@ from keel.runtime.checkpoint import Checkpoint
 from keel.runtime.informer import Indexer, Informer, object_key, relist_delay
 from keel.store import open_store
 
-DEADLINE = 30.0  # upper bound when polling for a condition; never a sleep
+DEADLINE = 30.0  # upper bound when waiting for something; never a sleep
 
 
-# ---------------------------------------------------------------------- a real API server
-
-
-class ApiServer:
-    """`python -m keel apiserver` on sqlite; restarts keep the port and the database."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.token = ""
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.state_dir / "kubeconfig"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.kubeconfig.unlink(missing_ok=True)
-        self.starts += 1
-        log = self.state_dir / f"apiserver-{self.starts}.log"
-        command = [
-            sys.executable, "-m", "keel", "apiserver",
-            "--store", f"sqlite:///{self.state_dir / 'keel.db'}",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--state-dir", str(self.state_dir),
-        ]  # fmt: skip
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"apiserver exited: {log.read_text()}")
-            if self.kubeconfig.exists():
-                config = yaml.safe_load(self.kubeconfig.read_text())
-                self.port = int(config["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1])
-                self.token = config["users"][0]["user"]["token"]
-                try:
-                    with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
-                        if response.status == 200:
-                            return
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-            time.sleep(0.05)  # polling for readiness, with a deadline
-        raise RuntimeError(f"apiserver not ready in {DEADLINE}s: {log.read_text()}")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def requests(self, verb: str, kind: str) -> int:
-        """`keel_api_requests_total` for a verb and kind, over every status code."""
-        request = urllib.request.Request(
-            self.url + "/metrics", headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=DEADLINE) as response:
-            text = response.read().decode()
-        pattern = re.compile(
-            rf'^keel_api_requests_total\{{verb="{verb}",kind="{kind}",code="\d+"\}} (\S+)$',
-            re.MULTILINE,
-        )
-        return sum(int(float(value)) for value in pattern.findall(text))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """One server for the module; each test keeps to objects with its own label."""
-    api = ApiServer(tmp_path_factory.mktemp("apiserver"))
-    api.start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[ApiServer]:
-    """A server of this test's own, which it may kill and restart."""
-    api = ApiServer(tmp_path / "apiserver")
-    api.start()
-    yield api
-    api.stop(signal.SIGKILL)
+def requests_made(server: ApiServer, verb: str, kind: str) -> int:
+    """`keel_api_requests_total` for a verb and kind, over every status code."""
+    text = server.http().get("/metrics").body.decode()
+    pattern = re.compile(
+        rf'^keel_api_requests_total\{{verb="{verb}",kind="{kind}",code="\d+"\}} (\S+)$',
+        re.MULTILINE,
+    )
+    return sum(int(float(value)) for value in pattern.findall(text))
 
 
 # ---------------------------------------------------------------------- helpers
@@ -162,14 +73,6 @@ class Recorder:
         return [kind for kind, k in self.events if k == key]
 
 
-async def eventually(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)  # polling, with a deadline
-
-
 @asynccontextmanager
 async def running(informer: Informer[Any]) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(informer.run())
@@ -189,20 +92,20 @@ def names(indexer: Indexer[Any]) -> set[str]:
 
 
 async def requests(server: ApiServer, verb: str, kind: str) -> int:
-    return await asyncio.to_thread(server.requests, verb, kind)
+    return await asyncio.to_thread(requests_made, server, verb, kind)
 
 
 # ---------------------------------------------------------------------- list + watch
 
 
-async def test_list_then_watch_mirrors_creates_updates_and_deletes(server: ApiServer) -> None:
+async def test_list_then_watch_mirrors_creates_updates_and_deletes(apiserver: ApiServer) -> None:
     run = unique("run")
     a, b, c = unique("a"), unique("b"), unique("c")
     recorder = Recorder()
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(node(a, run))
         await client.create(node(b, run))
-        lists_before = await requests(server, "list", "Node")
+        lists_before = await requests(apiserver, "list", "Node")
         informer = Informer(
             client, Node, label_selector={"run": run}, clock=SystemClock(), page_size=1
         )
@@ -211,12 +114,12 @@ async def test_list_then_watch_mirrors_creates_updates_and_deletes(server: ApiSe
             await synced(informer)
             assert names(informer.cache) == {a, b}
             # page_size=1: the list followed `continue` over three pages (the last is empty).
-            assert await requests(server, "list", "Node") - lists_before >= 2
+            assert await requests(apiserver, "list", "Node") - lists_before >= 2
             await client.create(node(c, run))
             await client.patch(Node, a, {"spec": {"unschedulable": True}})
             await client.delete(Node, b)
-            await eventually(lambda: names(informer.cache) == {a, c}, "the changes")
-            await eventually(lambda: recorder.of(a) == ["ADDED", "MODIFIED"], "a's update")
+            await wait_for_async("the changes", lambda: names(informer.cache) == {a, c})
+            await wait_for_async("a's update", lambda: recorder.of(a) == ["ADDED", "MODIFIED"])
             cached = informer.cache.get(a)
             assert cached is not None and cached.spec.unschedulable
     assert recorder.of(b) == ["ADDED", "DELETED"]
@@ -225,10 +128,10 @@ async def test_list_then_watch_mirrors_creates_updates_and_deletes(server: ApiSe
     assert int(informer.resource_version) >= int(cached.metadata.resource_version)
 
 
-async def test_indexes_follow_namespace_labels_owner_and_node_name(server: ApiServer) -> None:
+async def test_indexes_follow_namespace_labels_owner_and_node_name(apiserver: ApiServer) -> None:
     ns1, ns2 = unique("ns"), unique("ns")
     run = unique("run")
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         for ns in (ns1, ns2):
             await client.create(Namespace(metadata=ObjectMeta(name=ns)))
         owner = OwnerReference(api_version="keel.dev/v1", kind="Deployment", name="d", uid="u-1")
@@ -264,14 +167,15 @@ async def test_indexes_follow_namespace_labels_owner_and_node_name(server: ApiSe
             await client.patch(Instance, "owned-2", {"metadata": {"labels": {"tier": "db"}}},
                                namespace=ns2)  # fmt: skip
             await client.delete(Instance, "owned-1", namespace=ns1)
-            await eventually(lambda: cache.index_keys("nodeName", "n1") == [f"{ns1}/free"],
-                             "the binding")  # fmt: skip
-            await eventually(lambda: f"{ns1}/owned-1" not in cache, "the delete")
-            await eventually(
+            await wait_for_async(
+                "the binding", lambda: cache.index_keys("nodeName", "n1") == [f"{ns1}/free"]
+            )
+            await wait_for_async("the delete", lambda: f"{ns1}/owned-1" not in cache)
+            await wait_for_async(
+                "the relabel",
                 lambda: (
                     set(cache.index_keys("label:tier", "db")) == {f"{ns1}/free", f"{ns2}/owned-2"}
                 ),
-                "the relabel",
             )
             assert cache.index_keys("label:tier", "web") == []
             assert cache.index_keys("owner", "u-1") == [f"{ns2}/owned-2"]
@@ -285,14 +189,14 @@ async def test_indexes_follow_namespace_labels_owner_and_node_name(server: ApiSe
             await synced(one_namespace)
             await client.create(instance("later", ns1))
             await client.create(instance("later", ns2))
-            await eventually(lambda: f"{ns2}/later" in one_namespace.cache, "the create")
+            await wait_for_async("the create", lambda: f"{ns2}/later" in one_namespace.cache)
         assert set(one_namespace.cache.keys()) == {f"{ns2}/owned-2", f"{ns2}/later"}
 
 
-async def test_resync_redelivers_the_cache_without_api_calls(server: ApiServer) -> None:
+async def test_resync_redelivers_the_cache_without_api_calls(apiserver: ApiServer) -> None:
     run = unique("run")
     clock = ManualClock()
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         for i in range(5):
             await client.create(node(f"{run}-{i}", run))
         recorder = Recorder()
@@ -303,35 +207,35 @@ async def test_resync_redelivers_the_cache_without_api_calls(server: ApiServer) 
         async with running(informer):
             await synced(informer)
             before = {
-                verb: await requests(server, verb, "Node") for verb in ("list", "get", "watch")
+                verb: await requests(apiserver, verb, "Node") for verb in ("list", "get", "watch")
             }
             for round_ in (1, 2):
-                await eventually(lambda: clock.sleepers > 0, "the resync timer")
+                await wait_for_async("the resync timer", lambda: clock.sleepers > 0)
                 clock.advance(60.0)
-                await eventually(lambda r=round_: informer.metrics.resyncs == r, "a resync")
+                await wait_for_async("a resync", lambda r=round_: informer.metrics.resyncs == r)
             after = {
-                verb: await requests(server, verb, "Node") for verb in ("list", "get", "watch")
+                verb: await requests(apiserver, verb, "Node") for verb in ("list", "get", "watch")
             }
     resynced = [key for kind, key in recorder.events if kind == "RESYNC"]
     assert sorted(resynced) == sorted(2 * [f"{run}-{i}" for i in range(5)])
     assert after == before  # not one request to the API for a resync
 
 
-async def test_a_failing_handler_does_not_stop_the_others(server: ApiServer) -> None:
+async def test_a_failing_handler_does_not_stop_the_others(apiserver: ApiServer) -> None:
     run = unique("run")
     recorder = Recorder()
 
     def broken(kind: str, old: Any, new: Any) -> None:
         raise RuntimeError("handler bug")
 
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         informer = Informer(client, Node, label_selector={"run": run}, clock=SystemClock())
         informer.add_handler(broken)
         informer.add_handler(recorder)
         async with running(informer):
             await synced(informer)
             await client.create(node(f"{run}-x", run))
-            await eventually(lambda: recorder.of(f"{run}-x") == ["ADDED"], "the event")
+            await wait_for_async("the event", lambda: recorder.of(f"{run}-x") == ["ADDED"])
     assert informer.metrics.handler_errors == 1
 
 
@@ -339,22 +243,22 @@ async def test_a_failing_handler_does_not_stop_the_others(server: ApiServer) -> 
 
 
 async def test_the_watch_resumes_from_its_version_after_the_server_is_killed(
-    own_server: ApiServer,
+    own_apiserver: ApiServer,
 ) -> None:
     before, after = unique("before"), unique("after")
     recorder = Recorder()
-    async with KeelClient.from_kubeconfig(own_server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(own_apiserver.kubeconfig) as client:
         informer = Informer(client, Node, clock=SystemClock())
         informer.add_handler(recorder)
         async with running(informer):
             await synced(informer)
             await client.create(Node(metadata=ObjectMeta(name=before)))
-            await eventually(lambda: before in informer.cache, "the first object")
-            await asyncio.to_thread(own_server.stop, signal.SIGKILL)
-            await asyncio.to_thread(own_server.start)  # same port, same database
+            await wait_for_async("the first object", lambda: before in informer.cache)
+            await asyncio.to_thread(own_apiserver.stop, signal.SIGKILL)
+            await asyncio.to_thread(own_apiserver.start)  # same port, same database
             await client.create(Node(metadata=ObjectMeta(name=after)))
-            await eventually(lambda: after in informer.cache, "the object created after")
-            lists_since_restart = await requests(own_server, "list", "Node")
+            await wait_for_async("the object created after", lambda: after in informer.cache)
+            lists_since_restart = await requests(own_apiserver, "list", "Node")
             listed, _ = await client.list(Node)
     assert names(informer.cache) == {o.metadata.name for o in listed}
     assert recorder.of(before) == ["ADDED"]  # resumed, not replayed
@@ -364,14 +268,14 @@ async def test_the_watch_resumes_from_its_version_after_the_server_is_killed(
 
 
 async def test_a_version_older_than_the_history_relists_and_diffs_the_cache(
-    server: ApiServer, tmp_path: Path
+    apiserver: ApiServer, tmp_path: Path
 ) -> None:
     """The checkpoint claims resourceVersion 1 (long compacted out of the watch history) and
     holds one object that is gone and an old version of one that changed: the watch gets
     410, the informer relists and tells handlers exactly the differences."""
     run = unique("run")
     kept, changed, gone, new = (f"{run}-{n}" for n in ("kept", "changed", "gone", "new"))
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         kept_obj = await client.create(node(kept, run))
         changed_obj = await client.create(node(changed, run))
         await client.create(node(new, run))
@@ -386,7 +290,9 @@ async def test_a_version_older_than_the_history_relists_and_diffs_the_cache(
         informer.add_handler(recorder)
         async with running(informer):
             await synced(informer)
-            await eventually(lambda: names(informer.cache) == {kept, changed, new}, "the relist")
+            await wait_for_async(
+                "the relist", lambda: names(informer.cache) == {kept, changed, new}
+            )
     assert informer.metrics.checkpoint_loads == 1 and informer.metrics.relists == 1
     assert recorder.of(kept) == ["ADDED"]  # from the checkpoint; unchanged by the relist
     assert recorder.of(changed) == ["ADDED", "MODIFIED"]
@@ -397,32 +303,32 @@ async def test_a_version_older_than_the_history_relists_and_diffs_the_cache(
 
 
 async def test_a_restart_that_lost_the_watch_history_relists_and_reports_the_differences(
-    own_server: ApiServer,
+    own_apiserver: ApiServer,
 ) -> None:
     """While the server is down the store changes behind its back (one node deleted, one
     created): the restarted server's history starts after those changes, so the watch's
     resume gets 410, and the relist must tell handlers what was missed."""
     kept, removed, created = unique("kept"), unique("removed"), unique("created")
     recorder = Recorder()
-    async with KeelClient.from_kubeconfig(own_server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(own_apiserver.kubeconfig) as client:
         informer = Informer(client, Node, clock=SystemClock())
         informer.add_handler(recorder)
         async with running(informer):
             await synced(informer)
             await client.create(Node(metadata=ObjectMeta(name=kept)))
             await client.create(Node(metadata=ObjectMeta(name=removed)))
-            await eventually(lambda: removed in informer.cache, "the objects")
-            await asyncio.to_thread(own_server.stop, signal.SIGKILL)
-            store = await open_store(f"sqlite:///{own_server.state_dir / 'keel.db'}")
+            await wait_for_async("the objects", lambda: removed in informer.cache)
+            await asyncio.to_thread(own_apiserver.stop, signal.SIGKILL)
+            store = await open_store(f"sqlite:///{own_apiserver.state_dir / 'keel.db'}")
             try:
                 await store.delete(f"/registry/nodes/{removed}".encode())
                 body = msgspec.json.encode(Node(kind="Node", metadata=ObjectMeta(name=created)))
                 await store.put(f"/registry/nodes/{created}".encode(), body)
             finally:
                 await store.close()
-            await asyncio.to_thread(own_server.start)
-            await eventually(lambda: created in informer.cache, "the relist")
-            await eventually(lambda: removed not in informer.cache, "the relist")
+            await asyncio.to_thread(own_apiserver.start)
+            await wait_for_async("the relist", lambda: created in informer.cache)
+            await wait_for_async("the relist", lambda: removed not in informer.cache)
     assert informer.metrics.relists == 1
     assert recorder.of(kept) == ["ADDED"]
     assert recorder.of(removed) == ["ADDED", "DELETED"]  # a delete nobody saw as an event
@@ -472,8 +378,8 @@ async def test_informers_spread_their_relists_after_a_mass_410() -> None:
     ]
     tasks = [asyncio.create_task(i.run()) for i in informers]
     try:
-        await eventually(lambda: all(len(c.list_times) == 1 for c in clients), "initial lists")
-        await eventually(lambda: clock.sleepers == 40, "every watch expired")
+        await wait_for_async("initial lists", lambda: all(len(c.list_times) == 1 for c in clients))
+        await wait_for_async("every watch expired", lambda: clock.sleepers == 40)
         while any(len(c.list_times) < 2 for c in clients):
             clock.advance(0.01)
             await asyncio.sleep(0)
@@ -526,8 +432,8 @@ async def test_a_failed_list_is_retried_with_backoff_and_wait_synced_times_out()
     informer = Informer(client, Node, clock=clock, rng=random.Random(2), resync_period=0)  # type: ignore[arg-type]
     async with running(informer):
         waiting = asyncio.create_task(informer.wait_synced(timeout=0.5))
-        await eventually(lambda: len(client.list_times) == 1, "the first list")
-        await eventually(lambda: clock.sleepers >= 2, "the backoff and the timeout")
+        await wait_for_async("the first list", lambda: len(client.list_times) == 1)
+        await wait_for_async("the backoff and the timeout", lambda: clock.sleepers >= 2)
         clock.advance(0.5)
         assert await asyncio.wait_for(waiting, DEADLINE) is False  # 0.5 s of virtual time
         while len(client.list_times) < 3:
@@ -551,12 +457,12 @@ def test_relist_delay_is_full_jitter_under_a_doubling_cap() -> None:
 
 
 async def test_a_restart_from_a_checkpoint_resumes_the_watch_without_a_list(
-    server: ApiServer, tmp_path: Path
+    apiserver: ApiServer, tmp_path: Path
 ) -> None:
     run = unique("run")
     x, y, z = (f"{run}-{n}" for n in "xyz")
     checkpoint = Checkpoint(tmp_path / "nodes.ckpt")
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(node(x, run))
         await client.create(node(y, run))
         first = Informer(
@@ -569,7 +475,7 @@ async def test_a_restart_from_a_checkpoint_resumes_the_watch_without_a_list(
         await client.create(node(z, run))
         await client.delete(Node, x)
         await client.patch(Node, y, {"spec": {"unschedulable": True}})
-        lists_before = await requests(server, "list", "Node")
+        lists_before = await requests(apiserver, "list", "Node")
 
         recorder = Recorder()
         second = Informer(
@@ -578,9 +484,9 @@ async def test_a_restart_from_a_checkpoint_resumes_the_watch_without_a_list(
         second.add_handler(recorder)
         async with running(second):
             await synced(second)
-            await eventually(lambda: names(second.cache) == {y, z}, "the missed changes")
-            await eventually(lambda: recorder.of(y) == ["ADDED", "MODIFIED"], "y's update")
-        lists_after = await requests(server, "list", "Node")
+            await wait_for_async("the missed changes", lambda: names(second.cache) == {y, z})
+            await wait_for_async("y's update", lambda: recorder.of(y) == ["ADDED", "MODIFIED"])
+        lists_after = await requests(apiserver, "list", "Node")
     assert lists_after == lists_before  # no list at all: the watch resumed
     assert second.metrics.lists == 0 and second.metrics.checkpoint_loads == 1
     assert recorder.of(x) == ["ADDED", "DELETED"]
@@ -589,11 +495,11 @@ async def test_a_restart_from_a_checkpoint_resumes_the_watch_without_a_list(
     assert cached is not None and cached.spec.unschedulable
 
 
-async def test_the_checkpoint_is_saved_periodically(server: ApiServer, tmp_path: Path) -> None:
+async def test_the_checkpoint_is_saved_periodically(apiserver: ApiServer, tmp_path: Path) -> None:
     run = unique("run")
     clock = ManualClock()
     checkpoint = Checkpoint(tmp_path / "nodes.ckpt")
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(node(f"{run}-1", run))
         informer = Informer(
             client,
@@ -607,27 +513,27 @@ async def test_the_checkpoint_is_saved_periodically(server: ApiServer, tmp_path:
         async with running(informer):
             await synced(informer)
             assert checkpoint.load(Node, scope=informer.scope) is None
-            await eventually(lambda: clock.sleepers > 0, "the checkpoint timer")
+            await wait_for_async("the checkpoint timer", lambda: clock.sleepers > 0)
             clock.advance(30.0)
-            await eventually(lambda: informer.metrics.checkpoint_saves == 1, "a save")
+            await wait_for_async("a save", lambda: informer.metrics.checkpoint_saves == 1)
             loaded = checkpoint.load(Node, scope=informer.scope)
             assert loaded is not None
             assert loaded[0] == informer.resource_version
             assert [o.metadata.name for o in loaded[1]] == [f"{run}-1"]
             await client.create(node(f"{run}-2", run))
-            await eventually(lambda: len(informer.cache) == 2, "the second object")
+            await wait_for_async("the second object", lambda: len(informer.cache) == 2)
             clock.advance(30.0)
-            await eventually(lambda: informer.metrics.checkpoint_saves == 2, "another save")
+            await wait_for_async("another save", lambda: informer.metrics.checkpoint_saves == 2)
     loaded = checkpoint.load(Node, scope=informer.scope)
     assert loaded is not None and len(loaded[1]) == 2
 
 
 async def test_a_checkpoint_with_damaged_objects_falls_back_to_a_list(
-    server: ApiServer, tmp_path: Path
+    apiserver: ApiServer, tmp_path: Path
 ) -> None:
     run = unique("run")
     checkpoint = Checkpoint(tmp_path / "nodes.ckpt")
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(node(f"{run}-1", run))
         informer = Informer(
             client, Node, label_selector={"run": run}, clock=SystemClock(), checkpoint=checkpoint
@@ -641,10 +547,12 @@ async def test_a_checkpoint_with_damaged_objects_falls_back_to_a_list(
     assert names(informer.cache) == {f"{run}-1"}
 
 
-async def test_a_checkpoint_for_another_scope_is_ignored(server: ApiServer, tmp_path: Path) -> None:
+async def test_a_checkpoint_for_another_scope_is_ignored(
+    apiserver: ApiServer, tmp_path: Path
+) -> None:
     run = unique("run")
     checkpoint = Checkpoint(tmp_path / "nodes.ckpt")
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(node(f"{run}-1", run))
         checkpoint.save(
             "1", [node("phantom", "other")], kind=Node, scope="ns=;labels=run=other;fields="
@@ -729,10 +637,10 @@ def test_property_duplicates_and_relists_leave_cache_and_handlers_consistent(
         assert informer.cache.index_keys("label:rev", obj.metadata.labels["rev"]) == [name]
 
 
-async def test_run_again_after_a_cancel_resumes_the_watch(server: ApiServer) -> None:
+async def test_run_again_after_a_cancel_resumes_the_watch(apiserver: ApiServer) -> None:
     run = unique("run")
     recorder = Recorder()
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(node(f"{run}-1", run))
         informer = Informer(client, Node, label_selector={"run": run}, clock=SystemClock())
         informer.add_handler(recorder)
@@ -741,24 +649,24 @@ async def test_run_again_after_a_cancel_resumes_the_watch(server: ApiServer) -> 
         await client.create(node(f"{run}-2", run))
         await client.delete(Node, f"{run}-1")
         async with running(informer):
-            await eventually(lambda: names(informer.cache) == {f"{run}-2"}, "the changes")
+            await wait_for_async("the changes", lambda: names(informer.cache) == {f"{run}-2"})
     assert informer.metrics.lists == 1  # no second list
     assert recorder.of(f"{run}-1") == ["ADDED", "DELETED"]
     assert recorder.of(f"{run}-2") == ["ADDED"]
 
 
 async def test_bookmarks_move_the_resume_point_past_changes_the_informer_filters_out(
-    server: ApiServer,
+    apiserver: ApiServer,
 ) -> None:
     """Without bookmarks a label-filtered informer would keep the version of its own last
     object, and a resume after other writes could fall out of the history (410)."""
     run = unique("run")
-    async with KeelClient.from_kubeconfig(server.kubeconfig) as client:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
         await client.create(node(f"{run}-mine", run))
         informer = Informer(client, Node, label_selector={"run": run}, clock=SystemClock())
         async with running(informer):
             await synced(informer)
             other = await client.create(node(unique("other"), unique("run")))
             later = int(other.metadata.resource_version)
-            await eventually(lambda: int(informer.resource_version) >= later, "a bookmark")
+            await wait_for_async("a bookmark", lambda: int(informer.resource_version) >= later)
     assert names(informer.cache) == {f"{run}-mine"}

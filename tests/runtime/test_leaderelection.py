@@ -7,18 +7,16 @@ import asyncio
 import contextlib
 import random
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import Lease, Namespace, ObjectMeta
 from keel.client import FencingTokenRejected, KeelClient
@@ -37,7 +35,6 @@ from keel.runtime.leaderelection import (
 TTL = 2
 MARGIN = 0.2
 NS = "keel-system"
-START_TIMEOUT = 60.0
 
 
 # --------------------------------------------------------------------------- pure core
@@ -199,110 +196,10 @@ def test_manual_clock_wakes_sleepers_only_when_time_passes_their_deadline() -> N
 # --------------------------------------------------------------------------- real server
 
 
-class ApiServer:
-    """`keel apiserver` on sqlite, as a subprocess on a port the OS picked."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.url = ""
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ApiServer:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "keel", "apiserver",
-            "--store", f"sqlite:///{self.state_dir / 'keel.db'}",
-            "--listen", "127.0.0.1:0",
-            "--state-dir", str(self.state_dir),
-        ]  # fmt: skip
-        log = (self.state_dir / "apiserver.log").open("wb")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        kubeconfig = self.state_dir / "kubeconfig"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError((self.state_dir / "apiserver.log").read_text())
-            if kubeconfig.exists() and (self.state_dir / "tokens.csv").exists():
-                config = yaml.safe_load(kubeconfig.read_text())
-                self.url = config["clusters"][0]["cluster"]["server"]
-                if self._ready():
-                    return self
-            time.sleep(0.05)  # polling for readiness, with a deadline
-        raise RuntimeError("apiserver not ready: " + (self.state_dir / "apiserver.log").read_text())
-
-    def _ready(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def token(self, role: str = "controller") -> str:
-        for line in (self.state_dir / "tokens.csv").read_text().splitlines():
-            if line and not line.startswith("#"):
-                token, _name, line_role = line.split(",")
-                if line_role == role:
-                    return token
-        raise KeyError(role)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGCONT)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-
-@pytest.fixture(scope="module")
-def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("election-apiserver")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def client(apiserver: ApiServer) -> AsyncIterator[KeelClient]:
-    async with KeelClient(apiserver.url, token=apiserver.token("controller")) as client:
+    async with apiserver.client("controller") as client:
         yield client
-
-
-async def poll(
-    condition: Callable[[], Any], what: str, timeout: float = 10.0, step: float = 0.005
-) -> Any:
-    """Wait until `condition()` is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(step)
-
-
-async def poll_async(
-    condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -333,7 +230,7 @@ async def test_two_electors_never_lead_at_once_and_the_lease_names_the_leader(
     name = lease_name()
     a, b = elector(client, name, "a"), elector(client, name, "b")
     async with running(a, b):
-        await poll(lambda: a.is_leader() or b.is_leader(), "a leader")
+        await wait_for_async("a leader", lambda: a.is_leader() or b.is_leader())
         # Watch them through several renewal rounds: exactly one leads the whole time.
         end = time.monotonic() + 2 * TTL
         while time.monotonic() < end:
@@ -355,7 +252,7 @@ async def test_a_standby_takes_over_within_ttl_and_a_half_with_a_higher_token(
     async with running(first) as tasks:
         old_token = await asyncio.wait_for(first.wait_leading(), 10)
         async with running(standby):
-            await poll(lambda: standby.holder == "first", "the standby to see the leader")
+            await wait_for_async("the standby to see the leader", lambda: standby.holder == "first")
             # The leader dies: its task stops renewing, and nothing releases the lease.
             tasks["first"].cancel()
             died = time.monotonic()
@@ -389,7 +286,7 @@ async def test_a_stopped_elector_releases_so_the_standby_leads_at_once(
     async with running(first) as tasks:
         await asyncio.wait_for(first.wait_leading(), 10)
         async with running(standby):
-            await poll(lambda: standby.holder == "first", "the standby to see the leader")
+            await wait_for_async("the standby to see the leader", lambda: standby.holder == "first")
             tasks["first"].cancel()
             stopped = time.monotonic()
             await asyncio.gather(tasks["first"], return_exceptions=True)
@@ -414,13 +311,13 @@ async def test_a_failed_renewal_steps_down_at_once_and_a_fenced_out_leader_too(
         believed_until = a.deadline
         assert believed_until is not None
         intruder = await client.acquire_lease(NS, name, "intruder", TTL)
-        await poll(lambda: not a.is_leader(), "a to step down", timeout=TTL)
+        await wait_for_async("a to step down", lambda: not a.is_leader(), timeout=TTL)
         stepped_down = time.monotonic()
         # Stepped down when its renewal got 409, before its belief would have run out.
         assert stepped_down < believed_until
         assert changes == [token, None]
         assert a.holder in (None, "intruder")
-        await poll(lambda: a.holder == "intruder", "a to observe the intruder")
+        await wait_for_async("a to observe the intruder", lambda: a.holder == "intruder")
         await client.release_lease(intruder)
         token2 = await asyncio.wait_for(a.wait_leading(), TTL + 5)
         assert token2 > intruder.status.fencing_token
@@ -439,16 +336,18 @@ async def test_a_leader_that_gets_no_answer_steps_down_at_its_deadline(
             async with running(a):
                 await asyncio.wait_for(a.wait_leading(), 10)
                 acquired = a.state.renewed_sent_at
-                await poll(lambda: a.state.renewed_sent_at != acquired, "a renewal")
+                await wait_for_async("a renewal", lambda: a.state.renewed_sent_at != acquired)
                 server.signal(signal.SIGSTOP)  # renewals now hang without an answer
                 try:
                     deadline = a.deadline
                     assert deadline is not None
-                    await poll(lambda: not a.is_leader(), "step-down", timeout=TTL + 1)
+                    await wait_for_async("step-down", lambda: not a.is_leader(), timeout=TTL + 1)
                     # `is_leader()` turns false exactly at the deadline; the elector itself
                     # steps down (callbacks, phase) a moment later.
                     assert time.monotonic() >= deadline - 0.01
-                    await poll(lambda: a.state.phase is not Phase.LEADING, "phase change", 1.0)
+                    await wait_for_async(
+                        "phase change", lambda: a.state.phase is not Phase.LEADING, timeout=1.0
+                    )
                     assert time.monotonic() - deadline < 0.5
                 finally:
                     server.signal(signal.SIGCONT)

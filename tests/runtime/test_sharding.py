@@ -9,12 +9,12 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_leaderelection import ApiServer, poll
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import Lease
 from keel.client import KeelClient
@@ -121,16 +121,9 @@ def test_balancing_converges_to_every_shard_owned_within_the_target(
 # --------------------------------------------------------------------------- real server
 
 
-@pytest.fixture(scope="module")
-def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("sharding-apiserver")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def client(apiserver: ApiServer) -> AsyncIterator[KeelClient]:
-    async with KeelClient(apiserver.url, token=apiserver.token("controller")) as client:
+    async with apiserver.client("controller") as client:
         yield client
 
 
@@ -223,19 +216,19 @@ async def test_replicas_split_shards_evenly_and_never_own_one_twice(client: Keel
     async with fleet(client) as group:
         group.start("a")
         group.start("b")
-        await poll(group.balanced, "2 replicas to balance 8 shards", timeout=20)
+        await wait_for_async("2 replicas to balance 8 shards", group.balanced, timeout=20)
         assert sorted(group.counts().values()) == [4, 4]
         group.start("c")
-        await poll(group.balanced, "3 replicas to balance 8 shards", timeout=20)
+        await wait_for_async("3 replicas to balance 8 shards", group.balanced, timeout=20)
         assert sorted(group.counts().values()) == [2, 3, 3]
         # The given-back shards went through on_lost before their release.
         assert sum(len(lost) for lost in group.lost.values()) >= 2
         assert group.samples > 0 and group.violations == []
         owners = {s: i for i, c in group.coordinators.items() for s in c.owned}
         # Every replica's lease cache comes to name the same holders.
-        await poll(
-            lambda: all(c.holders() == owners for c in group.coordinators.values()),
+        await wait_for_async(
             "the lease caches to agree",
+            lambda: all(c.holders() == owners for c in group.coordinators.values()),
         )
 
 
@@ -244,12 +237,12 @@ async def test_a_crashed_replicas_shards_are_taken_over(client: KeelClient) -> N
         group.start("a")
         group.start("b")
         doomed = group.start("c", release_on_exit=False)
-        await poll(group.balanced, "3 replicas to balance", timeout=20)
+        await wait_for_async("3 replicas to balance", group.balanced, timeout=20)
         orphaned = set(doomed.owned)
         assert orphaned
         await group.stop("c")  # stops renewing; its leases expire in the store
         crashed = time.monotonic()
-        await poll(group.balanced, "2 replicas to take over", timeout=20)
+        await wait_for_async("2 replicas to take over", group.balanced, timeout=20)
         takeover = time.monotonic() - crashed
         print(f"shards of a crashed replica taken over after {takeover:.3f} s")
         assert takeover < TTL + 1.5
@@ -261,12 +254,12 @@ async def test_a_departing_replica_hands_its_shards_over_at_once(client: KeelCli
     async with fleet(client) as group:
         group.start("a")
         leaving = group.start("b")
-        await poll(group.balanced, "2 replicas to balance", timeout=20)
+        await wait_for_async("2 replicas to balance", group.balanced, timeout=20)
         handed = set(leaving.owned)
         await group.stop("b")
         assert sorted(group.lost["b"]) == sorted(handed)
         stopped = time.monotonic()
-        await poll(lambda: len(group.coordinators["a"].owned) == SHARDS, "a to own all")
+        await wait_for_async("a to own all", lambda: len(group.coordinators["a"].owned) == SHARDS)
         handover = time.monotonic() - stopped
         print(f"shards of a departing replica taken over after {handover:.3f} s")
         # a's member count drops when b's member lease is released, and its shards are free.
@@ -279,11 +272,13 @@ async def test_a_fenced_out_shard_is_dropped_at_once_and_retaken_after_expiry(
 ) -> None:
     async with fleet(client) as group:
         a = group.start("a")
-        await poll(lambda: len(a.owned) == SHARDS, "a to own every shard")
+        await wait_for_async("a to own every shard", lambda: len(a.owned) == SHARDS)
         shard = 3
         a.lost(shard)
         assert shard not in a.owned and a.token(shard) is None
-        await poll(lambda: shard in group.lost["a"], "on_lost for the fenced-out shard")
+        await wait_for_async("on_lost for the fenced-out shard", lambda: shard in group.lost["a"])
         # Its lease was not released (it may be someone else's): it comes back after expiry.
-        await poll(lambda: shard in a.owned, "the shard to be taken again", timeout=TTL + 3)
+        await wait_for_async(
+            "the shard to be taken again", lambda: shard in a.owned, timeout=TTL + 3
+        )
         assert group.violations == []

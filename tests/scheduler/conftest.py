@@ -4,25 +4,22 @@ are cluster-wide and each test wants only its own."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
-from controllers.keel_processes import ApiServer
+from support import ApiServer
 
 from keel.client import KeelClient
 
 
 @pytest.fixture
-def apiserver(tmp_path: Path) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path / "apiserver").start()
-    yield server
-    server.stop()
+def apiserver(own_apiserver: ApiServer) -> ApiServer:
+    return own_apiserver
 
 
 @pytest.fixture
 async def admin(apiserver: ApiServer) -> AsyncIterator[KeelClient]:
-    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as client:
+    async with apiserver.client() as client:
         yield client
 
 

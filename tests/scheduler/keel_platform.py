@@ -9,10 +9,9 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import msgspec
-from controllers.keel_processes import ApiServer
+from support import ApiServer
 
 from keel.api.resources import (
     Condition,
@@ -25,7 +24,6 @@ from keel.api.resources import (
     PortStatus,
     ResourceList,
 )
-from keel.cli._state_dir import write_kubeconfig
 from keel.client import KeelClient
 from keel.clock import SystemClock
 from keel.controllers.deployment import DeploymentController
@@ -36,20 +34,6 @@ from keel.runtime.manager import ControllerManager
 from keel.scheduler.service import new_scheduler
 
 NODE_LEASES = "keel-node-lease"
-
-
-def role_kubeconfig(server: ApiServer, role: str) -> Path:
-    """A kubeconfig with the token of `role` from the server's tokens.csv."""
-    path = server.state_dir / f"{role}.kubeconfig"
-    if not path.exists():
-        for line in (server.state_dir / "tokens.csv").read_text().splitlines():
-            fields = [f.strip() for f in line.split(",")]
-            if len(fields) == 3 and fields[2] == role:
-                write_kubeconfig(path, server.url, fields[0])
-                break
-        else:
-            raise RuntimeError(f"no {role} token in tokens.csv")
-    return path
 
 
 @contextlib.asynccontextmanager
@@ -66,7 +50,7 @@ async def platform(
     clients: list[KeelClient] = []
     managers: list[ControllerManager] = []
     if controllers:
-        client = KeelClient.from_kubeconfig(role_kubeconfig(server, "controller"))
+        client = server.client("controller")
         clients.append(client)
         runner = ControllerRunner(client, clock=clock)
         made: dict[str, Callable[[], Controller]] = {
@@ -80,7 +64,7 @@ async def platform(
             ControllerManager(client, runner, identity=f"cm-{uuid.uuid4().hex[:6]}", clock=clock)
         )
     if scheduler:
-        client = KeelClient.from_kubeconfig(role_kubeconfig(server, "scheduler"))
+        client = server.client("scheduler")
         clients.append(client)
         managers.append(
             new_scheduler(

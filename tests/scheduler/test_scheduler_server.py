@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from controllers.keel_processes import ApiServer, eventually
 from scheduler.keel_platform import FakeAgent, platform
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
     Deployment,
@@ -58,7 +58,7 @@ async def wait_ready(client: KeelClient, nodes: list[str], wanted: str = "True")
     async def all_ready() -> bool:
         return all([await node_ready(client, n) == wanted for n in nodes])
 
-    await eventually(all_ready, f"Ready={wanted} on {', '.join(nodes)}")
+    await wait_for_async(f"Ready={wanted} on {', '.join(nodes)}", all_ready)
 
 
 async def wait_placed(client: KeelClient, name: str, ok: Callable[[dict[str, str]], bool],
@@ -71,7 +71,7 @@ async def wait_placed(client: KeelClient, name: str, ok: Callable[[dict[str, str
         seen = await placements(client, name)
         return ok(seen)
 
-    await eventually(check, what, timeout)
+    await wait_for_async(what, check, timeout=timeout)
     return seen
 
 
@@ -111,7 +111,7 @@ async def test_unschedulable_instance_says_why_and_is_placed_when_a_node_fits(
                     if c.type == "Scheduled" and c.status == "False"
                 ]
 
-            [(reason, message)] = await eventually(unschedulable, "an Unschedulable condition")
+            [(reason, message)] = await wait_for_async("an Unschedulable condition", unschedulable)
             assert reason == "Unschedulable"
             assert message == "0/1 nodes are available: 1 insufficient cpu"
             agents.append(await FakeAgent(admin, "big", "c1", cpu="8").start())
@@ -119,14 +119,14 @@ async def test_unschedulable_instance_says_why_and_is_placed_when_a_node_fits(
             async def on_big() -> bool:
                 return list((await placements(admin, name)).values()) == ["big"]
 
-            await eventually(on_big, "the instance bound to the big node")
+            await wait_for_async("the instance bound to the big node", on_big)
 
             async def marked_scheduled() -> bool:
                 found = await admin.list(Instance, namespace=NS)
                 conditions = [c for i in found.items for c in i.status.conditions]
                 return any(c.type == "Scheduled" and c.status == "True" for c in conditions)
 
-            await eventually(marked_scheduled, "the Scheduled condition to turn True")
+            await wait_for_async("the Scheduled condition to turn True", marked_scheduled)
     finally:
         for agent in agents:
             await agent.stop_renewing()
@@ -147,7 +147,7 @@ async def test_only_allowed_clusters_are_used(
                 got = await placements(admin, name)
                 return len(got) == 3 and set(got.values()) == {"west-1"}
 
-            await eventually(all_west, "3 instances on west-1")
+            await wait_for_async("3 instances on west-1", all_west)
     finally:
         for agent in agents:
             await agent.stop_renewing()
