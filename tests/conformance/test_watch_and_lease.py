@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from storetest import WatchCollector
+from store.storetest import WatchCollector
 
 from keel.store import CompactedError, EventType, LeaseNotFound, Op, Store
 

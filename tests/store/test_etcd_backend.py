@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from storetest import WatchCollector
+from store.storetest import WatchCollector
 
 from keel.dev import gen_proto
 from keel.dev.etcd_cluster import EtcdCluster, free_port
