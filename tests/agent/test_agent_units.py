@@ -7,10 +7,10 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 from keel.agent import _driver, _procfs
 from keel.api.resources import InstanceSpec, PortSpec
@@ -34,12 +34,8 @@ def test_start_ticks_tell_a_live_process_from_a_reused_pid() -> None:
 def test_group_usage_counts_memory_of_the_whole_group() -> None:
     process = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30; wait"], start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
-        members = _procfs.group_members(process.pid)
-        while len(members) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling for the condition, with a deadline
-            members = _procfs.group_members(process.pid)
-        assert len(members) == 3  # sh and its two sleeps
+        # sh and its two sleeps
+        wait_for("3 group members", lambda: len(_procfs.group_members(process.pid)) == 3)
         _, rss = _procfs.group_usage(process.pid)
         assert rss > 0
     finally:

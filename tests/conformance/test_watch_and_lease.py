@@ -99,7 +99,9 @@ async def test_progress_notifications_are_empty_batches_at_the_current_revision(
     rev = await store.put(prefix + b"x", b"1")
     watch = WatchCollector(store, prefix, rev + 1, progress_notify=True)
     try:
-        await watch.wait_for(lambda: any(not b.events for b in watch.batches), timeout=15)
+        await watch.wait_for(
+            "a progress notification", lambda: any(not b.events for b in watch.batches), timeout=15
+        )
         progress = next(b for b in watch.batches if not b.events)
         assert progress.revision >= rev
     finally:
@@ -145,7 +147,9 @@ async def test_an_expired_lease_deletes_its_keys_with_delete_events(
         assert kv is not None
         assert kv.lease == lease.id
         await watch.wait_for(
-            lambda: sum(e.type is EventType.DELETE for e in watch.events) == 2, timeout=10
+            "both keys deleted with the lease",
+            lambda: sum(e.type is EventType.DELETE for e in watch.events) == 2,
+            timeout=10,
         )
         deletes = [e for e in watch.events if e.type is EventType.DELETE]
         assert sorted(e.kv.key for e in deletes) == [prefix + b"a", prefix + b"b"]

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 import msgspec
 import pytest
+from support import wait_for_async
 
 from keel.api.resources import (
     Deployment,
@@ -155,15 +156,6 @@ class Rig:
         return self.runner.start("test", self.client, **options)
 
 
-async def eventually(condition: Callable[[], object], what: str, spins: int = 2000) -> None:
-    """Let the event loop run until `condition` holds (no time passes on the manual clock)."""
-    for _ in range(spins):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
-
-
 def deployment(name: str, replicas: int = 1, namespace: str = "ns") -> Deployment:
     template = InstanceTemplate(spec=InstanceSpec(command=["sleep", "1"]))
     return Deployment(
@@ -217,8 +209,8 @@ async def test_reconcile_reads_the_cache_not_the_event() -> None:
     informer.put(deployment("web", 1))
     informer.put(deployment("web", 2))
     informer.put(deployment("web", 3))
-    await eventually(lambda: recorder.seen, "a reconcile")
-    await eventually(lambda: not partition.queues["recorder"].metrics.processing, "done")
+    await wait_for_async("a reconcile", lambda: recorder.seen)
+    await wait_for_async("done", lambda: not partition.queues["recorder"].metrics.processing)
     assert recorder.seen == [("ns/web", 3)]
     await partition.stop()
 
@@ -230,7 +222,7 @@ async def test_existing_objects_are_reconciled_once_at_start() -> None:
     for name in ("a", "b", "c"):
         rig.runner.cache(Deployment).objects[f"ns/{name}"] = deployment(name)  # type: ignore[attr-defined]
     partition = rig.start()
-    await eventually(lambda: len(recorder.seen) == 3, "three reconciles")
+    await wait_for_async("three reconciles", lambda: len(recorder.seen) == 3)
     assert sorted(key for key, _ in recorder.seen) == ["ns/a", "ns/b", "ns/c"]
     await partition.stop()
 
@@ -242,7 +234,7 @@ async def test_related_objects_map_to_their_owner_key() -> None:
     partition = rig.start()
     rig.informers[Instance].put(instance("web-1", owner="web"))
     rig.informers[Instance].put(instance("stray"))  # no owner: no key
-    await eventually(lambda: recorder.seen, "the owner's reconcile")
+    await wait_for_async("the owner's reconcile", lambda: recorder.seen)
     assert recorder.seen == [("ns/web", None)]
     assert list(owner_keys(Deployment)(instance("x", owner="api", namespace="n2"))) == ["n2/api"]
     await partition.stop()
@@ -257,7 +249,7 @@ async def test_one_informer_per_kind_is_shared_by_controllers() -> None:
     assert set(rig.informers) == {Deployment, Instance}
     partition = rig.start()
     rig.informers[Deployment].put(deployment("web"))
-    await eventually(lambda: first.seen and second.seen, "both controllers")
+    await wait_for_async("both controllers", lambda: first.seen and second.seen)
     await partition.stop()
 
 
@@ -268,14 +260,14 @@ async def test_requeue_after_runs_again_when_the_time_has_come() -> None:
     rig.runner.register(recorder)
     partition = rig.start()
     rig.informers[Deployment].put(deployment("web"))
-    await eventually(lambda: len(recorder.seen) == 1, "first reconcile")
-    await eventually(lambda: rig.clock.next_deadline() == 5.0, "workers wait for the requeue")
+    await wait_for_async("first reconcile", lambda: len(recorder.seen) == 1)
+    await wait_for_async("workers wait for the requeue", lambda: rig.clock.next_deadline() == 5.0)
     rig.clock.advance(4.9)
     for _ in range(50):
         await asyncio.sleep(0)
     assert len(recorder.seen) == 1
     rig.clock.advance(0.1)
-    await eventually(lambda: len(recorder.seen) == 2, "the requeued reconcile")
+    await wait_for_async("the requeued reconcile", lambda: len(recorder.seen) == 2)
     assert rig.runner.metrics["recorder"].requeues >= 1
     await partition.stop()
 
@@ -288,15 +280,15 @@ async def test_failures_retry_with_backoff_and_success_forgets_them() -> None:
     partition = rig.start()
     queue = partition.queues["recorder"]
     rig.informers[Deployment].put(deployment("web"))
-    await eventually(lambda: len(recorder.seen) == 1, "first attempt")
-    await eventually(lambda: queue.retries("ns/web") == 1, "a retry scheduled")
-    await eventually(lambda: rig.clock.next_deadline() is not None, "waiting for the backoff")
+    await wait_for_async("first attempt", lambda: len(recorder.seen) == 1)
+    await wait_for_async("a retry scheduled", lambda: queue.retries("ns/web") == 1)
+    await wait_for_async("waiting for the backoff", lambda: rig.clock.next_deadline() is not None)
     assert len(recorder.seen) == 1  # not at once: after the backoff
     rig.clock.advance(1.0)
-    await eventually(lambda: len(recorder.seen) == 2, "second attempt")
-    await eventually(lambda: rig.clock.next_deadline() is not None, "waiting for the backoff")
+    await wait_for_async("second attempt", lambda: len(recorder.seen) == 2)
+    await wait_for_async("waiting for the backoff", lambda: rig.clock.next_deadline() is not None)
     rig.clock.advance(1.0)
-    await eventually(lambda: rig.server.writes, "the successful third attempt")
+    await wait_for_async("the successful third attempt", lambda: rig.server.writes)
     assert len(recorder.seen) == 3
     assert queue.retries("ns/web") == 0
     metrics = rig.runner.metrics["recorder"]
@@ -314,7 +306,7 @@ async def test_a_shard_reconciles_only_its_own_keys() -> None:
     partition = rig.start(accepts=lambda key: shard_of(key, 4) == 1)
     for name in names:
         rig.informers[Deployment].put(deployment(name))
-    await eventually(lambda: len(recorder.seen) == len(mine), "this shard's keys")
+    await wait_for_async("this shard's keys", lambda: len(recorder.seen) == len(mine))
     for _ in range(100):
         await asyncio.sleep(0)
     assert {key for key, _ in recorder.seen} == mine
@@ -330,7 +322,7 @@ async def test_a_rejected_fencing_token_stops_all_work_at_once() -> None:
     rig.server.reject = True
     for name in ("a", "b", "c", "d", "e"):
         rig.informers[Deployment].put(deployment(name))
-    await eventually(lambda: fenced, "the fencing callback")
+    await wait_for_async("the fencing callback", lambda: fenced)
     await partition.wait()
     assert fenced == [partition]
     assert partition.stopped and rig.runner.partitions == {}
@@ -402,6 +394,6 @@ async def test_the_controller_in_the_module_docstring_runs() -> None:
     rig.runner.register(namespace["PortCount"]())
     partition = rig.start()
     rig.informers[Service].put(Service(metadata=ObjectMeta(name="web", namespace="ns")))
-    await eventually(lambda: rig.server.writes, "the example's write")
+    await wait_for_async("the example's write", lambda: rig.server.writes)
     assert rig.server.writes == [("web", {"metadata": {"labels": {"ports": "0"}}})]
     await partition.stop()

@@ -1,10 +1,11 @@
-"""Helpers for store tests: collect watch events with a deadline."""
+"""Helpers for store tests (and the store conformance suite): collect watch events, and wait
+for a condition on them with a deadline (woken by each batch, not by polling)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from keel.store import Event, Store, WatchBatch
 
@@ -36,22 +37,27 @@ class WatchCollector:
     def events(self) -> list[Event]:
         return [event for batch in self.batches for event in batch.events]
 
-    async def wait_for(self, predicate: object, timeout: float = 10.0) -> None:
-        assert callable(predicate)
+    async def wait_for(
+        self, what: str, condition: Callable[[], object], *, timeout: float = 10.0
+    ) -> None:
+        """Wait until `condition()` holds, checking after every batch; fail after `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not predicate():
+        while not condition():
             if self.error is not None:
                 raise self.error
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"watch condition not met; got {len(self.events)} events")
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what} "
+                    f"(got {len(self.events)} events in {len(self.batches)} batches)"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def wait_events(self, count: int, timeout: float = 10.0) -> list[Event]:
-        await self.wait_for(lambda: len(self.events) >= count, timeout)
+        await self.wait_for(f"{count} events", lambda: len(self.events) >= count, timeout=timeout)
         return self.events
 
     async def close(self) -> None:

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 from keel.dev import etcd_provision
 from keel.dev.etcd_cluster import EtcdCluster
@@ -73,12 +73,11 @@ def test_keel_dev_etcd_runs_a_cluster_until_interrupted(tmp_path: Path) -> None:
             os.kill(pid, 0)  # alive
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-        deadline = time.monotonic() + 10
-        alive = list(member_pids)
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if Path(f"/proc/{p}").exists()]
-            time.sleep(0.05)
-        assert not alive, f"etcd members left running: {alive}"
+        wait_for(
+            f"the etcd members {member_pids} to exit",
+            lambda: not [p for p in member_pids if Path(f"/proc/{p}").exists()],
+            timeout=10,
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

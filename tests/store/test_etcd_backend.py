@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from store.storetest import WatchCollector
+from support import wait_for_async
 
 from keel.dev import gen_proto
 from keel.dev.etcd_cluster import EtcdCluster, free_port
@@ -21,14 +22,6 @@ from keel.store._etcd._errors import Outcome, definite_error, outcome
 from keel.store._types import CompactedError, InvalidRequest, LeaseNotFound, ValueTooLarge
 
 NewCluster = Callable[[int], EtcdCluster]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def etcd_of(store: Store) -> EtcdStore:
@@ -167,18 +160,22 @@ async def test_no_acknowledged_write_is_lost_when_the_leader_is_killed(
                 log.acked.append((key, value, revision, time.monotonic()))
 
         writers = [asyncio.create_task(writer(w)) for w in range(8)]
-        await wait_until(lambda: len(log.acked) >= 200, 20, "200 writes before the kill")
+        await wait_for_async(
+            "200 writes before the kill", lambda: len(log.acked) >= 200, timeout=20
+        )
         assert leader == await asyncio.to_thread(cluster.leader_index)
         killed_at = time.monotonic()
         await asyncio.to_thread(cluster.kill_member, leader)
         acked_before_kill = len(log.acked)
-        await wait_until(
-            lambda: any(at > killed_at + 0.05 for *_, at in log.acked[acked_before_kill:]),
-            10,
+        await wait_for_async(
             "writes resuming after the leader was killed",
+            lambda: any(at > killed_at + 0.05 for *_, at in log.acked[acked_before_kill:]),
+            timeout=10,
         )
         resumed_after = min(at for *_, at in log.acked[acked_before_kill:] if at > killed_at + 0.05)
-        await wait_until(lambda: len(log.acked) >= acked_before_kill + 200, 20, "200 more writes")
+        await wait_for_async(
+            "200 more writes", lambda: len(log.acked) >= acked_before_kill + 200, timeout=20
+        )
         stop.set()
         await asyncio.gather(*writers)
 
@@ -227,10 +224,10 @@ async def test_reads_survive_killing_the_member_the_client_talks_to(
                 reads += 1
 
         readers = [asyncio.create_task(reader()) for _ in range(4)]
-        await wait_until(lambda: reads >= 50, 10, "reads before the kill")
+        await wait_for_async("reads before the kill", lambda: reads >= 50, timeout=10)
         await asyncio.to_thread(cluster.kill_member, follower)
         after_kill = reads
-        await wait_until(lambda: reads >= after_kill + 200, 10, "reads after the kill")
+        await wait_for_async("reads after the kill", lambda: reads >= after_kill + 200, timeout=10)
         stop.set()
         await asyncio.gather(*readers)
         assert etcd_of(store)._endpoint.address != cluster.endpoints[follower]
@@ -311,7 +308,7 @@ async def test_a_lease_not_kept_alive_expires_with_delete_events_while_a_renewed
             renewer = asyncio.create_task(renew())
             try:
                 deletes = lambda: [e for e in watch.events if e.type is EventType.DELETE]  # noqa: E731
-                await watch.wait_for(lambda: len(deletes()) >= 1, timeout=15)
+                await watch.wait_for("the delete", lambda: len(deletes()) >= 1, timeout=15)
                 assert [e.kv.key for e in deletes()] == [prefix + b"dropped"]
                 assert deletes()[0].prev_kv is not None
                 await asyncio.sleep(1.0)
@@ -409,6 +406,6 @@ async def test_closing_the_store_ends_its_watches(
 
     consumer = asyncio.create_task(consume())
     await store.put(prefix + b"k", b"v")
-    await wait_until(lambda: bool(received), 10, "the first event")
+    await wait_for_async("the first event", lambda: bool(received), timeout=10)
     await store.close()
     await asyncio.wait_for(consumer, 5)  # ends quietly, no exception

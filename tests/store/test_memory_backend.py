@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from storetest import WatchCollector
+from store.storetest import WatchCollector
 
 from keel.clock import ManualClock
 from keel.sim.loop import EPOCH, SimClock, SimulationDeadlock, run_virtual
@@ -125,7 +125,7 @@ async def test_progress_notifications_follow_the_store_clock() -> None:
         await watch.wait_events(2)
         assert all(b.events for b in watch.batches)  # never quiet for 5 s yet
         clock.advance(5)
-        await watch.wait_for(lambda: not watch.batches[-1].events)
+        await watch.wait_for("a progress notification", lambda: not watch.batches[-1].events)
         assert watch.batches[-1] == WatchBatch([], rev)
         assert len(watch.batches) == 3
     finally:
@@ -156,7 +156,7 @@ async def test_closing_the_store_ends_watches_with_store_closed() -> None:
     await asyncio.sleep(0)
     await store.close()
     with pytest.raises(StoreClosed):
-        await watch.wait_for(lambda: False)
+        await watch.wait_for("the watch to end", lambda: False)
     with pytest.raises(StoreClosed):
         await store.get(b"/k")
 
@@ -196,7 +196,10 @@ async def test_history_after_compaction_is_exact_at_every_remaining_revision() -
     # just before it, they give the state now.
     replay = WatchCollector(store, b"/h/", middle)
     try:
-        await replay.wait_for(lambda: replay.batches[-1:] and replay.batches[-1].revision == now)
+        await replay.wait_for(
+            "the replay to reach the current revision",
+            lambda: replay.batches[-1:] and replay.batches[-1].revision == now,
+        )
         assert sorted({e.kv.mod_revision for e in replay.events}) == [
             r for r in revisions if r >= middle
         ]

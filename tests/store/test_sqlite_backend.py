@@ -13,10 +13,11 @@ import sqlite3
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from support import wait_for_async
 
 from keel.clock import ManualClock
 from keel.store import (
@@ -58,16 +59,6 @@ async def db(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 async def next_batch(iterator: AsyncIterator[WatchBatch], timeout: float = 10.0) -> WatchBatch:
     return await asyncio.wait_for(anext(iterator), timeout)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `predicate` until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def spawn(script: str, *args: str) -> asyncio.subprocess.Process:
@@ -549,14 +540,14 @@ async def test_leaving_the_loop_unregisters_the_watcher(db: SqliteStore) -> None
         assert batch.events
         break
     # `break` leaves the generator to the loop's async-generator finalizer.
-    await eventually(lambda: not db._watchers)
+    await wait_for_async("the watcher to be unregistered", lambda: not db._watchers)
 
     async def consume() -> None:
         async for _ in db.watch(b"/u/", start_revision=0):
             pass
 
     task = asyncio.ensure_future(consume())
-    await eventually(lambda: bool(db._watchers))
+    await wait_for_async("the watcher to be registered", lambda: bool(db._watchers))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
