@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 
 import pytest
 from msgspec.structs import replace
@@ -176,7 +177,7 @@ def test_plan_table(
 
 def test_start_of_a_new_instance_carries_it() -> None:
     (action,) = plan({KEY: inst()}, {}, T0, VIEW)
-    assert isinstance(action, Start) and action.instance is not None
+    assert action == Start(KEY, inst())
 
 
 def test_restart_uses_the_recorded_spec() -> None:
@@ -282,6 +283,7 @@ def test_status_reports_running_ready_ports_and_host_ip() -> None:
     assert status.host_ip == "127.0.0.1"
     assert status.ports == [PortStatus(name="http", port=4242)]
     assert status.started_at is not None
+    assert datetime.fromisoformat(status.started_at).timestamp() == T0  # when it started
     assert [(c.type, c.status) for c in status.conditions] == [("Ready", "True")]
 
 

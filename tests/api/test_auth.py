@@ -381,6 +381,25 @@ def test_bad_listen_addresses_are_explained(listen: str, message: str) -> None:
         tls.split_listen(listen)
 
 
+def handshake(server: ssl.SSLContext, cafile: Path) -> str:
+    """A TLS handshake in memory with a client trusting `cafile`; the server's common name."""
+    client = ssl.create_default_context(cafile=str(cafile))
+    pipes = (ssl.MemoryBIO(), ssl.MemoryBIO())  # client -> server, server -> client
+    near = client.wrap_bio(pipes[1], pipes[0], server_hostname="localhost")
+    far = server.wrap_bio(pipes[0], pipes[1], server_side=True)
+    for _ in range(10):
+        done = True
+        for side in (near, far):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                done = False
+        if done:
+            break
+    subject = dict(field[0] for field in near.getpeercert()["subject"])
+    return str(subject["commonName"])
+
+
 def test_certificate_files_are_checked_at_start_up(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
@@ -389,7 +408,7 @@ def test_certificate_files_are_checked_at_start_up(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )  # fmt: skip
-    assert isinstance(tls.load_context(cert, key), ssl.SSLContext)
+    assert handshake(tls.load_context(cert, key), cafile=cert) == "localhost"
     with pytest.raises(ValueError, match="no such file"):
         tls.load_context(tmp_path / "missing.pem", key)
     with pytest.raises(ValueError, match="not a matching PEM certificate and private key"):
