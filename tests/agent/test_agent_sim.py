@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+
+from support import wait_for_async
 
 from keel.agent import Agent, AgentConfig, MemoryState
 from keel.api.auth import TokenFile
@@ -106,15 +108,9 @@ class Sim:
     async def wait_for(
         self, what: str, check: Callable[[], Awaitable[T | None]], timeout: float = 60.0
     ) -> T:
-        """Poll `check` every virtual 0.1 s until it returns something truthy."""
-        deadline = self.clock.now() + timeout
-        last: T | None = None
-        while self.clock.now() < deadline:
-            last = await check()
-            if last:
-                return last
-            await self.clock.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout} virtual s waiting for {what}: {last!r}")
+        """`wait_for_async`, polling every virtual 0.1 s (each poll is a request)."""
+        found = await wait_for_async(what, check, timeout=timeout, interval=0.1)
+        return cast(T, found)  # truthy, so not None
 
     async def instance(self, name: str) -> Instance | None:
         try:

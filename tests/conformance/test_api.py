@@ -18,20 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 import pytest
+from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
     Deployment,
@@ -180,17 +173,10 @@ class Api:
     async def wait_for(
         self, what: str, condition: Callable[[], Awaitable[T]], *, timeout: float = 30.0
     ) -> T:
-        """Poll `condition` until it is truthy; fail naming `what` after `timeout` seconds
-        of the loop's time (virtual on `sim`)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = await condition()
-            if value:
-                return value
-            if loop.time() >= deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}: {value!r}")
-            await asyncio.sleep(self._connection.poll)
+        """`wait_for_async`, polling at this backend's pace (virtual seconds on `sim`)."""
+        return await wait_for_async(
+            what, condition, timeout=timeout, interval=self._connection.poll
+        )
 
     async def gone(self, kind: type[Resource], name: str, namespace: str | None = None) -> bool:
         try:
@@ -271,67 +257,16 @@ class HttpBackend:
         return HttpConnection(self.url, self.tokens)
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _tokens_by_role(path: Path) -> dict[str, str]:
-    """role -> token from the `token,name,role` lines the server created."""
-    lines = path.read_text().splitlines()
-    rows = [line.split(",") for line in lines if line.strip() and not line.startswith("#")]
-    return {row[2].strip(): row[0].strip() for row in rows if len(row) == 3}
-
-
-def _server_url(kubeconfig: Path) -> str:
-    import yaml
-
-    config = yaml.safe_load(kubeconfig.read_text())
-    return str(config["clusters"][0]["cluster"]["server"])
-
-
 @pytest.fixture(scope="module")
 def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpBackend]:
-    state = tmp_path_factory.mktemp("apiserver")
-    log_path = state / "apiserver.log"
-    command = [
-        sys.executable, "-m", "keel", "apiserver",
-        "--state-dir", str(state),
-        "--listen", "127.0.0.1:0",
+    server = ApiServer(
+        tmp_path_factory.mktemp("apiserver"),
         "--compaction-interval", str(COMPACTION_INTERVAL),
         "--compaction-retention", str(COMPACTION_RETENTION),
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        kubeconfig = state / "kubeconfig"
-        deadline = time.monotonic() + 60
-        url = ""
-        while not url or not _ready(url):
-            if process.poll() is not None:
-                raise AssertionError(f"keel apiserver exited:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"keel apiserver never became ready:\n{log_path.read_text()}")
-            if not url and kubeconfig.exists():
-                url = _server_url(kubeconfig)
-            time.sleep(0.05)  # polling for readiness, with a deadline
-        tokens = _tokens_by_role(state / "tokens.csv")
-        yield HttpBackend(url, tokens)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    )  # fmt: skip
+    with server:
+        roles = ("admin", "viewer", "controller", "scheduler")
+        yield HttpBackend(server.url, {role: server.token(role) for role in roles})
 
 
 # -- sim: a SimCluster per case, in virtual time

@@ -3,6 +3,8 @@ awaited and what was last seen, so a failing test says why."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from support import wait_for, wait_for_async
@@ -38,3 +40,16 @@ async def test_wait_for_async_takes_sync_and_async_conditions() -> None:
     assert await wait_for_async("a sync condition", lambda: polls) == 3
     with pytest.raises(AssertionError, match="waiting for never"):
         await wait_for_async("never", lambda: None, timeout=0.05)
+
+
+def test_wait_for_async_runs_in_the_loops_time_so_in_virtual_time_under_simulation() -> None:
+    from keel.sim import run_virtual
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(AssertionError, match="an hour"):
+            await wait_for_async("an hour", lambda: False, timeout=3600, interval=60)
+        return loop.time() - started
+
+    assert run_virtual(main) >= 3600  # an hour of virtual time, in a moment of real time

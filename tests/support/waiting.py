@@ -44,11 +44,21 @@ def wait_for(what: str, condition: Callable[[], T], *, timeout: float = DEFAULT_
 
 
 async def wait_for_async(
-    what: str, condition: Callable[[], T | Awaitable[T]], *, timeout: float = DEFAULT_TIMEOUT
+    what: str,
+    condition: Callable[[], T | Awaitable[T]],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float | None = None,
 ) -> T:
     """`wait_for` inside an event loop: `condition` may be sync or async (a coroutine
-    function, or a lambda returning an awaitable), and other tasks run between polls."""
-    deadline = time.monotonic() + timeout
+    function, or a lambda returning an awaitable), and other tasks run between polls.
+
+    Time is the running loop's: real time normally, virtual time under `run_virtual`, where
+    `timeout` and `interval` are virtual seconds. By default polls start by only yielding to
+    the loop and then back off; a fixed `interval` suits conditions that cost a request.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     delay = _FIRST_DELAY
     spins = 0
     while True:
@@ -56,9 +66,11 @@ async def wait_for_async(
         last = cast(T, await result) if inspect.isawaitable(result) else cast(T, result)
         if last:
             return last
-        if time.monotonic() >= deadline:
+        if loop.time() >= deadline:
             raise _timed_out(what, timeout, last)
-        if spins < _SPINS:
+        if interval is not None:
+            await asyncio.sleep(interval)
+        elif spins < _SPINS:
             spins += 1
             await asyncio.sleep(0)
         else:
