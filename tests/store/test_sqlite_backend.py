@@ -651,7 +651,7 @@ async def test_compaction_bounds_history_reads_and_watches_and_persists(tmp_path
         # A later compaction past the deletion forgets the deleted key entirely, on disk
         # too once the background pass has run.
         await store.compact(revs[5])
-        assert await log_rows_become(path, 1)
+        await wait_for_async("1 log row", lambda: log_rows(path) == 1, timeout=10)
     finally:
         await store.close()
 
@@ -662,7 +662,7 @@ async def test_an_interrupted_physical_compaction_resumes_after_reopen(tmp_path:
     for i in range(3000):  # several GC steps' worth of rows
         last = await store.put(b"/r/" + str(i % 3).encode(), b"v")
     await store.compact(last)
-    assert await log_rows_become(path, 3)
+    await wait_for_async("3 log rows", lambda: log_rows(path) == 3, timeout=10)
     await store.close()
     # Pretend the process died before the physical pass: put garbage back below the
     # compact revision and mark the pass as not done.
@@ -681,25 +681,19 @@ async def test_an_interrupted_physical_compaction_resumes_after_reopen(tmp_path:
         at = await store.range(b"/r/", revision=last)
         assert [kv.value for kv in at.kvs] == [b"v", b"v", b"v"]
         # ...and the resumed pass removes it.
-        assert await log_rows_become(path, 3)
+        await wait_for_async("3 log rows", lambda: log_rows(path) == 3, timeout=10)
     finally:
         await store.close()
 
 
-async def log_rows_become(path: Path, count: int, timeout: float = 10.0) -> bool:
-    """Poll the log's row count (from a separate connection) until it equals `count`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        con = sqlite3.connect(path)
-        try:
-            (rows,) = con.execute("SELECT count(*) FROM log").fetchone()
-        finally:
-            con.close()
-        if rows == count:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
+def log_rows(path: Path) -> int:
+    """The log's row count, read from a separate connection."""
+    con = sqlite3.connect(path)
+    try:
+        (rows,) = con.execute("SELECT count(*) FROM log").fetchone()
+        return int(rows)
+    finally:
+        con.close()
 
 
 async def test_txn_compares_and_writes_within_one_group_commit_see_each_other(
