@@ -16,14 +16,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from signal import SIGCONT, SIGKILL, SIGSTOP, SIGTERM, Signals
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import yaml
 
-from keel.api.auth import TokenFile
-from keel.client import KeelClient, SyncClient
 from support.http import HttpClient
 from support.waiting import wait_for
+
+if TYPE_CHECKING:
+    from keel.client import KeelClient, SyncClient
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -206,6 +207,8 @@ class ApiServer(KeelProcess):
     def start(self) -> Self:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.nodes and not self.token_file.exists():
+            from keel.api.auth import TokenFile
+
             # What the server would create, plus a token per node (it reads the file once).
             TokenFile.create(self.token_file)
             for role in DEFAULT_ROLES:
@@ -275,10 +278,16 @@ class ApiServer(KeelProcess):
         """Plain HTTP as `role` (anonymous for None)."""
         return HttpClient(self.url, self.token(role) if role else None, self.ssl_context)
 
+    # keel.client is imported when first asked for: it costs a test run that never uses it
+    # (most start a server only to speak HTTP to it) a third of a second.
     def sync_client(self, role: str = "admin") -> SyncClient:
+        from keel.client import SyncClient
+
         return SyncClient.from_kubeconfig(self.kubeconfig_for(role))
 
     def client(self, role: str = "admin") -> KeelClient:
+        from keel.client import KeelClient
+
         return KeelClient.from_kubeconfig(self.kubeconfig_for(role))
 
     # -- the other components, against this server
