@@ -531,7 +531,7 @@ async def test_watch_below_the_store_compaction_is_expired(
             assert await cache.wait_fresh(revisions[-1])
             clock = ManualClock()
             compactor = Compactor(
-                store, retention=300.0, clock=clock.now, on_compact=cache.note_compacted
+                store, retention=300.0, clock=clock, on_compact=cache.note_compacted
             )
             await compactor.tick()
             clock.advance(300.0)
@@ -971,7 +971,7 @@ async def test_compactor_keeps_at_least_retention_of_history(
         clock = ManualClock()
         noted: list[int] = []
         compactor = Compactor(
-            store, interval=60.0, retention=300.0, clock=clock.now, on_compact=noted.append
+            store, interval=60.0, retention=300.0, clock=clock, on_compact=noted.append
         )
         history: list[tuple[float, int]] = []  # (time, store revision then)
         for step in range(15):
@@ -993,7 +993,7 @@ async def test_compactor_keeps_at_least_retention_of_history(
 async def test_compactor_tolerates_a_store_already_compacted_further(tmp_path: Path) -> None:
     async with await open_store(f"sqlite:///{tmp_path / 'k.db'}") as store:
         clock = ManualClock()
-        compactor = Compactor(store, retention=300.0, clock=clock.now)
+        compactor = Compactor(store, retention=300.0, clock=clock)
         await compactor.tick()
         for i in range(5):
             newest = await store.put(b"/registry/leases/x/y%d" % i, lease_value("x", f"y{i}"))
@@ -1006,6 +1006,6 @@ async def test_compactor_tolerates_a_store_already_compacted_further(tmp_path: P
 async def test_compactor_tolerates_an_unavailable_store(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path / 'k.db'}")
     await store.close()
-    compactor = Compactor(store, clock=ManualClock().now)
+    compactor = Compactor(store, clock=ManualClock())
     assert await compactor.tick() is None
     assert compactor.samples == []

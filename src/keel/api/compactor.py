@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from keel.api.registry import REGISTRY_PREFIX
+from keel.clock import Clock, SystemClock
 from keel.store import CompactedError, FutureRevisionError, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -38,19 +38,17 @@ class Compactor:
         store: Store,
         interval: float = 60.0,
         retention: float = 300.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         *,
         on_compact: Callable[[int], None] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if retention < 0 or interval <= 0:
             raise ValueError("compactor: interval must be > 0 and retention >= 0")
         self._store = store
         self.interval = interval
         self.retention = retention
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._on_compact = on_compact
-        self._sleep = sleep
         self.samples: list[Sample] = []
         self.compacted = 0  # the store's compaction as far as we know
         self.compactions = 0  # ones we did
@@ -59,7 +57,7 @@ class Compactor:
     async def tick(self) -> int | None:
         """Sample the revision and compact if a sample is old enough; returns the revision
         compacted at by this call, if any. Store outages are logged and skipped."""
-        now = self._clock()
+        now = self._clock.now()
         try:
             revision = (await self._store.range(REGISTRY_PREFIX, limit=1)).revision
         except StoreError as exc:
@@ -103,7 +101,7 @@ class Compactor:
                 await self.tick()
             except Exception:  # a bug must not silently end compaction for good
                 log.exception("compactor: tick failed")
-            await self._sleep(self.interval)
+            await self._clock.sleep(self.interval)
 
     def start(self) -> None:
         if self._task is None:

@@ -499,9 +499,8 @@ class ApiServer:
             self.store,
             interval=self.compaction_interval,
             retention=self.compaction_retention,
-            clock=self.clock.now,
+            clock=self.clock,
             on_compact=self.cache.note_compacted,
-            sleep=self.clock.sleep,
         )
         self._compactor.start()
 
