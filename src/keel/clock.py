@@ -53,14 +53,20 @@ class ManualClock:
 
     `sleep(d)` returns once `advance` has moved time to or past `now + d`; a non-positive
     sleep yields once to the event loop and returns.
+
+    With `auto_advance`, a sleep moves time forward by its own length at once (and wakes
+    the sleepers that became due): for code whose waits a test only wants to observe, such
+    as a client's retry backoff. `slept` lists every sleep asked for, in order.
     """
 
     # The wall clock of a ManualClock starts at a fixed, readable instant (2026-01-01 UTC).
     WALL_EPOCH = 1_767_225_600.0
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, auto_advance: bool = False) -> None:
         self._now = start
         self._start = start
+        self.auto_advance = auto_advance
+        self.slept: list[float] = []
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
@@ -71,7 +77,12 @@ class ManualClock:
         return self.WALL_EPOCH + (self._now - self._start)
 
     async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
         if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        if self.auto_advance:
+            self.advance(seconds)
             await asyncio.sleep(0)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

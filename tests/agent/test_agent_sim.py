@@ -93,7 +93,7 @@ class Sim:
             SERVER,
             token=NODE_TOKEN,
             transport=self.network,
-            sleep=self.clock.sleep,
+            clock=self.clock,
             rng=random.Random(f"client-{self.incarnations}"),
         )
         return Agent(
@@ -174,7 +174,7 @@ def simulate(body: Body, **config: Any) -> Run:
                 SERVER,
                 token=ADMIN_TOKEN,
                 transport=app,
-                sleep=clock.sleep,
+                clock=clock,
                 rng=random.Random("admin"),
             ),
             network=Partition(app),

@@ -85,14 +85,3 @@ async def serve(routes: Mapping[tuple[str, str], Handler]) -> AsyncIterator[str]
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
-
-
-class VirtualSleep:
-    """Records requested delays instead of waiting (time is virtual in these tests)."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)

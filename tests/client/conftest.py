@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from client_fakes import VirtualSleep
+
+from keel.clock import ManualClock
 
 
 @pytest.fixture
-def virtual_sleep() -> VirtualSleep:
-    return VirtualSleep()
+def virtual_sleep() -> ManualClock:
+    """A clock whose sleeps pass at once and are recorded (`slept`): the client's backoff
+    is observed, not waited for."""
+    return ManualClock(auto_advance=True)

@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 from client_fakes import (
     BASE,
-    VirtualSleep,
     bookmark_line,
     drop,
     event_line,
@@ -41,12 +40,13 @@ from keel.client import (
     TooManyRequests,
     WatchEvent,
 )
+from keel.clock import ManualClock
 
 NODES = f"{BASE}/nodes"
 
 
-def client_for(url: str, sleep: VirtualSleep, **kwargs: Any) -> KeelClient:
-    return KeelClient(url, token="t", sleep=sleep, timeout=5.0, **kwargs)
+def client_for(url: str, clock: ManualClock, **kwargs: Any) -> KeelClient:
+    return KeelClient(url, token="t", clock=clock, timeout=5.0, **kwargs)
 
 
 def list_response(items: list[Any], rv: int, cont: str = "") -> web.Response:
@@ -78,7 +78,7 @@ def summary(events: list[WatchEvent[Node]]) -> list[tuple[str, str, str]]:
 
 
 async def test_watch_resumes_from_the_last_seen_version_after_a_dropped_stream(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     asked: list[str] = []
 
@@ -107,7 +107,7 @@ async def test_watch_resumes_from_the_last_seen_version_after_a_dropped_stream(
     assert watch.resource_version == "13"
 
 
-async def test_watch_resumes_from_a_bookmark_version(virtual_sleep: VirtualSleep) -> None:
+async def test_watch_resumes_from_a_bookmark_version(virtual_sleep: ManualClock) -> None:
     asked: list[str] = []
 
     async def nodes(request: web.Request) -> web.StreamResponse:
@@ -127,10 +127,10 @@ async def test_watch_resumes_from_a_bookmark_version(virtual_sleep: VirtualSleep
         await watch.aclose()
     assert summary(events) == [("ADDED", "a", "11"), ("ADDED", "b", "21")]
     assert asked == ["10", "20"]
-    assert virtual_sleep.delays == []  # progress was made: resumed without backoff
+    assert virtual_sleep.slept == []  # progress was made: resumed without backoff
 
 
-async def test_bookmarks_are_emitted_only_when_asked(virtual_sleep: VirtualSleep) -> None:
+async def test_bookmarks_are_emitted_only_when_asked(virtual_sleep: ManualClock) -> None:
     async def nodes(request: web.Request) -> web.StreamResponse:
         response = await open_stream(request)
         await response.write(bookmark_line(20))
@@ -146,7 +146,7 @@ async def test_bookmarks_are_emitted_only_when_asked(virtual_sleep: VirtualSleep
 
 @pytest.mark.parametrize("how", ["410 response", "ERROR event"])
 async def test_watch_relists_on_expiry_and_continues_from_the_list_version(
-    virtual_sleep: VirtualSleep, how: str
+    virtual_sleep: ManualClock, how: str
 ) -> None:
     watches: list[str] = []
     lists = 0
@@ -184,7 +184,7 @@ async def test_watch_relists_on_expiry_and_continues_from_the_list_version(
 
 
 async def test_watch_without_a_version_starts_at_the_current_list_version(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     watched: list[str] = []
 
@@ -206,7 +206,7 @@ async def test_watch_without_a_version_starts_at_the_current_list_version(
 
 
 async def test_watch_backs_off_exponentially_while_the_server_is_unreachable(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     calls = 0
 
@@ -229,11 +229,11 @@ async def test_watch_backs_off_exponentially_while_the_server_is_unreachable(
         events = await take(watch, 1)
         await watch.aclose()
     assert summary(events) == [("ADDED", "a", "11")]
-    assert virtual_sleep.delays == [0.5, 1.0, 2.0, 2.0]
+    assert virtual_sleep.slept == [0.5, 1.0, 2.0, 2.0]
 
 
 async def test_a_silent_watch_connection_is_abandoned_after_the_idle_timeout(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     asked: list[str] = []
     never = asyncio.Event()
@@ -256,7 +256,7 @@ async def test_a_silent_watch_connection_is_abandoned_after_the_idle_timeout(
 
 
 async def test_watch_stops_with_the_error_when_access_is_denied(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     async def nodes(request: web.Request) -> web.StreamResponse:
         return status_response(403, "Forbidden", "viewer may not")
@@ -266,7 +266,7 @@ async def test_watch_stops_with_the_error_when_access_is_denied(
             await take(client.watch(Node, resource_version="10"), 1)
 
 
-async def test_watch_waits_for_retry_after_when_throttled(virtual_sleep: VirtualSleep) -> None:
+async def test_watch_waits_for_retry_after_when_throttled(virtual_sleep: ManualClock) -> None:
     calls = 0
 
     async def nodes(request: web.Request) -> web.StreamResponse:
@@ -281,11 +281,11 @@ async def test_watch_waits_for_retry_after_when_throttled(virtual_sleep: Virtual
     async with serve({("GET", NODES): nodes}) as url, client_for(url, virtual_sleep) as client:
         events = await take(client.watch(Node, resource_version="10"), 1)
     assert summary(events) == [("ADDED", "a", "11")]
-    assert 4.0 in virtual_sleep.delays
+    assert 4.0 in virtual_sleep.slept
 
 
 async def test_watch_lines_longer_than_aiohttp_buffers_arrive_whole(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     big = node_json("big", 11)
     big["metadata"]["annotations"] = {"blob": "x" * 600_000}
@@ -307,7 +307,7 @@ async def test_watch_lines_longer_than_aiohttp_buffers_arrive_whole(
 # ----------------------------------------------------------------------------------- retries
 
 
-async def test_reads_are_retried_after_a_dropped_connection(virtual_sleep: VirtualSleep) -> None:
+async def test_reads_are_retried_after_a_dropped_connection(virtual_sleep: ManualClock) -> None:
     calls = 0
 
     async def get(request: web.Request) -> web.StreamResponse:
@@ -321,10 +321,10 @@ async def test_reads_are_retried_after_a_dropped_connection(virtual_sleep: Virtu
     async with serve({("GET", f"{NODES}/a"): get}) as url, client_for(url, virtual_sleep) as client:
         got = await client.get(Node, "a")
     assert (got.metadata.name, got.metadata.resource_version, calls) == ("a", "5", 3)
-    assert len(virtual_sleep.delays) == 2
+    assert len(virtual_sleep.slept) == 2
 
 
-async def test_reads_give_up_after_the_retry_budget(virtual_sleep: VirtualSleep) -> None:
+async def test_reads_give_up_after_the_retry_budget(virtual_sleep: ManualClock) -> None:
     async def get(request: web.Request) -> web.StreamResponse:
         return status_response(503, "ServiceUnavailable")
 
@@ -335,12 +335,12 @@ async def test_reads_give_up_after_the_retry_budget(virtual_sleep: VirtualSleep)
     ):
         with pytest.raises(Exception, match="503") as caught:
             await client.get(Node, "a")
-    assert len(virtual_sleep.delays) == 3
+    assert len(virtual_sleep.slept) == 3
     assert type(caught.value).__name__ == "ServerError"
 
 
 async def test_a_write_whose_answer_is_lost_is_not_repeated_and_is_ambiguous(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     calls = 0
 
@@ -359,7 +359,7 @@ async def test_a_write_whose_answer_is_lost_is_not_repeated_and_is_ambiguous(
 
 
 async def test_a_write_that_never_connected_is_retried_then_reported_unambiguous(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -369,10 +369,10 @@ async def test_a_write_that_never_connected_is_retried_then_reported_unambiguous
         with pytest.raises(ApiUnavailable) as caught:
             await client.create(node("a", ""))
     assert not caught.value.ambiguous
-    assert len(virtual_sleep.delays) == 2
+    assert len(virtual_sleep.slept) == 2
 
 
-async def test_throttled_writes_are_retried_after_retry_after(virtual_sleep: VirtualSleep) -> None:
+async def test_throttled_writes_are_retried_after_retry_after(virtual_sleep: ManualClock) -> None:
     calls = 0
 
     async def create(request: web.Request) -> web.StreamResponse:
@@ -385,10 +385,10 @@ async def test_throttled_writes_are_retried_after_retry_after(virtual_sleep: Vir
     async with serve({("POST", NODES): create}) as url, client_for(url, virtual_sleep) as client:
         created = await client.create(node("a", ""))
     assert created.metadata.resource_version == "9"
-    assert virtual_sleep.delays == [2.0, 2.0]
+    assert virtual_sleep.slept == [2.0, 2.0]
 
 
-async def test_throttling_retries_are_bounded(virtual_sleep: VirtualSleep) -> None:
+async def test_throttling_retries_are_bounded(virtual_sleep: ManualClock) -> None:
     async def create(request: web.Request) -> web.StreamResponse:
         return status_response(429, "TooManyRequests", headers={"Retry-After": "1"})
 
@@ -400,11 +400,11 @@ async def test_throttling_retries_are_bounded(virtual_sleep: VirtualSleep) -> No
         with pytest.raises(TooManyRequests) as caught:
             await client.create(node("a", ""))
     assert caught.value.retry_after == 1.0
-    assert virtual_sleep.delays == [1.0, 1.0, 1.0]
+    assert virtual_sleep.slept == [1.0, 1.0, 1.0]
 
 
 async def test_a_retry_after_beyond_the_limit_is_raised_not_waited_for(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     async def create(request: web.Request) -> web.StreamResponse:
         return status_response(429, "TooManyRequests", headers={"Retry-After": "600"})
@@ -412,14 +412,14 @@ async def test_a_retry_after_beyond_the_limit_is_raised_not_waited_for(
     async with serve({("POST", NODES): create}) as url, client_for(url, virtual_sleep) as client:
         with pytest.raises(TooManyRequests):
             await client.create(node("a", ""))
-    assert virtual_sleep.delays == []
+    assert virtual_sleep.slept == []
 
 
 # ----------------------------------------------------------------------------------- lists
 
 
 async def test_list_follows_continue_tokens_and_keeps_the_first_version(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     pages = {"": (["a", "b"], "p2"), "p2": (["c", "d"], "p3"), "p3": (["e"], "")}
 
@@ -440,7 +440,7 @@ async def test_list_follows_continue_tokens_and_keeps_the_first_version(
     assert paged == [["a", "b"], ["c", "d"], ["e"]]
 
 
-async def test_list_starts_over_when_a_continue_token_expires(virtual_sleep: VirtualSleep) -> None:
+async def test_list_starts_over_when_a_continue_token_expires(virtual_sleep: ManualClock) -> None:
     expired_once = False
 
     async def nodes(request: web.Request) -> web.StreamResponse:
@@ -458,7 +458,7 @@ async def test_list_starts_over_when_a_continue_token_expires(virtual_sleep: Vir
     assert ([n.metadata.name for n in items], rv) == (["a", "b"], "200")
 
 
-async def test_a_first_page_that_is_expired_is_raised(virtual_sleep: VirtualSleep) -> None:
+async def test_a_first_page_that_is_expired_is_raised(virtual_sleep: ManualClock) -> None:
     async def nodes(request: web.Request) -> web.StreamResponse:
         return status_response(410, "Expired")
 
@@ -516,7 +516,7 @@ def instance(name: str = "i", namespace: str = "", rv: str = "") -> Instance:
 
 
 async def test_fenced_view_adds_the_token_to_every_write_and_to_no_read(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     recorder = Recorder(echo)
     path = f"{BASE}/namespaces/{{ns}}/instances"
@@ -556,7 +556,7 @@ async def test_fenced_view_adds_the_token_to_every_write_and_to_no_read(
 
 
 async def test_write_requests_carry_the_wire_format_of_the_contract(
-    virtual_sleep: VirtualSleep,
+    virtual_sleep: ManualClock,
 ) -> None:
     recorder = Recorder(echo)
     path = f"{BASE}/namespaces/{{ns}}/instances"
@@ -597,7 +597,7 @@ async def test_write_requests_carry_the_wire_format_of_the_contract(
     assert json.loads(delete[3]) == {"preconditions": {"uid": "u1", "resourceVersion": "4"}}
 
 
-async def test_error_answers_raise_typed_errors(virtual_sleep: VirtualSleep) -> None:
+async def test_error_answers_raise_typed_errors(virtual_sleep: ManualClock) -> None:
     answers = {
         "gone": status_response(404, "NotFound", 'nodes "gone" not found'),
         "stale": status_response(409, "Conflict", "the object has been modified"),
@@ -619,7 +619,7 @@ async def test_error_answers_raise_typed_errors(virtual_sleep: VirtualSleep) -> 
             await client.replace(node("fenced", 1))
 
 
-async def test_a_cluster_scoped_kind_refuses_a_namespace(virtual_sleep: VirtualSleep) -> None:
+async def test_a_cluster_scoped_kind_refuses_a_namespace(virtual_sleep: ManualClock) -> None:
     async with client_for("http://127.0.0.1:9", virtual_sleep) as client:
         with pytest.raises(ValueError, match="cluster-scoped"):
             await client.get(Node, "a", namespace="prod")
@@ -627,7 +627,7 @@ async def test_a_cluster_scoped_kind_refuses_a_namespace(virtual_sleep: VirtualS
             await client.get("gadgets", "a")
 
 
-async def test_concurrent_requests_share_one_session(virtual_sleep: VirtualSleep) -> None:
+async def test_concurrent_requests_share_one_session(virtual_sleep: ManualClock) -> None:
     peers: set[Any] = set()
 
     async def get(request: web.Request) -> web.StreamResponse:

@@ -7,7 +7,6 @@ Watches resume by themselves; writes inside `fenced()` carry the fencing token.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import os
 import random
@@ -50,12 +49,12 @@ from keel.client._transport import (
     HttpTransport,
     Requests,
     RetryPolicy,
-    Sleep,
     SSLArg,
     TransportError,
     iter_lines,
 )
 from keel.client._watch import Bookmark, RawEvent, WatchCursor, WatchEvent
+from keel.clock import Clock, SystemClock
 
 R = TypeVar("R", bound=Resource)
 T = TypeVar("T")
@@ -189,7 +188,7 @@ class KeelClient:
     safe to share between tasks of one event loop. `transport` plugs another one in below the
     client's retries, decoding and watch resumption, as httpx does (`keel.sim` answers from
     the real API server app in memory); `ssl`, `timeout` and `connections` configure the
-    default transport only.
+    default transport only. `clock` times retry backoff and watch reconnects.
     """
 
     def __init__(
@@ -201,7 +200,7 @@ class KeelClient:
         namespace: str = "default",
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
-        sleep: Sleep = asyncio.sleep,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         connections: int = 100,
         transport: HttpTransport | None = None,
@@ -213,7 +212,7 @@ class KeelClient:
             transport,
             token=token,
             retry=retry or RetryPolicy(),
-            sleep=sleep,
+            sleep=(clock or SystemClock()).sleep,
             rng=rng or random.Random(),
         )
         self.namespace = namespace

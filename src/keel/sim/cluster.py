@@ -110,7 +110,7 @@ class SimCluster:
             token=_token(role),
             namespace=namespace,
             transport=network,
-            sleep=self.clock.sleep,
+            clock=self.clock,
             rng=random.Random(f"{self.seed}:{caller}:client"),
             retry=RetryPolicy(),
         )
