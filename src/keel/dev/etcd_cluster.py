@@ -272,20 +272,24 @@ class EtcdCluster:
 
 def run_foreground(directory: str, members: int) -> int:
     """`keel dev etcd`: run a cluster until SIGINT/SIGTERM, then stop it."""
-    cluster = EtcdCluster.start(directory, members)
-    print(f"etcd cluster of {members} running; store URL: {cluster.url}", flush=True)
-    for i, member in enumerate(cluster.members):
-        print(f"  member {i}: pid {member.pid}, client {member.endpoint}, log {member.log_path}")
-    sys.stdout.flush()
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stop
         stop = True
 
+    # Before anything starts: a Ctrl-C the moment the members are up (or while they start)
+    # must still stop them, not end this process with the members left running.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    cluster = EtcdCluster.start(directory, members)
     try:
+        print(f"etcd cluster of {members} running; store URL: {cluster.url}", flush=True)
+        for i, member in enumerate(cluster.members):
+            print(
+                f"  member {i}: pid {member.pid}, client {member.endpoint}, log {member.log_path}"
+            )
+        sys.stdout.flush()
         while not stop:
             if not all(m.running for m in cluster.members):
                 print("an etcd member exited; stopping the cluster", file=sys.stderr)
