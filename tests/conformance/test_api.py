@@ -292,7 +292,7 @@ class SimConnection:
     def anonymous(self, namespace: str) -> KeelClient:
         cluster = self._cluster
         return KeelClient(
-            cluster.url, namespace=namespace, transport=cluster.app, sleep=cluster.clock.sleep
+            cluster.url, namespace=namespace, transport=cluster.app, clock=cluster.clock
         )
 
     async def close(self) -> None:
