@@ -101,6 +101,19 @@ def test_plan_table(
     assert decided.requeue_after == requeue
 
 
+@pytest.mark.parametrize("deadline", [5.0, 15.0])  # the grace; lease duration + grace
+def test_a_deadline_a_rounding_error_away_is_not_requeued_at_once(deadline: float) -> None:
+    """`now - since` may fall a rounding error short of a deadline that `now` has reached
+    (1025.0085557601506 - 1020.0085557601507 < 5.0): a requeue after 1e-13 s would land
+    on `now` again and spin without time passing (a simulation seed hung on it)."""
+    now = 1025.0085557601506
+    since = now - deadline + 1e-13
+    assert now - since < deadline
+    decided = plan(node("False", "NodeLeaseExpired"), False, since, INSTANCES, now=now,
+                   timestamp=TS, grace=5.0, lease_duration=10.0)  # fmt: skip
+    assert decided.requeue_after is not None and decided.requeue_after >= 0.001
+
+
 def test_deleted_node_and_deleting_instances_plan_nothing() -> None:
     assert plan(None, False, 0.0, INSTANCES, now=100.0, timestamp=TS).actions == []
     deleting = bound("web")

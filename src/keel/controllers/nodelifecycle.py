@@ -33,6 +33,9 @@ LEASE_NAMESPACE = "keel-node-lease"
 DEFAULT_GRACE = 5.0
 DEFAULT_LEASE_DURATION = 10.0  # the agents' default, until a Lease tells us its own
 TERMINAL = frozenset({"Succeeded", "Failed"})  # nothing runs any more: nothing to move
+# A deadline computed by subtraction can stay a rounding error ahead of `now` (now + 1e-13
+# == now): look again no sooner than this, or the requeue spins without time passing.
+MIN_REQUEUE = 0.001
 
 # The Ready condition each lease state calls for (None: decide nothing yet).
 # fmt: off
@@ -111,7 +114,7 @@ def plan(
             )
             actions.append(SetReady(condition))
     if state == "missing":
-        return Plan(actions, requeue_after=grace - missing_for)
+        return Plan(actions, requeue_after=max(MIN_REQUEUE, grace - missing_for))
     if state == "held":
         return Plan(actions)
     exclusive_after = grace + lease_duration
@@ -128,7 +131,8 @@ def plan(
             waiting = True
             continue
         actions.append(DeleteInstance(meta.namespace, meta.name, meta.uid))
-    return Plan(actions, requeue_after=exclusive_after - missing_for if waiting else None)
+    requeue = max(MIN_REQUEUE, exclusive_after - missing_for) if waiting else None
+    return Plan(actions, requeue_after=requeue)
 
 
 def ready_condition(node: Node) -> Condition | None:
