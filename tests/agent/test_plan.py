@@ -22,6 +22,7 @@ from keel.agent import (
     backoff_delay,
     new_record,
     next_wakeup,
+    observe_deleted,
     observe_exit,
     observe_probe,
     observe_start_failed,
@@ -100,7 +101,12 @@ def kinds(actions: Sequence[object]) -> list[str]:
 CASES = [
     ("new bound instance starts", inst(), None, VIEW, T0, ["Start"]),
     ("instance bound elsewhere is ignored", inst(node="n2"), None, VIEW, T0, []),
-    ("deleting instance is not started", inst(deleting=True), None, VIEW, T0, []),
+    ("deleting instance is not started, and said to be over", inst(deleting=True), None, VIEW,
+     T0, ["Report"]),
+    ("deleting instance never started, said so: nothing more",
+     inst(deleting=True, status=InstanceStatus(phase="Failed")), None, VIEW, T0, []),
+    ("deleting instance bound elsewhere is none of ours", inst(node="n2", deleting=True), None,
+     VIEW, T0, []),
     ("finished instance without record is left alone",
      inst(status=InstanceStatus(phase="Succeeded")), None, VIEW, T0, []),
     ("exclusive waits for a fresh lease", inst(exclusive=True), None,
@@ -113,6 +119,22 @@ CASES = [
     ("running process reports Running", inst(), running(), VIEW, T0, ["Report"]),
     ("deleted instance is stopped", None, running(), VIEW, T0, ["Stop"]),
     ("deletionTimestamp stops it", inst(deleting=True), running(), VIEW, T0, ["Stop"]),
+    ("stopped for its deletion: the terminal phase is reported", inst(deleting=True),
+     exited(observe_stopping(running(), "deleted", 7.0, T0), -15, T0 + 1), VIEW, T0 + 1,
+     ["Report"]),
+    ("stopped for its deletion, reported: forget", inst(deleting=True, status=InstanceStatus(
+     phase="Failed")), exited(observe_stopping(running(), "deleted", 7.0, T0), -15, T0 + 1),
+     VIEW, T0 + 1, ["Forget"]),
+    ("deleted while fenced: the fenced stop is reported as the end", inst(exclusive=True,
+     deleting=True), exited(observe_stopping(running(inst(exclusive=True)), "fenced", 1.5, T0),
+     -15, T0 + 1), VIEW, T0 + 1, ["Report"]),
+    ("deleted while backing off after a crash: reported, not restarted", inst(deleting=True),
+     exited(running(), 1, T0 + 1), VIEW, T0 + 5, ["Report"]),
+    ("deleted while the agent shuts down: stopped for the shutdown", inst(deleting=True),
+     running(), vw(stopping_all=True), T0, ["Stop"]),
+    ("deleted, then the Instance went: forget", None,
+     exited(observe_stopping(running(), "deleted", 7.0, T0), -15, T0 + 1), VIEW, T0 + 1,
+     ["Forget"]),
     ("rebound elsewhere stops it", inst(node="n2"), running(), VIEW, T0, ["Stop"]),
     ("same name, new uid: the old process stops", inst(uid="u2"), running(), VIEW, T0, ["Stop"]),
     ("unknown desired state keeps it running (static stability)", None, running(),
@@ -190,6 +212,63 @@ def test_fencing_stop_ends_before_the_lease_does() -> None:
     view = vw(exclusive_ok=False, fence_grace=1.5)
     (action,) = plan({KEY: inst(exclusive=True)}, {KEY: record}, T0, view)
     assert action == Stop(KEY, 1.5, "fenced")
+
+
+def test_a_deleted_instance_is_stopped_for_its_deletion() -> None:
+    (action,) = plan({KEY: inst(deleting=True)}, {KEY: running()}, T0, VIEW)
+    assert action == Stop(KEY, 7.0, "deleted")
+
+
+# (why the agent stopped it, exit code) -> what the Instance ends as: the STOPS table's rows
+@pytest.mark.parametrize(
+    ("reason", "code", "terminal", "message"),
+    [
+        ("deleted", -15, "Failed", "stopped: the instance was deleted"),
+        ("deleted", 0, "Succeeded", "stopped: the instance was deleted"),
+        ("deleted", None, "Failed", "stopped: the instance was deleted"),
+        ("fenced", -15, "", "stopped: the node lease could not be renewed (self-fencing)"),
+        ("shutdown", -15, "", "stopped: the agent shut down"),
+        ("unwanted", -15, "", "stopped: no longer bound to this node"),
+    ],
+)
+def test_what_a_stop_leaves_behind(
+    reason: str, code: int | None, terminal: str, message: str
+) -> None:
+    record = exited(observe_stopping(running(), reason, 7.0, T0), code, T0 + 1)  # type: ignore[arg-type]
+    assert (record.terminal, record.message) == (terminal, message)
+    assert record.next_start_at == 0.0 and record.crashes == 0
+
+
+@pytest.mark.parametrize(
+    ("record", "phase", "message"),
+    [
+        (exited(observe_stopping(running(), "deleted", 7.0, T0), 0, T0 + 1), "Succeeded",
+         "stopped: the instance was deleted"),
+        (exited(observe_stopping(running(), "fenced", 1.5, T0), -15, T0 + 1), "Failed",
+         "stopped: the instance was deleted"),
+        (exited(running(inst(policy="Never")), 3, T0 + 1), "Failed", "exited with code 3"),
+        (None, "Failed", "deleted before it started on this node"),
+    ],
+    ids=["stopped for the deletion", "fenced, then deleted", "over before", "never started"],
+)  # fmt: skip
+def test_a_deleted_instance_reports_a_terminal_phase_once_its_process_is_gone(
+    record: Record | None, phase: str, message: str
+) -> None:
+    """The terminal phase is the agent's word that no copy runs here: it is what releases
+    the `keel.dev/stop-confirmed` finalizer of an exclusive Instance."""
+    deleting = inst(exclusive=True, deleting=True, status=InstanceStatus(phase="Running"))
+    (action,) = plan({KEY: deleting}, {KEY: record} if record else {}, T0 + 2, VIEW)
+    assert isinstance(action, Report)
+    assert (action.status.phase, action.status.message) == (phase, message)
+    assert [(c.type, c.status) for c in action.status.conditions] == [("Ready", "False")]
+    assert observe_deleted(deleting, record).terminal == phase
+
+
+def test_a_deleting_instance_is_never_started_again() -> None:
+    stopped = exited(observe_stopping(running(), "deleted", 7.0, T0), -15, T0 + 1)
+    for view in (VIEW, vw(synced=False), vw(bindings_fresh=False)):
+        actions = plan({KEY: inst(deleting=True)}, {KEY: stopped}, T0 + 100, view)
+        assert not any(isinstance(a, Start) for a in actions)
 
 
 def test_unwanted_stop_uses_the_termination_grace_period() -> None:

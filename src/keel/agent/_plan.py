@@ -22,8 +22,31 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 HEALTHY_RESET_SECONDS = 10.0
 
-StopReason = Literal["", "unwanted", "fenced", "shutdown"]
+StopReason = Literal["", "unwanted", "deleted", "fenced", "shutdown"]
 Terminal = Literal["", "Succeeded", "Failed"]
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+# What a stop the agent made leaves behind, by the reason for it: whether the Instance is
+# over (a terminal phase by the exit code, reported and never started again) and the message
+# its status shows.
+# fmt: off
+STOPS: dict[StopReason, tuple[bool, str]] = {
+    # The node lease could not be renewed: stopped before the control plane may place it
+    # elsewhere; it starts again here once the lease is fresh, if it is still bound here.
+    "fenced":   (False, "stopped: the node lease could not be renewed (self-fencing)"),
+    # The agent shuts down: the next agent starts it again, with the same ports.
+    "shutdown": (False, "stopped: the agent shut down"),
+    # Gone from this node (deleted outright, or the name has a new incarnation): forgotten.
+    "unwanted": (False, "stopped: no longer bound to this node"),
+    # The Instance is being deleted (deletionTimestamp set, the object still there): over.
+    # Its terminal phase tells the control plane that this copy stopped, which releases an
+    # exclusive Instance's `keel.dev/stop-confirmed` finalizer and so its name.
+    "deleted":  (True,  "stopped: the instance was deleted"),
+    "":         (False, ""),
+}
+# fmt: on
+# An Instance deleted before this node ever started it: over too, and said so.
+NEVER_STARTED = "deleted before it started on this node"
 
 
 class Record(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -209,9 +232,10 @@ def observe_exit(record: Record, exit_code: int | None, now: float) -> Record:
         stop_deadline=0.0,
     )
     if record.stopping:
-        # Our own stop: not a crash. A fenced or shut-down instance starts again as soon as
-        # it may; an unwanted one is forgotten.
-        return replace(base, next_start_at=0.0, stopping="", message=_stopped(record.stopping))
+        # Our own stop: not a crash. What follows is the STOPS table's row.
+        over, message = STOPS[record.stopping]
+        terminal: Terminal = ("Succeeded" if exit_code == 0 else "Failed") if over else ""
+        return replace(base, next_start_at=0.0, stopping="", terminal=terminal, message=message)
     ran = now - record.started_at
     crashes = 0 if ran >= HEALTHY_RESET_SECONDS else record.crashes
     what = _describe_exit(exit_code)
@@ -225,17 +249,19 @@ def observe_exit(record: Record, exit_code: int | None, now: float) -> Record:
             # not make every back-off step a store write.
             message=f"{what}; restarting",
         )
-    terminal: Terminal = "Succeeded" if exit_code == 0 else "Failed"
+    terminal = "Succeeded" if exit_code == 0 else "Failed"
     return replace(base, crashes=crashes, terminal=terminal, message="" if exit_code == 0 else what)
 
 
-def _stopped(reason: StopReason) -> str:
-    return {
-        "fenced": "stopped: the node lease could not be renewed (self-fencing)",
-        "shutdown": "stopped: the agent shut down",
-        "unwanted": "stopped: no longer bound to this node",
-        "": "",
-    }[reason]
+def observe_deleted(instance: Instance, record: Record | None) -> Record:
+    """What an Instance being deleted ends as here, its process gone: the record as it is if
+    it is over already, else made terminal (by its last exit; Failed if it never ran here)."""
+    if record is None:
+        return replace(new_record(instance, {}, ""), terminal="Failed", message=NEVER_STARTED)
+    if record.terminal:
+        return record
+    terminal: Terminal = "Succeeded" if record.exit_code == 0 else "Failed"
+    return replace(record, terminal=terminal, message=STOPS["deleted"][1])
 
 
 def observe_start_failed(record: Record, error: str, now: float) -> Record:
@@ -351,6 +377,15 @@ def _wanted(instance: Instance | None, node: str) -> bool:
     )
 
 
+def _deleting(instance: Instance | None, node: str) -> bool:
+    """Bound here and being deleted: the object waits (a finalizer) for what we say."""
+    return (
+        instance is not None
+        and instance.spec.node_name == node
+        and instance.metadata.deletion_timestamp is not None
+    )
+
+
 def plan(
     desired: Mapping[str, Instance],
     records: Mapping[str, Record],
@@ -369,22 +404,28 @@ def _plan_one(
     key: str, instance: Instance | None, record: Record | None, now: float, view: View
 ) -> list[Action]:
     if record is None:
-        if view.stopping_all or instance is None or not _wanted(instance, view.node):
+        if view.stopping_all or instance is None:
             return []
-        if instance.status.phase in ("Succeeded", "Failed"):
-            return []  # finished here before; the state dir was lost
+        if instance.status.phase in TERMINAL_PHASES:
+            return []  # finished here before (or deleted, and said so): nothing runs
+        if _deleting(instance, view.node):
+            return _report_deleted(key, instance, None, view, now)
+        if not _wanted(instance, view.node):
+            return []
         if instance.spec.exclusive and not (view.exclusive_ok and view.bindings_fresh):
             return []
         return [Start(key, instance)]
 
     same_uid = instance is not None and instance.metadata.uid == record.uid
+    deleting = same_uid and _deleting(instance, view.node)
     if view.stopping_all:
         wanted = False
         reason: StopReason = "shutdown"
     elif not view.synced and instance is None:
         wanted, reason = True, ""  # control plane unknown: keep what runs (static stability)
     else:
-        wanted, reason = same_uid and _wanted(instance, view.node), "unwanted"
+        wanted = same_uid and _wanted(instance, view.node)
+        reason = "deleted" if deleting else "unwanted"
     fenced = record.spec.exclusive and not view.exclusive_ok
 
     if record.running:
@@ -407,6 +448,11 @@ def _plan_one(
     # No process.
     if view.stopping_all:
         return []  # keep the record: the next agent starts it again with the same ports
+    if deleting and instance is not None:
+        # Its process is gone: report that before forgetting it (the Instance waits for it).
+        if instance.status.phase in TERMINAL_PHASES:
+            return [Forget(key)]
+        return _report_deleted(key, instance, record, view, now) or [Forget(key)]
     if not wanted:
         return [Forget(key)] if view.synced else []
     if record.terminal:
@@ -419,6 +465,13 @@ def _plan_one(
     else:
         actions.extend(_report(key, instance if same_uid else None, record, view, now))
     return actions
+
+
+def _report_deleted(
+    key: str, instance: Instance, record: Record | None, view: View, now: float
+) -> list[Action]:
+    status = status_to_write(observe_deleted(instance, record), instance.status, view.host_ip, now)
+    return [Report(key, status)] if status is not None else []
 
 
 def _report(
