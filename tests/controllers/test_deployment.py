@@ -32,6 +32,7 @@ from keel.controllers.deployment import (
     CreateInstance,
     DeleteInstance,
     UpdateStatus,
+    new_instance,
     plan,
     template_hash,
 )
@@ -74,8 +75,11 @@ def apply(
     actions: Sequence[object],
     *,
     make_ready: bool = False,
+    hold: bool = False,
 ) -> tuple[Deployment, list[Instance]]:
-    """What the API server would hold after `actions` (uids are names, as good as any)."""
+    """What the API server would hold after `actions` (uids are names, as good as any).
+    `hold`: deleted Instances stay, terminating (as bound exclusive ones do, held by their
+    `keel.dev/stop-confirmed` finalizer until their copy is certainly stopped)."""
     by_name = {i.metadata.name: i for i in instances}
     for action in actions:
         match action:
@@ -84,11 +88,27 @@ def apply(
                     meta = msgspec.structs.replace(instance.metadata, uid=instance.metadata.name)
                     created = msgspec.structs.replace(instance, metadata=meta)
                     by_name[instance.metadata.name] = ready(created) if make_ready else created
+            case DeleteInstance(name=name) if hold and name in by_name:
+                by_name[name] = terminating(by_name[name])
             case DeleteInstance(name=name):
                 by_name.pop(name, None)
             case UpdateStatus(status=status):
                 dep = msgspec.structs.replace(dep, status=status)
     return dep, list(by_name.values())
+
+
+def terminating(instance: Instance) -> Instance:
+    meta = msgspec.structs.replace(instance.metadata, deletion_timestamp="2024-01-01T00:00:00Z")
+    return msgspec.structs.replace(instance, metadata=meta)
+
+
+def released(instances: list[Instance]) -> list[Instance]:
+    """The terminating Instances gone: their copies were confirmed stopped."""
+    return [i for i in instances if not i.metadata.deletion_timestamp]
+
+
+def scaled(dep: Deployment, replicas: int) -> Deployment:
+    return msgspec.structs.replace(dep, spec=msgspec.structs.replace(dep.spec, replicas=replicas))
 
 
 def names(actions: Sequence[object], kind: type) -> list[str]:
@@ -200,6 +220,100 @@ def test_recreate_deletes_old_instances_before_creating_new_ones() -> None:
     assert len(names(actions, DeleteInstance)) == 2 and names(actions, CreateInstance) == []
     dep, instances = apply(dep, instances, actions)
     assert len(names(plan(dep, instances, 0.0), CreateInstance)) == 2
+
+
+def test_a_terminating_instance_keeps_its_slot_until_it_is_gone() -> None:
+    """Scaled down and up again while the deleted exclusive Instance waits for its copy to
+    stop: its name is not created again (the server would refuse it; a replacement of the
+    same name must wait), it is not counted as serving, and it is replaced once gone."""
+    dep, instances = apply(deployment(2), [], plan(deployment(2), [], 0.0), make_ready=True)
+    dep, instances = apply(dep, instances, plan(dep, instances, 0.0))  # status
+    h = template_hash(dep)
+    dep = scaled(dep, 1)
+    actions = plan(dep, instances, 0.0)
+    assert names(actions, DeleteInstance) == [f"web-{h}-1"]
+    dep, instances = apply(dep, instances, actions, hold=True)
+    assert (dep.status.replicas, dep.status.ready_replicas) == (1, 1)
+    dep = scaled(dep, 2)
+    actions = plan(dep, instances, 0.0)
+    assert names(actions, CreateInstance) == [] and names(actions, DeleteInstance) == []
+    dep, instances = apply(dep, instances, actions, hold=True)
+    assert (dep.status.replicas, dep.status.ready_replicas) == (1, 1)
+    assert plan(dep, instances, 0.0) == []  # nothing to do but wait
+    actions = plan(dep, released(instances), 0.0)
+    assert names(actions, CreateInstance) == [f"web-{h}-1"]
+
+
+def test_a_terminating_instance_of_the_template_counts_towards_the_surge() -> None:
+    strategy = Strategy(rolling_update=RollingUpdate(max_surge=1, max_unavailable=0))
+    old = deployment(2, strategy=strategy)
+    dep, old_instances = apply(old, [], plan(old, [], 0.0), make_ready=True)
+    new = msgspec.structs.replace(deployment(2, command="v2", strategy=strategy), status=dep.status)
+    h = template_hash(new)
+    # Index 0 of the new template was made, then deleted (a scale to 0 and back, say), and
+    # still waits for its copy to stop: 2 old + 1 terminating = replicas + maxSurge.
+    held = terminating(new_instance(new, h, 0))
+    actions = plan(new, [*old_instances, held], 0.0)
+    assert names(actions, CreateInstance) == [] and names(actions, DeleteInstance) == []
+    actions = plan(new, old_instances, 0.0)  # gone: the rollout goes on
+    assert names(actions, CreateInstance) == [f"web-{h}-0"]
+
+
+def test_recreate_waits_for_terminating_old_instances() -> None:
+    strategy = Strategy(type="Recreate")
+    old = deployment(2, strategy=strategy)
+    dep, instances = apply(old, [], plan(old, [], 0.0), make_ready=True)
+    dep = msgspec.structs.replace(deployment(2, command="v2", strategy=strategy), status=dep.status)
+    dep, instances = apply(dep, instances, plan(dep, instances, 0.0), hold=True)
+    assert len(instances) == 2 and all(i.metadata.deletion_timestamp for i in instances)
+    assert names(plan(dep, instances, 0.0), CreateInstance) == []  # old copies may still run
+    assert len(names(plan(dep, released(instances), 0.0), CreateInstance)) == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("scale"), st.integers(0, 5)),
+            st.tuples(st.just("roll"), st.integers(0, 2)),
+            st.tuples(st.just("release"), st.just(0)),
+        ),
+        max_size=12,
+    )
+)
+def test_held_names_are_never_created_again_and_everything_converges(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Scaling and rolling while deleted Instances stay terminating: no plan creates a name
+    that is taken, status counts only live Instances, and once the terminating ones go the
+    Deployment converges to its replicas of the current template."""
+    strategy = Strategy(rolling_update=RollingUpdate(max_surge=1, max_unavailable=0))
+    dep = deployment(2, strategy=strategy)
+    instances: list[Instance] = []
+    for what, value in steps:
+        if what == "scale":
+            dep = scaled(dep, value)
+        elif what == "roll":
+            template = deployment(command=f"v{value}").spec.template
+            spec = msgspec.structs.replace(dep.spec, template=template)
+            dep = msgspec.structs.replace(dep, spec=spec)
+        else:
+            instances = released(instances)
+        actions = plan(dep, instances, 0.0)
+        taken = {i.metadata.name for i in instances}
+        assert not taken & set(names(actions, CreateInstance))
+        dep, instances = apply(dep, instances, actions, make_ready=True, hold=True)
+        assert dep.status.replicas == len(released(instances))
+    for _ in range(20):
+        instances = released(instances)
+        actions = plan(dep, instances, 0.0)
+        if not actions:
+            break
+        dep, instances = apply(dep, instances, actions, make_ready=True, hold=True)
+    h = template_hash(dep)
+    assert sorted(i.metadata.name for i in instances) == sorted(
+        f"web-{h}-{i}" for i in range(dep.spec.replicas)
+    )
 
 
 def test_deleted_or_deleting_deployment_plans_nothing() -> None:

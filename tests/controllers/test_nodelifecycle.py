@@ -1,9 +1,11 @@
 """The node lifecycle controller: its plan as a table over lease states and deadlines, and
 the real thing against a `keel apiserver` (Ready from the lease, NotReady after the grace,
-bound Instances deleted; exclusive ones only after lease duration + grace)."""
+bound Instances deleted; exclusive ones only after lease duration + grace), and the release
+of deleted exclusive Instances (`keel.dev/stop-confirmed`) once their copy certainly stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -13,6 +15,7 @@ from scheduler.keel_platform import FakeAgent, platform
 from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
+    STOP_CONFIRMED,
     Condition,
     Instance,
     InstanceSpec,
@@ -23,7 +26,14 @@ from keel.api.resources import (
     ObjectMeta,
 )
 from keel.client import KeelClient, NotFound
-from keel.controllers.nodelifecycle import DeleteInstance, SetReady, plan
+from keel.controllers.nodelifecycle import (
+    FENCED,
+    DeleteInstance,
+    ReleaseInstance,
+    SetReady,
+    plan,
+    stop_confirmed,
+)
 
 TS = "2024-01-01T00:00:00Z"
 
@@ -37,9 +47,18 @@ def node(ready: str | None = None, reason: str = "") -> Node:
     )
 
 
-def bound(name: str, *, exclusive: bool = False, phase: str = "Running") -> Instance:
+def bound(
+    name: str, *, exclusive: bool = False, phase: str = "Running", deleting: bool = False
+) -> Instance:
+    """Bound to n1; an exclusive one holds the finalizer its binding added."""
     return Instance(
-        metadata=ObjectMeta(name=name, namespace="default", uid=f"uid-{name}"),
+        metadata=ObjectMeta(
+            name=name,
+            namespace="default",
+            uid=f"uid-{name}",
+            finalizers=[STOP_CONFIRMED] if exclusive else [],
+            deletion_timestamp=TS if deleting else None,
+        ),
         spec=InstanceSpec(command=["x"], node_name="n1", exclusive=exclusive),
         status=InstanceStatus(phase=phase),  # type: ignore[arg-type]
     )
@@ -53,6 +72,8 @@ def kinds(actions: Sequence[object]) -> list[str]:
                 out.append(f"Ready={c.status}/{c.reason}")
             case DeleteInstance(name=name):
                 out.append(f"delete {name}")
+            case ReleaseInstance(name=name):
+                out.append(f"release {name}")
     return out
 
 
@@ -82,7 +103,15 @@ INSTANCES = [
         ),
         # already NotReady: no condition write; exclusive waits for duration + grace
         (node("False", "NodeLeaseExpired"), False, 9.0, ["delete web"], 6.0),
-        (node("False", "NodeLeaseExpired"), False, 15.0, ["delete db", "delete web"], None),
+        # the node is fenced: the exclusive one is deleted and released at once (its
+        # binding gave it the finalizer, so the delete alone would only mark it)
+        (
+            node("False", "NodeLeaseExpired"),
+            False,
+            15.0,
+            ["delete db", "release db", "delete web"],
+            None,
+        ),
     ],
 )
 def test_plan_table(
@@ -112,6 +141,84 @@ def test_a_deadline_a_rounding_error_away_is_not_requeued_at_once(deadline: floa
     decided = plan(node("False", "NodeLeaseExpired"), False, since, INSTANCES, now=now,
                    timestamp=TS, grace=5.0, lease_duration=10.0)  # fmt: skip
     assert decided.requeue_after is not None and decided.requeue_after >= 0.001
+
+
+# A deleted exclusive Instance's finalizer goes once its copy is certainly stopped:
+# (phase the agent reported, node fenced?) -> released?
+@pytest.mark.parametrize(
+    ("phase", "node_fenced", "released"),
+    [
+        ("Running", False, False),  # may still run: the name stays taken
+        ("Pending", False, False),  # the agent may have started it and not said so yet
+        ("Scheduled", False, False),
+        ("Succeeded", False, True),  # the agent saw the deletion and the process end
+        ("Failed", False, True),
+        ("Running", True, True),  # the agent fenced itself (or is dead)
+        ("Pending", True, True),
+    ],
+)
+def test_stop_confirmed_table(phase: str, node_fenced: bool, released: bool) -> None:
+    deleting = bound("db", exclusive=True, phase=phase, deleting=True)
+    assert (stop_confirmed(deleting, node_fenced) is not None) == released
+
+
+def test_only_a_deleted_instance_holding_the_finalizer_is_released() -> None:
+    alive = bound("db", exclusive=True, phase="Failed")
+    assert stop_confirmed(alive, True) is None  # not deleted: nothing to release
+    plain = bound("web", phase="Failed", deleting=True)
+    assert stop_confirmed(plain, True) is None  # no finalizer of ours
+
+
+# (lease present, missing for, Instances bound to n1) -> actions, requeue
+@pytest.mark.parametrize(
+    ("lease", "missing_for", "instances", "expected", "requeue"),
+    [
+        # held: the agent's word releases it; nothing to wait for by the clock
+        (True, None, [bound("db", exclusive=True, deleting=True)], [], None),
+        (True, None, [bound("db", exclusive=True, phase="Failed", deleting=True)],
+         ["release db"], None),
+        # lease missing, then expired: wait for lease duration + grace unless reported
+        (False, 2.0, [bound("db", exclusive=True, deleting=True)], [], 3.0),
+        (False, 9.0, [bound("db", exclusive=True, deleting=True)], [], 6.0),
+        (False, 9.0, [bound("db", exclusive=True, phase="Succeeded", deleting=True)],
+         ["release db"], None),
+        (False, 15.0, [bound("db", exclusive=True, deleting=True)], ["release db"], None),
+        # a plain instance being deleted (another finalizer) is not ours to release
+        (False, 15.0, [bound("web", deleting=True)], [], None),
+    ],
+)  # fmt: skip
+def test_release_table(
+    lease: bool,
+    missing_for: float | None,
+    instances: list[Instance],
+    expected: list[str],
+    requeue: float | None,
+) -> None:
+    now = 100.0
+    since = None if missing_for is None else now - missing_for
+    ready = "True" if lease else "False"
+    current = node(ready, "NodeLeaseHeld" if lease else "NodeLeaseExpired")
+    decided = plan(
+        current, lease, since, instances, now=now, timestamp=TS, grace=5.0, lease_duration=10.0
+    )
+    assert kinds(decided.actions) == expected
+    assert decided.requeue_after == requeue
+    assert decided.node_fenced == (missing_for is not None and missing_for >= 15.0)
+
+
+def test_release_does_not_need_the_node_object() -> None:
+    """A Node deleted while an agent still runs its exclusive instances: they are released on
+    the same evidence (the agent's report, or the lease gone long enough)."""
+    reported = bound("db", exclusive=True, phase="Failed", deleting=True)
+    waiting = bound("job", exclusive=True, deleting=True)
+    decided = plan(None, True, None, [reported, waiting], now=100.0, timestamp=TS)
+    assert kinds(decided.actions) == ["release db"]
+    decided = plan(None, False, 80.0, [waiting], now=100.0, timestamp=TS, grace=5.0,
+                   lease_duration=10.0)  # fmt: skip
+    assert decided.actions == [ReleaseInstance("default", "job", "uid-job", FENCED)]
+    decided = plan(None, False, 95.0, [waiting], now=100.0, timestamp=TS, grace=5.0,
+                   lease_duration=10.0)  # fmt: skip
+    assert decided.actions == [] and decided.requeue_after == 10.0
 
 
 def test_deleted_node_and_deleting_instances_plan_nothing() -> None:
@@ -167,7 +274,9 @@ async def test_node_not_ready_after_grace_and_its_instances_deleted(
                             spec=InstanceSpec(command=["x"], exclusive=excl),
                         )
                     )
-                    await admin.bind("default", instance, name)
+                    bound = await admin.bind("default", instance, name)
+                    assert bound is not None
+                    assert bound.metadata.finalizers == ([STOP_CONFIRMED] if excl else [])
                 died = time.monotonic()
                 await agent.die()
                 await wait_for_async("Ready=False", lambda: is_ready("False"))
@@ -178,6 +287,7 @@ async def test_node_not_ready_after_grace_and_its_instances_deleted(
 
                 await wait_for_async("the non-exclusive instance deleted", lambda: gone(plain))
                 assert await exists(admin, exclusive)  # its agent may still be fencing
+                # Deleted and released at once: its agent (dead, or fenced) said nothing.
                 await wait_for_async("the exclusive one, later", lambda: gone(exclusive))
                 # lease duration (2 s) + grace (1 s) after the lease went missing
                 assert time.monotonic() - died >= 3.0
@@ -186,3 +296,37 @@ async def test_node_not_ready_after_grace_and_its_instances_deleted(
                 await wait_for_async("Ready=True again", lambda: is_ready("True"))
         finally:
             await agent.stop_renewing()
+
+
+async def test_a_deleted_exclusive_instance_goes_once_its_live_agent_reports_it_stopped(
+    apiserver: ApiServer, name: str
+) -> None:
+    async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as admin:
+        agent = await FakeAgent(admin, name, "c1", duration=2).start()
+        try:
+            async with platform(apiserver, ("nodelifecycle",), scheduler=False, grace=1.0):
+                solo = f"{name}-solo"
+                await admin.create(
+                    Instance(
+                        metadata=ObjectMeta(name=solo, namespace="default"),
+                        spec=InstanceSpec(command=["x"], exclusive=True),
+                    )
+                )
+                await admin.bind("default", solo, name)
+                await admin.delete(Instance, solo, namespace="default")
+                # Its agent is alive (the lease is renewed) and has said nothing: the copy may
+                # still run, so the Instance stays, terminating, well past lease + grace.
+                await asyncio.sleep(4.0)  # longer than lease duration + grace: nothing happens
+                held = await admin.get(Instance, solo, namespace="default")
+                assert held.metadata.deletion_timestamp and held.metadata.finalizers
+                stopped = msgspec.structs.replace(held.status, phase="Failed")
+                await admin.update_status(msgspec.structs.replace(held, status=stopped))
+                await wait_for_async(
+                    "released once its agent reported it stopped", lambda: _gone(admin, solo)
+                )
+        finally:
+            await agent.stop_renewing()
+
+
+async def _gone(client: KeelClient, instance: str) -> bool:
+    return not await exists(client, instance)

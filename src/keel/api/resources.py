@@ -239,6 +239,15 @@ class InstanceStatus(Model, frozen=True):
     message: str = ""
 
 
+# The finalizer the API server adds when it binds an `exclusive` Instance. Deleting such an
+# Instance only marks it (deletionTimestamp): its name stays taken, so no replacement of the
+# same name can be created or bound, until the copy on the node is certainly stopped: its
+# agent reported a terminal phase, or its node lease has been gone long enough for the agent
+# to have fenced itself. The node-lifecycle controller then removes it. Removing it by hand
+# is a forced delete: the old copy may still be running.
+STOP_CONFIRMED = "keel.dev/stop-confirmed"
+
+
 class Instance(Resource, frozen=True, kw_only=True):
     kind_name: ClassVar[str] = "Instance"
     spec: InstanceSpec

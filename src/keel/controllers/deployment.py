@@ -106,11 +106,16 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
 
     Instances of the current template are named by index 0..replicas-1: missing ones are
     created, extras deleted (highest index first). Instances of older templates are replaced:
-    "Recreate" deletes them all before creating new ones; "RollingUpdate" creates new ones
-    up to replicas + maxSurge in total and deletes old ones while at least
+    "Recreate" deletes them all, and creates new ones once they are gone; "RollingUpdate"
+    creates new ones up to replicas + maxSurge in total and deletes old ones while at least
     replicas - maxUnavailable stay Ready (unready old ones go first). The status is that of
     the Instances as they will be once these actions are applied, and is written only when
     it differs. `now` is unused by this first version (minReadySeconds is not honoured yet).
+
+    A terminating Instance (an exclusive one waits, deleted, until its copy is certainly
+    stopped) serves nobody and is not counted in the status, but still holds its name: one
+    of the current template keeps its index taken (neither created again nor counted as
+    missing) and counts towards replicas + maxSurge; "Recreate" waits for old ones to go.
     """
     del now
     if deployment is None or deployment.metadata.deletion_timestamp:
@@ -128,6 +133,16 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
             old.append(instance)
         else:
             current[index] = instance
+    held: set[int] = set()  # indices whose Instance is terminating: their names are taken
+    old_terminating = False
+    for instance in instances:
+        if instance.metadata.deletion_timestamp:
+            index = _index(instance.metadata.name, prefix)
+            if index is None:
+                old_terminating = True
+            else:
+                held.add(index)
+    held_slots = sum(1 for i in held if i < replicas)
 
     actions: list[Action] = []
     deleted: set[str] = set()
@@ -141,17 +156,17 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
     # Current-template extras: highest index first.
     for index in sorted((i for i in current if i >= replicas), reverse=True):
         delete(current[index])
-    missing = [i for i in range(replicas) if i not in current]
+    missing = [i for i in range(replicas) if i not in current and i not in held]
 
-    if not old:
-        creatable = len(missing)
-    elif deployment.spec.strategy.type == "Recreate":
+    if deployment.spec.strategy.type == "Recreate" and (old or old_terminating):
         for instance in sorted(old, key=lambda i: i.metadata.name):
             delete(instance)
-        creatable = 0  # new ones only once every old one is gone
+        creatable = 0  # new ones only once every old one is gone, terminating ones too
+    elif not old:
+        creatable = len(missing)
     else:
         surge, unavailable = rollout_budget(deployment)
-        kept_current = sum(1 for i in current if i < replicas)
+        kept_current = sum(1 for i in current if i < replicas) + held_slots
         creatable = max(0, replicas + surge - (kept_current + len(old)))
         available = sum(1 for i, inst in current.items() if i < replicas and is_ready(inst))
         available += sum(1 for inst in old if is_ready(inst))
