@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from keel.api.patch import PatchError, PatchTestFailed, json_patch, merge_patch, parse_pointer
 from keel.api.registry import BY_KIND, BY_PLURAL
 from keel.api.resources import (
+    STOP_CONFIRMED,
     Deployment,
     DeploymentSpec,
     DeploymentStatus,
@@ -43,6 +44,7 @@ from keel.api.storage import (
     ApiError,
     Fencing,
     Preconditions,
+    bind_instance,
     check_preconditions,
     finished_deleting,
     plan_delete,
@@ -398,6 +400,60 @@ def test_delete_honours_finalizers(finalizers: list[str], marked: str | None, ac
         assert result.metadata.deletion_timestamp == "1970-01-01T00:01:40Z"
     namespace = BY_PLURAL["namespaces"].model(metadata=ObjectMeta(name="n", finalizers=["f"]))
     assert plan_delete(namespace, 0)[1].status.phase == "Terminating"  # type: ignore[attr-defined]
+
+
+def an_instance(
+    *, exclusive: bool, node: str = "", finalizers: list[str] | None = None
+) -> Instance:
+    return Instance(
+        kind="Instance",
+        metadata=ObjectMeta(name="i", namespace="default", uid="u1", finalizers=finalizers or []),
+        spec=InstanceSpec(command=["x"], node_name=node, exclusive=exclusive),
+    )
+
+
+# (exclusive, finalizers before) -> finalizers once bound
+@pytest.mark.parametrize(
+    ("exclusive", "before", "after"),
+    [
+        (True, [], [STOP_CONFIRMED]),
+        (True, ["mine"], ["mine", STOP_CONFIRMED]),
+        (True, [STOP_CONFIRMED], [STOP_CONFIRMED]),  # added once
+        (False, [], []),  # a plain instance is deleted at once, as before
+        (False, ["mine"], ["mine"]),
+    ],
+)
+def test_binding_an_exclusive_instance_adds_the_stop_confirmed_finalizer(
+    exclusive: bool, before: list[str], after: list[str]
+) -> None:
+    current = an_instance(exclusive=exclusive, finalizers=before)
+    bound = bind_instance(INSTANCES, current, "n1")
+    assert bound.metadata.finalizers == after
+    # The binding subresource writes spec.nodeName and these finalizers, nothing else.
+    written = prepare_update(INSTANCES, current, bound, subresource="binding")
+    assert written.metadata.finalizers == after
+    assert written.spec.node_name == "n1"  # type: ignore[attr-defined]
+
+
+def test_an_exclusive_instance_created_bound_gets_the_finalizer_too() -> None:
+    for node, wanted in (("n1", [STOP_CONFIRMED]), ("", [])):
+        created = prepare_create(INSTANCES, an_instance(exclusive=True, node=node),
+                                 namespace="default", name="i", uid="u1", now=0.0)  # fmt: skip
+        assert created.metadata.finalizers == wanted
+
+
+def test_a_bound_exclusive_instance_is_only_marked_by_a_delete() -> None:
+    bound = bind_instance(INSTANCES, an_instance(exclusive=True), "n1")
+    decided, marked = plan_delete(bound, now=100.0)
+    assert decided == "mark" and marked.metadata.deletion_timestamp
+    assert plan_delete(marked, now=200.0)[0] == "wait"
+    with pytest.raises(ApiError) as info:  # no second binding of a terminating instance
+        bind_instance(INSTANCES, marked, "n2")
+    assert info.value.code == 409
+    released = msgspec.structs.replace(
+        marked, metadata=msgspec.structs.replace(marked.metadata, finalizers=[])
+    )
+    assert finished_deleting(prepare_update(INSTANCES, marked, released, subresource=None))
 
 
 def test_delete_preconditions_are_conflicts() -> None:

@@ -27,6 +27,7 @@ import pytest
 from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
+    STOP_CONFIRMED,
     Deployment,
     DeploymentSpec,
     Instance,
@@ -786,6 +787,40 @@ async def binding_sets_the_node_once_with_occ(api: Api) -> None:
     assert (await c.get(Instance, "i")).spec.node_name == "n1"
 
 
+async def a_bound_exclusive_instance_keeps_its_name_until_its_stop_is_confirmed(
+    api: Api,
+) -> None:
+    """Binding an exclusive Instance adds `keel.dev/stop-confirmed`: deleting it leaves it
+    terminating, its name taken (no replacement created, none bound) until a controller
+    removes the finalizer; a plain Instance is deleted at once, as before."""
+    c, ns = api.client, api.namespace
+    scheduler, controller = api.client_as("scheduler"), api.client_as("controller")
+    spec = InstanceSpec(command=["sleep", "inf"], exclusive=True)
+    await c.create(Instance(metadata=ObjectMeta(name="solo"), spec=spec))
+    assert (await c.get(Instance, "solo")).metadata.finalizers == []  # unbound: nothing runs
+    bound = await scheduler.bind(ns, "solo", "n1")
+    assert bound is not None and bound.metadata.finalizers == [STOP_CONFIRMED]
+    marked = await c.delete(Instance, "solo")
+    assert marked is not None and marked.metadata.deletion_timestamp is not None
+    terminating = await c.get(Instance, "solo")
+    assert terminating.metadata.finalizers == [STOP_CONFIRMED]
+    with pytest.raises(AlreadyExists):  # the replacement waits: the name is taken
+        await c.create(Instance(metadata=ObjectMeta(name="solo"), spec=spec))
+    with pytest.raises(Conflict):
+        await scheduler.bind(ns, "solo", "n2")
+    meta = msgspec.structs.replace(terminating.metadata, finalizers=[])
+    await controller.replace(msgspec.structs.replace(terminating, metadata=meta))
+    assert await api.gone(Instance, "solo", ns)
+    await c.create(Instance(metadata=ObjectMeta(name="solo"), spec=spec))  # the name is free
+
+    await c.create(Instance(metadata=ObjectMeta(name="plain"), spec=InstanceSpec(command=["x"])))
+    plain = await scheduler.bind(ns, "plain", "n1")
+    assert plain is not None and plain.metadata.finalizers == []
+    await c.delete(Instance, "plain")
+    with pytest.raises(NotFound):
+        await c.get(Instance, "plain")
+
+
 CASES: list[Case] = [
     create_sets_identity_from_the_global_counter,
     create_of_a_taken_name_is_already_exists,
@@ -823,6 +858,7 @@ CASES: list[Case] = [
     a_selected_watch_sees_objects_leave_as_deleted,
     watch_of_a_namespace_sees_only_it,
     binding_sets_the_node_once_with_occ,
+    a_bound_exclusive_instance_keeps_its_name_until_its_stop_is_confirmed,
 ]
 
 

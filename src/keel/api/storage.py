@@ -21,6 +21,8 @@ from keel.api.registry import BY_KIND, KindInfo
 from keel.api.resources import (
     API_VERSION,
     NAME_RE,
+    STOP_CONFIRMED,
+    InstanceSpec,
     Lease,
     LeaseStatus,
     Namespace,
@@ -99,7 +101,9 @@ def bind_instance(
     info: KindInfo, current: Resource, node: str, resource_version: str = ""
 ) -> Resource:
     """The binding decision: set spec.nodeName once; Conflict when the instance is being
-    deleted, already bound, or changed since `resource_version`."""
+    deleted, already bound, or changed since `resource_version`. An exclusive instance gets
+    the finalizer `STOP_CONFIRMED` in the same write: from now on a copy may run on `node`,
+    and its Instance must outlive that copy (see `keel.api.resources.STOP_CONFIRMED`)."""
     name = current.metadata.name
     spec = current.spec  # type: ignore[attr-defined]
     if current.metadata.deletion_timestamp:
@@ -108,7 +112,25 @@ def bind_instance(
         raise conflict(info, name, f"already bound to node {spec.node_name!r}")
     if resource_version and resource_version != current.metadata.resource_version:
         check_preconditions(info, current, Preconditions(resource_version=resource_version))
-    return msgspec.structs.replace(current, spec=msgspec.structs.replace(spec, node_name=node))
+    bound = msgspec.structs.replace(current, spec=msgspec.structs.replace(spec, node_name=node))
+    return held_until_stopped(bound)
+
+
+def held_until_stopped(obj: Resource) -> Resource:
+    """A bound exclusive Instance with the finalizer `STOP_CONFIRMED` (added once): a copy
+    may run on its node from now on, and the object must outlive it."""
+    spec = getattr(obj, "spec", None)
+    meta = obj.metadata
+    if (
+        not isinstance(spec, InstanceSpec)
+        or not spec.exclusive
+        or not spec.node_name
+        or STOP_CONFIRMED in meta.finalizers
+    ):
+        return obj
+    return msgspec.structs.replace(
+        obj, metadata=msgspec.structs.replace(meta, finalizers=[*meta.finalizers, STOP_CONFIRMED])
+    )
 
 
 def namespace_terminating(namespace: str) -> ApiError:
@@ -301,6 +323,7 @@ def prepare_create(
         deletion_timestamp=None,
     )
     created = msgspec.structs.replace(obj, api_version=API_VERSION, kind=info.kind, metadata=meta)
+    created = held_until_stopped(created)  # created bound: a binding too
     if isinstance(created, Lease):
         created = msgspec.structs.replace(
             created, status=LeaseStatus(acquire_time=timestamp(now, micro=True))
@@ -319,7 +342,12 @@ def prepare_update(
     if subresource == "status":
         return msgspec.structs.replace(current, status=proposed.status)  # type: ignore[attr-defined]
     if subresource == "binding":
-        meta = msgspec.structs.replace(current.metadata, generation=current.metadata.generation + 1)
+        # The binding sets spec.nodeName, and the finalizers that binding calls for.
+        meta = msgspec.structs.replace(
+            current.metadata,
+            generation=current.metadata.generation + 1,
+            finalizers=proposed.metadata.finalizers,
+        )
         return msgspec.structs.replace(current, spec=proposed.spec, metadata=meta)  # type: ignore[attr-defined]
     meta = msgspec.structs.replace(
         current.metadata,
