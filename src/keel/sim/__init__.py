@@ -2,7 +2,8 @@
 in-memory store, the real client over a simulated network (`ProcessNetwork`: latency, stalls,
 lost answers, watch drops, rewinds and expiry), seeded process faults (crash, pause, lease
 expiry), and `simulate()`, which checks convergence and that no dangerous action ran twice.
-A seed replays exactly.
+`keel.sim.platform.simulate_platform()` runs the real platform (controllers, schedulers, and
+agents whose processes live in a `SimMachineRoom`) the same way. A seed replays exactly.
 """
 
 from keel.sim.cluster import SimCluster
@@ -25,6 +26,7 @@ from keel.sim.loop import (
     run_virtual,
 )
 from keel.sim.network import Mutation, MutationLog, ProcessNetwork
+from keel.sim.processes import Overlap, SimMachineRoom, SimProcessDriver, overlaps
 from keel.sim.trace import Trace
 from keel.sim.transport import AppTransport
 
@@ -34,12 +36,15 @@ __all__ = [
     "FaultScheduler",
     "Mutation",
     "MutationLog",
+    "Overlap",
     "ProcessEnv",
     "ProcessNetwork",
     "ProcessSpec",
     "SimClock",
     "SimCluster",
     "SimEnv",
+    "SimMachineRoom",
+    "SimProcessDriver",
     "SimResult",
     "SimulationDeadlock",
     "SimulationRunaway",
@@ -49,6 +54,7 @@ __all__ = [
     "check_fencing",
     "check_once",
     "manager_process",
+    "overlaps",
     "run_virtual",
     "simulate",
 ]
