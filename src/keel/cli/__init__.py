@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keel.cli.store import add_store_commands
     from keel.cli.top import add_top_command
     from keel.cli.up import add_up_command
+    from keel.cli.verify import add_verify_command
 
     # Server side first, then what a user types every day, then operations and tools.
     add_apiserver_command(commands)
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_logs_command(commands)
     add_top_command(commands)
     add_store_commands(commands)
+    add_verify_command(commands)
     add_dev_commands(commands)
     return parser
 
