@@ -6,6 +6,7 @@ history into a `Verdict`. This package sits at the top, beside the CLI: it drive
 layer below through its public face and nothing below imports it.
 """
 
+from keel.verify.fencing import check_fencing
 from keel.verify.history import (
     Event,
     HistoryError,
@@ -20,6 +21,7 @@ __all__ = [
     "Event",
     "HistoryError",
     "Verdict",
+    "check_fencing",
     "check_watch",
     "dump_history",
     "load_history",
