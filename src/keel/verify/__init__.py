@@ -6,6 +6,7 @@ history into a `Verdict`. This package sits at the top, beside the CLI: it drive
 layer below through its public face and nothing below imports it.
 """
 
+from keel.verify.convergence import check_convergence
 from keel.verify.exclusive import check_duplicates, check_exclusive, check_surge
 from keel.verify.fencing import check_fencing
 from keel.verify.history import (
@@ -22,6 +23,7 @@ __all__ = [
     "Event",
     "HistoryError",
     "Verdict",
+    "check_convergence",
     "check_duplicates",
     "check_exclusive",
     "check_fencing",
