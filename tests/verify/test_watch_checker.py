@@ -298,3 +298,11 @@ def test_an_event_before_any_start_is_malformed() -> None:
 def test_commits_out_of_commit_order_are_malformed() -> None:
     with pytest.raises(HistoryError, match="history line 2: field 'revision' 9 goes back"):
         check_watch([commit(10, P + "a"), commit(9, P + "b")])
+
+
+def test_the_store_commits_may_come_after_the_watchers_lines() -> None:
+    # The recorder reads the store's log once the run is over and appends it.
+    watchers = history(start(1, 9), got(1, 10, P + "a"), got(1, 12, P + "a", "MODIFIED"))
+    verdict = check_watch([*watchers, *COMMITS])
+    assert verdict.summary == "watch violation: gap"
+    assert verdict.counterexample == [watchers[1], watchers[2], COMMITS[1]]

@@ -102,7 +102,10 @@ class _Watcher:
 
 @dataclass(frozen=True)
 class _Violation:
+    """`at` is the watcher's line where it went wrong; `lines` the counterexample."""
+
     kind: str
+    at: int
     lines: list[int]
     explanation: str
 
@@ -139,8 +142,9 @@ def check_watch(history: Sequence[Event]) -> Verdict:
 
     violations: list[_Violation] = []
     stats = {"watchers": len({who for who, _ in watchers}), "commits": commits}
-    counts = dict.fromkeys(("events_delivered", "resumes", "expirations", "relists"), 0)
-    counts["disconnects"] = 0
+    counts = dict.fromkeys(
+        ("events_delivered", "resumes", "expirations", "relists", "disconnects"), 0
+    )
     for watcher in watchers.values():
         found = _replay(watcher, logs.get(watcher.prefix, _Log()), history, counts)
         if found is not None:
@@ -154,7 +158,7 @@ def check_watch(history: Sequence[Event]) -> Verdict:
             f"{counts['expirations']:,} expired+relist"
         )
         return Verdict(WORKLOAD, True, summary, stats=stats)
-    first = min(violations, key=lambda v: max(v.lines))
+    first = min(violations, key=lambda v: v.at)
     stats["violations"] = len(violations)
     return Verdict(
         WORKLOAD,
@@ -236,6 +240,7 @@ def _start(
     if watcher.expired_line is not None:
         return _Violation(
             "restart after 410 Expired without a relist",
+            index,
             [watcher.expired_line, index],
             f"{watcher.name()} was told 410 Expired, then watched again from revision "
             f"{revision} without listing first: changes compacted away are lost to it.",
@@ -249,6 +254,7 @@ def _start(
         skipped = known - cursor
         return _Violation(
             "gap",
+            index,
             [watcher.position_line, index, log.changes[cursor].line],
             f"{watcher.name()} had seen everything through revision {watcher.position} but "
             f"resumed from revision {revision}, ahead of its position: it skips {skipped} "
@@ -257,6 +263,7 @@ def _start(
     replayed = cursor - known
     return _Violation(
         "resumed behind its position",
+        index,
         [watcher.position_line, index],
         f"{watcher.name()} had seen everything through revision {watcher.position} but "
         f"resumed from revision {revision}, behind its position: the {replayed} "
@@ -279,6 +286,7 @@ def _deliver(
     if watcher.expired_line is not None:
         return _Violation(
             "delivery after 410 Expired without a relist",
+            index,
             [watcher.expired_line, index],
             f"{watcher.name()} was told 410 Expired and then received {what} without "
             "listing first: its state misses the changes compacted away.",
@@ -295,6 +303,7 @@ def _deliver(
         )
         return _Violation(
             "event never committed",
+            index,
             [index],
             f"{watcher.name()} received {what}, an event never committed: {beyond}.",
         )
@@ -302,6 +311,7 @@ def _deliver(
     if change.kind != kind:
         return _Violation(
             "event never committed",
+            index,
             [index, change.line],
             f"{watcher.name()} received {key} at revision {revision} as {kind}, but the store "
             f"committed it as {change.kind}.",
@@ -324,6 +334,7 @@ def _deliver(
             )
         return _Violation(
             "duplicate",
+            index,
             [earlier, index],
             f"{watcher.name()} received {what} twice: {source}.",
         )
@@ -338,6 +349,7 @@ def _deliver(
         if back is not None and cursor <= back < at:
             return _Violation(
                 "out of order",
+                index,
                 [index, follow.index],
                 f"{watcher.name()} received {what} before {log.describe(back)}, which the "
                 "store committed first.",
@@ -345,6 +357,7 @@ def _deliver(
     skipped = at - cursor
     return _Violation(
         "gap",
+        index,
         [watcher.position_line, index, log.changes[cursor].line],
         f"{watcher.name()} had seen everything through revision {watcher.position}, then "
         f"received {what}: it never received the {skipped} change"
