@@ -78,7 +78,8 @@ def check_fencing(history: Sequence[Event]) -> Verdict:
     first ok write of a larger token. Rule (c) compares commit revisions when both writes have
     one; otherwise it compares real time, which only convicts an old write invoked after the
     newer holder's first acknowledged write had completed. Fail and info writes, and invokes
-    never completed, constrain nothing.
+    never completed, constrain nothing. Of several violations, the counterexample shows the
+    first by rule, (a) before (b) before (c); stats["violations"] counts them all.
     """
     leases: list[_Lease] = []
     writes: list[_Write] = []
