@@ -6,6 +6,9 @@ history into a `Verdict`. This package sits at the top, beside the CLI: it drive
 layer below through its public face and nothing below imports it.
 """
 
+from keel.verify.convergence import check_convergence
+from keel.verify.exclusive import check_duplicates, check_exclusive, check_surge
+from keel.verify.fencing import check_fencing
 from keel.verify.history import (
     Event,
     HistoryError,
@@ -14,5 +17,19 @@ from keel.verify.history import (
     load_history,
     parse_history,
 )
+from keel.verify.watch import check_watch
 
-__all__ = ["Event", "HistoryError", "Verdict", "dump_history", "load_history", "parse_history"]
+__all__ = [
+    "Event",
+    "HistoryError",
+    "Verdict",
+    "check_convergence",
+    "check_duplicates",
+    "check_exclusive",
+    "check_fencing",
+    "check_surge",
+    "check_watch",
+    "dump_history",
+    "load_history",
+    "parse_history",
+]
