@@ -6,6 +6,17 @@ history into a `Verdict`. This package sits at the top, beside the CLI: it drive
 layer below through its public face and nothing below imports it.
 """
 
-from keel.verify.history import Event, HistoryError, Verdict, dump_history, load_history, parse_history
+from keel.verify.faults import SlowDisk, SlowDiskError
+from keel.verify.history import (
+    Event,
+    HistoryError,
+    Verdict,
+    dump_history,
+    load_history,
+    parse_history,
+)
+from keel.verify.hosts import Fabric, FabricError, Host, Removed, cleanup_all, new_prefix
 
 __all__ = ["Event", "HistoryError", "Verdict", "dump_history", "load_history", "parse_history"]
+__all__ += ["Fabric", "FabricError", "Host", "Removed", "SlowDisk", "SlowDiskError"]
+__all__ += ["cleanup_all", "new_prefix"]
