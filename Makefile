@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) etcd tools
 
-# Command-line tools the tests use (TLS tests make certificates with openssl).
+# Command-line tools the tests use (TLS tests make certificates with openssl; keel verify's
+# hosts need ip and tc, its slow disks strace).
 tools:
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
+	@(command -v ip && command -v tc && command -v strace) >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 strace)
 
 # etcd >= 3.5 from PATH, or Debian's newest etcd-server unpacked into .cache/etcd.
 etcd: $(STAMP)

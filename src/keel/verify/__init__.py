@@ -8,6 +8,7 @@ layer below through its public face and nothing below imports it.
 
 from keel.verify.convergence import check_convergence
 from keel.verify.exclusive import check_duplicates, check_exclusive, check_surge
+from keel.verify.faults import SlowDisk, SlowDiskError
 from keel.verify.fencing import check_fencing
 from keel.verify.history import (
     Event,
@@ -17,11 +18,18 @@ from keel.verify.history import (
     load_history,
     parse_history,
 )
+from keel.verify.hosts import Fabric, FabricError, Host, Removed, cleanup_all, new_prefix
 from keel.verify.watch import check_watch
 
 __all__ = [
     "Event",
+    "Fabric",
+    "FabricError",
     "HistoryError",
+    "Host",
+    "Removed",
+    "SlowDisk",
+    "SlowDiskError",
     "Verdict",
     "check_convergence",
     "check_duplicates",
@@ -29,7 +37,9 @@ __all__ = [
     "check_fencing",
     "check_surge",
     "check_watch",
+    "cleanup_all",
     "dump_history",
     "load_history",
+    "new_prefix",
     "parse_history",
 ]
