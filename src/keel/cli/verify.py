@@ -113,8 +113,11 @@ def _cleanup() -> int:
     removed = cleanup_all()
     if not removed:
         print("keel verify --cleanup: nothing left behind")
-    for line in removed:
-        print(f"keel verify --cleanup: removed {line}")
+        return 0
+    print(f"keel verify --cleanup: runs {', '.join(removed.prefixes) or '-'}")
+    print(f"  killed processes: {' '.join(map(str, removed.processes)) or '-'}")
+    print(f"  removed namespaces: {' '.join(removed.namespaces) or '-'}")
+    print(f"  removed links: {' '.join(removed.links) or '-'}")
     return 0
 
 

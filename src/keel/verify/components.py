@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class Component:
     starts: int = 0
     paused: bool = False
     last_exit: str = ""
+    on_start: Callable[[int], None] | None = None  # told each new PID (crash cleanup)
 
     @property
     def pid(self) -> int | None:
@@ -69,6 +70,8 @@ class Component:
                 start_new_session=True,
             )
         self.paused = False
+        if self.on_start is not None:
+            self.on_start(self.process.pid)
 
     async def kill(self) -> None:
         """SIGKILL, as a crash or a power cut would end it."""

@@ -7,13 +7,13 @@ the single-host sqlite mode: no partitions, but slow disks still apply.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from keel.verify.cluster import HostInfo
-from keel.verify.hosts import Fabric, SlowDisk, cleanup_all
+from keel.verify.faults import SlowDisk
+from keel.verify.hosts import Fabric, cleanup_all, new_prefix
 
 __all__ = ["LoopbackNetwork", "NamespaceNetwork", "cleanup_all"]
 
@@ -38,16 +38,16 @@ class NamespaceNetwork:
 
     @classmethod
     def create(cls, run_dir: Path, hosts: int) -> NamespaceNetwork:
-        prefix = "kv" + secrets.token_hex(2)
-        return cls(Fabric.create(prefix, hosts, state_dir=run_dir))
+        return cls(Fabric.create(new_prefix(), hosts, run_dir=run_dir))
 
     def hosts(self) -> list[HostInfo]:
         return [
             HostInfo(h.name, h.address, tuple(h.command([]))) for h in self.fabric.hosts
         ]
 
-    def track(self, pids: Callable[[], list[int]]) -> None:
-        self.fabric.track_pids(pids)
+    def record_pid(self, pid: int) -> None:
+        """Remember a process the run started, for `keel verify --cleanup` after a crash."""
+        self.fabric.record_pid(pid)
 
     def partition(
         self, groups: list[list[str]], *, isolate_from_runner: Sequence[str] = ()

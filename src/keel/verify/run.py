@@ -93,6 +93,7 @@ async def verify(options: RunOptions, *, say: Callable[[str], None] = print) -> 
             network = NamespaceNetwork.create(run_dir, shape.hosts)
             fabric = network
             hosts = network.hosts()
+            _note_in_schedule(run_dir, prefix=network.fabric.prefix, subnet=str(network.fabric.layout.subnet))
         else:
             from keel.verify.fabric import LoopbackNetwork
 
@@ -105,7 +106,8 @@ async def verify(options: RunOptions, *, say: Callable[[str], None] = print) -> 
             f" {options.duration:.0f}s; run directory {run_dir}"
         )
         if fabric is not None:
-            fabric.track(cluster.pids)
+            for component in cluster.components.values():
+                component.on_start = fabric.record_pid
         try:
             await cluster.start()
             say("keel verify: cluster up; starting workloads")
@@ -128,6 +130,13 @@ async def verify(options: RunOptions, *, say: Callable[[str], None] = print) -> 
 
     write_report(run_dir)
     return result
+
+
+def _note_in_schedule(run_dir: Path, **facts: Any) -> None:
+    path = run_dir / "schedule.json"
+    schedule = json.loads(path.read_text())
+    schedule.update(facts)
+    path.write_text(json.dumps(schedule, indent=2) + "\n")
 
 
 async def _exercise(

@@ -251,6 +251,9 @@ class Workloads:
 
     async def stop(self) -> None:
         self.stopping.set()
+        for task in self._tasks:
+            if task.get_name().startswith("watcher-"):
+                task.cancel()
         done, pending = await asyncio.wait(self._tasks, timeout=self.options.request_timeout + 5)
         for task in pending:
             task.cancel()
@@ -419,16 +422,16 @@ class Workloads:
         )
         delivered = 0
         synthetic = 0
-        watch = client.watch(Service, namespace=WATCH_NAMESPACE, resource_version=listed.resource_version)
+        watch = client.watch(
+            Service,
+            namespace=WATCH_NAMESPACE,
+            resource_version=listed.resource_version,
+            idle_timeout=10.0,
+        )
+        # Consumed until the task is cancelled at the end of the run: cancelling a pending
+        # __anext__ (a timeout around it) would close the watch's generator for good.
         async with watch:
-            iterator = watch.__aiter__()
-            while not self.stopping.is_set():
-                try:
-                    event = await asyncio.wait_for(iterator.__anext__(), 1.0)
-                except TimeoutError:
-                    continue
-                except StopAsyncIteration:
-                    break
+            async for event in watch:
                 if event.type == "RELIST":
                     self.recorder.record("watch", process=process, type="expired", prefix=prefix)
                     self.recorder.record(
