@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from api_objects import deployment, instance, store_writes
+from api_objects import deployment, instance, lease, store_writes
 from support import ApiServer, HttpClient
 
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
+JSON = "application/json"
 V1 = "/apis/keel.dev/v1"
 
 
@@ -250,6 +253,95 @@ def test_object_over_the_size_limit_is_413_and_nothing_is_stored(
     )
     assert grown.status == 413
     assert "annotations" not in admin.get(deployments(ns, "big")).json["metadata"]
+
+
+DEEP = 100_000  # levels: far past Python's recursion limit
+TOO_DEEP = "nests deeper than 100 levels"
+
+
+def nested_arrays(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def nested_in(body: dict[str, Any], field: str, depth: int) -> bytes:
+    """`body` as JSON with `field` (top level) set to `depth` objects, one inside the next."""
+    deep = b'{"a":' * depth + b"1" + b"}" * depth
+    encoded = json.dumps({**body, field: "DEEP"}).encode()
+    return encoded.replace(b'"DEEP"', deep)
+
+
+def test_a_body_nesting_too_deep_is_400_on_every_write_and_nothing_is_stored(
+    server: ApiServer, admin: HttpClient, ns: str
+) -> None:
+    instances = f"{V1}/namespaces/{ns}/instances"
+    leases = f"{V1}/namespaces/{ns}/leases"
+    assert admin.post(deployments(ns), deployment("web")).status == 201
+    assert admin.post(instances, instance("i1")).status == 201
+    assert admin.post(leases, lease("l1", "me")).status == 201
+    before = store_writes(admin)
+    web = admin.get(deployments(ns, "web")).json
+    deep_web = nested_in(web, "spec", DEEP)
+    beat = "/apis/telemetry.keel.dev/v1/nodeheartbeats/node-deep"
+    writes = [
+        ("POST", deployments(ns), nested_arrays(DEEP), JSON),
+        ("POST", deployments(ns), nested_in(deployment("deep"), "spec", DEEP), JSON),
+        ("PUT", deployments(ns, "web"), deep_web, JSON),
+        ("PUT", deployments(ns, "web") + "/status", nested_in(web, "status", DEEP), JSON),
+        ("PATCH", deployments(ns, "web"), nested_in({}, "spec", DEEP), MERGE),
+        ("PATCH", deployments(ns, "web"), nested_arrays(DEEP), JSONPATCH),
+        ("PATCH", deployments(ns, "web") + "/status", nested_in({}, "status", DEEP), MERGE),
+        ("DELETE", deployments(ns, "web"), nested_in({}, "preconditions", DEEP), JSON),
+        ("POST", f"{instances}/i1/binding", nested_in({}, "target", DEEP), JSON),
+        ("POST", f"{leases}/l1/renew", nested_in({}, "holderIdentity", DEEP), JSON),
+        ("PUT", beat, nested_in({"node": "node-deep"}, "cpuUsage", DEEP), JSON),
+    ]
+    answers = [
+        (method, path, admin.request(method, path, raw=body, content_type=content_type))
+        for method, path, body, content_type in writes
+    ]
+    assert [(m, p, a.status) for m, p, a in answers] == [(m, p, 400) for m, p, _ in answers]
+    for _, _, answer in answers:
+        assert answer.json["kind"] == "Status"
+        assert answer.json["reason"] == "BadRequest"
+        assert TOO_DEEP in answer.json["message"], answer.json
+    assert store_writes(admin) == before
+    assert admin.get(deployments(ns, "deep")).status == 404
+    assert admin.get(deployments(ns, "web")).json == web
+    assert admin.get(f"{instances}/i1").json["spec"]["nodeName"] == ""
+    assert admin.get(beat).status == 404
+    # and the server still serves
+    assert server.http(None).get("/readyz").status == 200
+    assert admin.post(deployments(ns), deployment("after")).status == 201
+
+
+def test_the_depth_limit_holds_for_bodies_that_would_decode(admin: HttpClient, ns: str) -> None:
+    """101 levels would not exhaust the stack; they are refused all the same, while 100
+    levels reach validation (and its 422 naming the field)."""
+    over = admin.post(deployments(ns), None, raw=nested_in(deployment("d"), "spec", 100))
+    assert over.status == 400
+    assert TOO_DEEP in over.json["message"]
+    at = admin.post(deployments(ns), None, raw=nested_in(deployment("d"), "spec", 99))
+    assert at.status == 422, at.body[:300]
+    assert at.json["details"]["causes"][0]["field"] == "spec.a"
+    quoted = deployment("quoted")
+    quoted["metadata"]["annotations"] = {"brackets": "[{" * 1000}
+    assert admin.post(deployments(ns), quoted).status == 201
+
+
+def test_a_json_patch_cannot_nest_a_service_status_past_the_limit(
+    admin: HttpClient, ns: str
+) -> None:
+    services = f"{V1}/namespaces/{ns}/services"
+    assert admin.post(services, {"metadata": {"name": "s"}, "spec": {}}).status == 201
+    value = json.loads(b'{"a":' * 60 + b"1" + b"}" * 60)
+    first = [{"op": "add", "path": "/status/x", "value": value}]
+    assert admin.patch(f"{services}/s/status", first, JSONPATCH).status == 200
+    stored = admin.get(f"{services}/s").json
+    deeper = [{"op": "add", "path": "/status/x" + "/a" * 59, "value": value}]
+    answer = admin.patch(f"{services}/s/status", deeper, JSONPATCH)
+    assert answer.status == 422, answer.body[:300]
+    assert "the patched object nests deeper than 100 levels" in answer.json["message"]
+    assert admin.get(f"{services}/s").json == stored
 
 
 # ------------------------------------------------------------------------- update / OCC

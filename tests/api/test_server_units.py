@@ -36,6 +36,7 @@ from keel.api.server import (
     decode_continue,
     encode_continue,
     full_builtins,
+    nesting_depth,
     parse_path,
     pointer_field,
     validation_cause,
@@ -279,6 +280,32 @@ def test_a_body_is_decoded_strictly_and_checked_against_the_url() -> None:
     with pytest.raises(ApiError) as info:
         decode_body(DEPLOYMENTS, raw, namespace="ns", name=None, max_bytes=10)
     assert info.value.code == 413
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\abé'),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\abé'), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_JSON_VALUES, st.booleans())
+def test_nesting_depth_counts_arrays_and_objects_but_not_brackets_in_strings(
+    value: Any, ascii_only: bool
+) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert nesting_depth(text) == _depth(value)
 
 
 @given(st.integers(1, 2**62), st.binary(min_size=1, max_size=40))

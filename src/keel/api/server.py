@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import msgspec
@@ -91,6 +92,10 @@ JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 FENCING_HEADER = "keel-fencing-token"
+# How deep the arrays and objects of a request body may nest. Keel's deepest object nests
+# about ten levels; the decoders and the patch code recurse once per level, and a thousand
+# levels exhaust Python's stack (Kubernetes, in Go, stops at 10,000).
+MAX_BODY_DEPTH = 100
 
 
 # ------------------------------------------------------------------------- pure parsing
@@ -104,6 +109,27 @@ class Target:
     namespace: str | None
     name: str | None
     subresource: str | None
+
+
+# A JSON string, escapes included (unrolled, so long strings cost no backtracking).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [1 if chr(b) in "[{" else -1 for b in range(256)]
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest; brackets inside strings do not
+    count. For malformed text, a number the decoder's own error will make moot."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def too_deep(body: bytes, limit: int = MAX_BODY_DEPTH) -> bool:
+    """Whether `body` nests deeper than `limit`, checked before any decoder recurses into it
+    (deep enough, one would fail with RecursionError)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # too few brackets to nest that deep: most bodies, and no scan
+    return nesting_depth(body) > limit
 
 
 def _no_route(path: str) -> ApiError:
@@ -1033,7 +1059,12 @@ class ApiServer:
             if size > limit:
                 raise too_large(size, self.max_object_bytes)
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        if too_deep(body):
+            raise bad_request(
+                f"request body nests deeper than {MAX_BODY_DEPTH} levels of arrays and objects"
+            )
+        return body
 
     async def create(self, request: Request, principal: auth.Principal, target: Target) -> Response:
         info = target.info
@@ -1110,9 +1141,23 @@ class ApiServer:
                         ],
                     ),
                 ) from None
+            encoded = msgspec.json.encode(patched)
+            if too_deep(encoded):  # a JSON patch can add a deep value at a deep path
+                raise invalid(
+                    info,
+                    target.name or "",
+                    [
+                        StatusCause(
+                            "",
+                            f"the patched object nests deeper than {MAX_BODY_DEPTH} levels "
+                            "of arrays and objects",
+                            "FieldValueInvalid",
+                        )
+                    ],
+                )
             return decode_body(
                 info,
-                msgspec.json.encode(patched),
+                encoded,
                 namespace=target.namespace,
                 name=target.name,
                 max_bytes=self.max_object_bytes,

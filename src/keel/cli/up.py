@@ -2,9 +2,10 @@
 
 The API server runs in this process (over the embedded store by default); the
 controller-manager, the scheduler and `clusters x nodes-per-cluster` agents run as child
-processes, each with its own token and kubeconfig under the state dir, and are restarted with
-backoff if they die. Ctrl-C stops the children first (agents stop their workloads), then the
-API server.
+processes (`python -m keel ...`, fresh interpreters), each with its own token and kubeconfig
+under the state dir, and are restarted with backoff if they die. Each child's log gathers all
+its runs, with a line from the supervisor where each run starts and how it ended. Ctrl-C stops
+the children first (agents stop their workloads), then the API server.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,11 +119,68 @@ def components(
     return result
 
 
+def spawn(argv: Sequence[str], *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `argv` as a new process, its output appended to `log` (else ours), in a session
+    of its own when it has a log (Ctrl-C reaches `keel up` only, which stops it in order).
+
+    Not the event loop's subprocess support: uvloop starts a child with fork() and runs this
+    process's fork handlers in it, gRPC's among them while the etcd store's channels are open,
+    and the child could crash (SIGSEGV) before it got to exec. subprocess.Popen starts it with
+    vfork and exec on Linux (fork and exec with no Python code in between elsewhere), so no
+    fork handler of this process runs in the child.
+    """
+    if log is None:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+
+async def wait_exit(process: subprocess.Popen[bytes], poll: float = 0.2) -> int:
+    """`process`'s exit code, waited for without blocking the loop: woken by a pidfd where
+    the OS has them, by polling elsewhere."""
+    code = process.poll()
+    if code is not None:
+        return code
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfds (not Linux, or older than 5.3)
+        while (code := process.poll()) is None:  # noqa: ASYNC110 - an exit sets no event
+            await asyncio.sleep(poll)
+        return code
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return process.wait()
+
+
+def describe_exit(code: int) -> str:
+    """How a child ended, as Popen's return code says: minus the signal number if killed."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown signal"
+    return f"was killed by signal {-code} ({name})"
+
+
 @dataclass
 class Supervised:
     component: Component
     log_path: Path
-    process: asyncio.subprocess.Process | None = None
+    process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     task: asyncio.Task[None] | None = None
     stopping: bool = field(default=False)
@@ -129,7 +189,11 @@ class Supervised:
 class Supervisor:
     """Starts the components, restarts any that die (1 s doubling to 30 s), and stops them on
     request: all get SIGTERM at once (agents stop their workloads within their grace periods)
-    and SIGKILL after STOP_GRACE."""
+    and SIGKILL after STOP_GRACE.
+
+    A child's log is appended to across its runs (and across runs of `keel up`), so what a
+    crashed child wrote survives its restart; the supervisor marks where each run starts and
+    how it ended (exit code or signal) in the log, and prints the latter."""
 
     def __init__(self, items: Sequence[Component], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -141,29 +205,28 @@ class Supervisor:
         for child in self.children:
             child.task = asyncio.create_task(self._keep_running(child), name=child.component.name)
 
-    async def _spawn(self, child: Supervised) -> asyncio.subprocess.Process:
-        with child.log_path.open("ab") as out:
-            return await asyncio.create_subprocess_exec(
-                *child.component.argv,
-                stdout=out,
-                stderr=out,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches keel up only; it stops us in order
-            )
+    @staticmethod
+    def _mark(child: Supervised, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with child.log_path.open("a", encoding="utf-8") as log:
+            log.write(f"--- keel up {stamp}: {child.component.name} {text} ---\n")
 
     async def _keep_running(self, child: Supervised) -> None:
         delay = RESTART_BASE
         while not child.stopping:
             started = asyncio.get_running_loop().time()
-            child.process = await self._spawn(child)
-            code = await child.process.wait()
+            self._mark(child, f"starting (run {child.restarts + 1})")
+            child.process = spawn(child.component.argv, log=child.log_path)
+            code = await wait_exit(child.process)
             if child.stopping:
                 return
             ran = asyncio.get_running_loop().time() - started
             delay = RESTART_BASE if ran > 60 else min(delay * 2, RESTART_CAP)
             child.restarts += 1
+            ended = f"(pid {child.process.pid}) {describe_exit(code)}"
+            self._mark(child, f"{ended}; restart {child.restarts} in {delay:.0f} s")
             print(
-                f"keel up: {child.component.name} exited ({code}); restarting in {delay:.0f} s "
+                f"keel up: {child.component.name} {ended}; restarting in {delay:.0f} s "
                 f"(log {child.log_path})",
                 flush=True,
             )
@@ -175,16 +238,16 @@ class Supervisor:
             if child.process is not None and child.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(signal.SIGTERM)
-        waits = [c.process.wait() for c in self.children if c.process is not None]
+        running = [c.process for c in self.children if c.process is not None]
         try:
-            await asyncio.wait_for(asyncio.gather(*waits), STOP_GRACE)
+            await asyncio.wait_for(asyncio.gather(*map(wait_exit, running)), STOP_GRACE)
         except TimeoutError:
             for child in self.children:
                 if child.process is not None and child.process.returncode is None:
                     print(f"keel up: {child.component.name} did not stop; killing it", flush=True)
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(child.process.pid, signal.SIGKILL)
-            await asyncio.gather(*waits, return_exceptions=True)
+            await asyncio.gather(*map(wait_exit, running), return_exceptions=True)
         for child in self.children:
             if child.task is not None:
                 child.task.cancel()
@@ -306,10 +369,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 async def apply_and_report(path: str, kubeconfig: Path) -> None:
     """`keel up --apply FILE`: apply it, then say how to reach its Services."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "keel", "apply", "-f", path, "--kubeconfig", str(kubeconfig)
+    proc = spawn(
+        [sys.executable, "-m", "keel", "apply", "-f", path, "--kubeconfig", str(kubeconfig)]
     )
-    if await proc.wait() != 0:
+    if await wait_exit(proc) != 0:
         print(f"keel up: applying {path} failed (see above)", flush=True)
         return
     await report_services(path, kubeconfig)
