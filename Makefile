@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime soak clean
+.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +54,19 @@ bench-api: setup
 bench-runtime: setup
 	$(PY) benchmarks/runtime.py
 
-bench: bench-store bench-api bench-runtime
+bench-checker: setup
+	$(PY) benchmarks/linearizability.py
+
+bench: bench-store bench-api bench-runtime bench-checker
+
+# `keel verify` (root): the smoke schedule (one partition, one kill, one pause; all checkers;
+# under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full
+# matrix (every fault kind against every workload, a couple of minutes each).
+verify-smoke: setup
+	$(VENV)/bin/keel verify --smoke --duration 35 --seed 1 --out .keel/verify/smoke
+
+verify: setup
+	$(PY) -m keel.verify.matrix --out .keel/verify/matrix --duration 120
 
 # Long runs, outside the default suite.
 soak: setup

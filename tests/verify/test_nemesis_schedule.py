@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from keel.verify.nemesis import FAULTS, expand, schedule
@@ -17,7 +19,7 @@ def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> Non
 def test_faults_never_overlap_and_end_within_the_duration() -> None:
     faults = schedule(3, expand(["partition", "kill", "pause"], "etcd"), 90.0)
     assert faults, "a 90 s schedule holds faults"
-    for before, after in zip(faults, faults[1:], strict=False):
+    for before, after in itertools.pairwise(faults):
         assert before.at + before.duration < after.at
     assert faults[-1].at + faults[-1].duration <= 90.0
 

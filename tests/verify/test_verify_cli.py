@@ -11,14 +11,29 @@ from pathlib import Path
 
 def keel(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keel", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "keel", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_bad_options_are_refused_naming_each_one(tmp_path: Path) -> None:
     result = keel(
-        "verify", "--etcd-members", "4", "--faults", "flood", "--broken", "nothing",
-        "--workloads", "register,dance", "--duration", "0", "--out", str(tmp_path / "run"),
+        "verify",
+        "--etcd-members",
+        "4",
+        "--faults",
+        "flood",
+        "--broken",
+        "nothing",
+        "--workloads",
+        "register,dance",
+        "--duration",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
     )
     assert result.returncode == 2
     for expected in (

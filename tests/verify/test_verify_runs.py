@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support import wait_for
 
 needs_root = pytest.mark.skipif(
@@ -24,7 +23,11 @@ needs_root = pytest.mark.skipif(
 
 def keel(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keel", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "keel", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -49,8 +52,10 @@ def processes_of(run_dir: Path) -> list[str]:
 
 
 def namespaces_with(prefix: str) -> list[str]:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        ["ip", "netns", "list"], check=False, capture_output=True, text=True
+    ).stdout
+    links = subprocess.run(["ip", "-o", "link"], check=False, capture_output=True, text=True).stdout
     return [line for line in (listed + links).splitlines() if prefix in line]
 
 
@@ -89,17 +94,35 @@ def test_smoke_schedule_passes_every_checker_and_leaves_nothing_behind(tmp_path:
 def test_deliberately_broken_clients_are_each_caught(tmp_path: Path) -> None:
     run_dir = tmp_path / "broken"
     result = keel(
-        "verify", "--store", "sqlite", "--faults", "kill", "--duration", "20", "--seed", "2",
-        "--workloads", "register,watch,fencing,exclusive",
-        "--broken", "register-stale", "--broken", "watch-skip",
-        "--broken", "fencing-no-token", "--broken", "exclusive-by-hand",
-        "--out", str(run_dir),
+        "verify",
+        "--store",
+        "sqlite",
+        "--faults",
+        "kill",
+        "--duration",
+        "20",
+        "--seed",
+        "2",
+        "--workloads",
+        "register,watch,fencing,exclusive",
+        "--broken",
+        "register-stale",
+        "--broken",
+        "watch-skip",
+        "--broken",
+        "fencing-no-token",
+        "--broken",
+        "exclusive-by-hand",
+        "--out",
+        str(run_dir),
     )
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     judged = verdicts(run_dir)
     assert not judged["register (HTTP API)"]["valid"]
     assert judged["watch"]["summary"] == "watch violation: gap"
-    assert judged["fencing"]["summary"].startswith("fencing violation: accepted without a fencing token")
+    assert judged["fencing"]["summary"].startswith(
+        "fencing violation: accepted without a fencing token"
+    )
     assert not judged["exclusive"]["valid"]
     assert "by-hand" in json.dumps(judged["exclusive"]["counterexample"])
     assert judged["convergence"]["valid"], "the platform itself still converged"
@@ -112,8 +135,18 @@ def test_ctrl_c_and_a_crash_followed_by_cleanup_leave_nothing_behind(tmp_path: P
     for ending in ("interrupt", "crash"):
         run_dir = tmp_path / ending
         process = subprocess.Popen(
-            [sys.executable, "-m", "keel", "verify", "--duration", "120", "--seed", "3",
-             "--out", str(run_dir)],
+            [
+                sys.executable,
+                "-m",
+                "keel",
+                "verify",
+                "--duration",
+                "120",
+                "--seed",
+                "3",
+                "--out",
+                str(run_dir),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -122,7 +155,11 @@ def test_ctrl_c_and_a_crash_followed_by_cleanup_leave_nothing_behind(tmp_path: P
             state = run_dir / "fabric.json"
             wait_for("the run to build its hosts", state.exists, timeout=60)
             prefix = json.loads(state.read_text())["prefix"]
-            wait_for("the cluster's processes", lambda: len(processes_of(run_dir)) >= 8, timeout=60)
+            wait_for(
+                "the cluster's processes",
+                lambda run_dir=run_dir: len(processes_of(run_dir)) >= 8,
+                timeout=60,
+            )
             if ending == "interrupt":
                 process.send_signal(signal.SIGINT)
                 assert process.wait(timeout=90) == 130
@@ -133,7 +170,11 @@ def test_ctrl_c_and_a_crash_followed_by_cleanup_leave_nothing_behind(tmp_path: P
                 cleanup = keel("verify", "--cleanup", timeout=60)
                 assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
                 assert prefix in cleanup.stdout
-            wait_for("every process of the run to end", lambda: processes_of(run_dir) == [], timeout=30)
+            wait_for(
+                "every process of the run to end",
+                lambda run_dir=run_dir: processes_of(run_dir) == [],
+                timeout=30,
+            )
             assert namespaces_with(prefix) == []
         finally:
             if process.poll() is None:

@@ -42,7 +42,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         agents=args.agents,
     )
     problems += shape.problems()
-    faults = SMOKE_FAULTS if args.smoke and not args.faults else _csv(args.faults or "partition,kill,pause,slow-disk")
+    faults = (
+        SMOKE_FAULTS
+        if args.smoke and not args.faults
+        else _csv(args.faults or "partition,kill,pause,slow-disk")
+    )
     try:
         expand(faults, args.store)
     except ValueError as exc:
@@ -54,7 +58,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     known = WorkloadOptions().workloads
     for name in workloads:
         if name not in known:
-            problems.append(f"--workloads: unknown workload {name!r} (expected some of {', '.join(known)})")
+            problems.append(
+                f"--workloads: unknown workload {name!r} (expected some of {', '.join(known)})"
+            )
     if args.duration <= 0:
         problems.append(f"--duration: expected a positive number of seconds, got {args.duration}")
     if args.store == "etcd" and (sys.platform != "linux" or os.geteuid() != 0):
@@ -67,7 +73,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"keel verify: {problem}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    out = Path(args.out) if args.out else DEFAULT_OUT / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
+    out = (
+        Path(args.out) if args.out else DEFAULT_OUT / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
+    )
     options = RunOptions(
         run_dir=out.resolve(),
         seed=seed,
@@ -79,7 +87,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         convergence_bound=args.convergence_bound,
     )
     try:
-        result = asyncio.run(_until_signalled(verify(options, say=lambda line: print(line, flush=True))))
+        result = asyncio.run(
+            _until_signalled(verify(options, say=lambda line: print(line, flush=True)))
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("keel verify: interrupted; everything it started has been stopped and removed")
         return 130
@@ -159,7 +169,9 @@ def add_verify_command(commands: Any) -> None:
     parser.add_argument("--apiservers", type=int, default=2, help="API servers (default 2)")
     parser.add_argument("--agents", type=int, default=3, help="node agents (default 3)")
     parser.add_argument("--seed", type=int, help="replay the schedule of this seed")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of faults (default 60)"
+    )
     parser.add_argument(
         "--faults",
         help="comma-separated: partition (or partition-one, partition-majority, "
@@ -178,7 +190,9 @@ def add_verify_command(commands: Any) -> None:
         help="switch on a deliberately broken client to prove the checkers catch it: "
         "fencing-no-token, exclusive-by-hand, watch-skip, register-stale (repeatable)",
     )
-    parser.add_argument("--convergence-bound", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument(
+        "--convergence-bound", type=float, default=60.0, help="seconds (default 60)"
+    )
     parser.add_argument("--smoke", action="store_true", help="one partition, one kill, one pause")
     parser.add_argument("--out", help="run directory (default .keel/verify/TIME-seedN)")
     parser.add_argument(
@@ -188,7 +202,9 @@ def add_verify_command(commands: Any) -> None:
     sub = parser.add_subparsers(dest="verify_command", metavar="check")
     check = sub.add_parser("check", help="check a history file on its own")
     check.add_argument(
-        "--model", required=True, help="register, watch, fencing, exclusive, duplicates, surge, convergence"
+        "--model",
+        required=True,
+        help="register, watch, fencing, exclusive, duplicates, surge, convergence",
     )
     check.add_argument("--json", action="store_true", help="print the verdict as JSON")
     check.add_argument("file")

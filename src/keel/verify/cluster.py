@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -284,11 +285,13 @@ class VerifyCluster:
         for member in self.of_role("etcd"):
             await member.start()
         if self.etcd_endpoints:
-            await self._wait("etcd to elect a leader", lambda: self.etcd_leader(), timeout)
+            await self._wait("etcd to elect a leader", self.etcd_leader, timeout)
         for api in self.of_role("apiserver"):
             await api.start()
         for url in self.api_urls:
-            await self._wait(f"the API server at {url}", lambda u=url: self._ready(u), timeout)  # type: ignore[misc]
+            await self._wait(
+                f"the API server at {url}", functools.partial(self._ready, url), timeout
+            )
         await self._create_cluster_object()
         for role in ("controller-manager", "scheduler", "agent"):
             for component in self.of_role(role):
@@ -316,9 +319,11 @@ class VerifyCluster:
 
     async def _ready(self, url: str) -> bool:
         timeout = aiohttp.ClientTimeout(total=2)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(url + "/readyz") as response:
-                return response.status == 200
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url + "/readyz") as response,
+        ):
+            return response.status == 200
 
     async def _create_cluster_object(self) -> None:
         from keel.api.resources import Cluster, ObjectMeta

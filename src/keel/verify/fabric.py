@@ -41,9 +41,7 @@ class NamespaceNetwork:
         return cls(Fabric.create(new_prefix(), hosts, run_dir=run_dir))
 
     def hosts(self) -> list[HostInfo]:
-        return [
-            HostInfo(h.name, h.address, tuple(h.command([]))) for h in self.fabric.hosts
-        ]
+        return [HostInfo(h.name, h.address, tuple(h.command([]))) for h in self.fabric.hosts]
 
     def record_pid(self, pid: int) -> None:
         """Remember a process the run started, for `keel verify --cleanup` after a crash."""

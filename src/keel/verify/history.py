@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Event", "Verdict", "HistoryError", "load_history", "parse_history", "dump_history"]
+__all__ = ["Event", "HistoryError", "Verdict", "dump_history", "load_history", "parse_history"]
 
 Event = dict[str, Any]
 """One history line: a JSON object."""

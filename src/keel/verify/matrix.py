@@ -45,7 +45,11 @@ def summarize(run_dirs: list[Path]) -> str:
             if event.get("type") in ("ok", "fail", "info"):
                 counts.setdefault(workload, Counter())[str(event["type"])] += 1
         convergence = next(
-            (v.get("stats", {}).get("convergence_seconds") for v in verdicts if v["model"] == "convergence"),
+            (
+                v.get("stats", {}).get("convergence_seconds")
+                for v in verdicts
+                if v["model"] == "convergence"
+            ),
             None,
         )
         converged = f"{convergence:.1f} s" if isinstance(convergence, (int, float)) else "-"

@@ -120,7 +120,9 @@ def schedule(
 class Network(Protocol):
     """What the nemesis needs of the host fabric."""
 
-    def partition(self, groups: list[list[str]], *, isolate_from_runner: Sequence[str] = ()) -> None: ...
+    def partition(
+        self, groups: list[list[str]], *, isolate_from_runner: Sequence[str] = ()
+    ) -> None: ...
 
     def heal(self) -> None: ...
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from keel.api.resources import Deployment, Endpoints, Instance
 from keel.store import open_store
-
 from keel.verify.cluster import ClusterShape, HostInfo, VerifyCluster
 from keel.verify.history import Verdict, load_history
 from keel.verify.nemesis import Nemesis, Network, expand, schedule
@@ -38,8 +37,8 @@ class RunOptions:
     duration: float = 60.0
     faults: tuple[str, ...] = ("partition", "kill", "pause", "slow-disk")
     ordered_faults: bool = False
-    shape: ClusterShape = ClusterShape()
-    workloads: WorkloadOptions = WorkloadOptions()
+    shape: ClusterShape = field(default_factory=ClusterShape)
+    workloads: WorkloadOptions = field(default_factory=WorkloadOptions)
     convergence_bound: float = 60.0
     slow_disk_ms: int = 300
     rollout: bool = True
@@ -93,7 +92,9 @@ async def verify(options: RunOptions, *, say: Callable[[str], None] = print) -> 
             network = NamespaceNetwork.create(run_dir, shape.hosts)
             fabric = network
             hosts = network.hosts()
-            _note_in_schedule(run_dir, prefix=network.fabric.prefix, subnet=str(network.fabric.layout.subnet))
+            _note_in_schedule(
+                run_dir, prefix=network.fabric.prefix, subnet=str(network.fabric.layout.subnet)
+            )
         else:
             from keel.verify.fabric import LoopbackNetwork
 
@@ -111,7 +112,14 @@ async def verify(options: RunOptions, *, say: Callable[[str], None] = print) -> 
         try:
             await cluster.start()
             say("keel verify: cluster up; starting workloads")
-            result = await _exercise(options, cluster, network, recorder, faults, say)
+            result = await _exercise(
+                options,
+                cluster=cluster,
+                network=network,
+                recorder=recorder,
+                faults=faults,
+                say=say,
+            )
         finally:
             say("keel verify: stopping the cluster")
             await cluster.stop()
@@ -141,6 +149,7 @@ def _note_in_schedule(run_dir: Path, **facts: Any) -> None:
 
 async def _exercise(
     options: RunOptions,
+    *,
     cluster: VerifyCluster,
     network: Network | None,
     recorder: Recorder,
@@ -186,7 +195,9 @@ async def _exercise(
             with contextlib.suppress(asyncio.CancelledError):
                 await nemesis_task
         elif nemesis_task.exception() is not None:
-            recorder.record("errors", type="error", process="nemesis", error=repr(nemesis_task.exception()))
+            recorder.record(
+                "errors", type="error", process="nemesis", error=repr(nemesis_task.exception())
+            )
         await nemesis.heal_all()
         say("keel verify: faults healed; measuring convergence")
         result = RunResult(cluster.run_dir, [])
@@ -233,7 +244,9 @@ async def _convergence(
     async with cluster.client(0, timeout=3.0) as client:
         while time.monotonic_ns() < deadline + 3e9:
             missing = await _missing(client, workloads)
-            now = recorder.record("convergence", type="probe", converged=not missing, missing=missing)["time"]
+            now = recorder.record(
+                "convergence", type="probe", converged=not missing, missing=missing
+            )["time"]
             if missing:
                 first_converged = None
                 if now > deadline:
@@ -278,9 +291,7 @@ async def _missing(client: Any, workloads: Workloads) -> list[str]:
             if len(mine) != want:
                 missing.append(f"deployment {name}: {len(mine)} instances, want {want}")
         endpoints = await client.get(Endpoints, PLAIN, namespace=NAMESPACE)
-        listed = sorted(
-            (a.instance, a.port) for s in endpoints.subsets for a in s.addresses
-        )
+        listed = sorted((a.instance, a.port) for s in endpoints.subsets for a in s.addresses)
         ready = sorted(
             (i.metadata.name, p.port)
             for i in instances

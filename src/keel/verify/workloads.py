@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import sys
@@ -53,7 +54,7 @@ from keel.client import (
 from keel.store import Compare, CompareTarget, EventType, Op, OpKind, Store, open_store
 from keel.verify.history import Event
 
-__all__ = ["Recorder", "Workloads", "WorkloadOptions", "BROKEN_MODES"]
+__all__ = ["BROKEN_MODES", "Recorder", "WorkloadOptions", "Workloads"]
 
 NAMESPACE = "verify"
 WATCH_NAMESPACE = "verify-watch"
@@ -196,7 +197,9 @@ class Workloads:
                     )
                 )
 
-    def _probe_deployment(self, name: str, replicas: int, *, exclusive: bool, log: Path) -> Deployment:
+    def _probe_deployment(
+        self, name: str, replicas: int, *, exclusive: bool, log: Path
+    ) -> Deployment:
         workload = "exclusive" if exclusive else "duplicates"
         return Deployment(
             metadata=ObjectMeta(name=name, namespace=NAMESPACE, labels={"app": name}),
@@ -217,7 +220,11 @@ class Workloads:
                         resources=ResourceList(cpu="50m", memory="32Mi"),
                         ports=[PortSpec(name="http", port=0)],
                         health_check=HealthCheck(
-                            type="http", port="http", path="/", period_seconds=1, failure_threshold=2
+                            type="http",
+                            port="http",
+                            path="/",
+                            period_seconds=1,
+                            failure_threshold=2,
                         ),
                         exclusive=exclusive,
                         termination_grace_period_seconds=3,
@@ -233,17 +240,17 @@ class Workloads:
                 for c in range(self.options.clients_per_key):
                     self._spawn(
                         f"register-{key}-{c}",
-                        lambda k=key, c=c: self._register_http(f"k{k}", key_index=k * 7 + c),
+                        functools.partial(self._register_http, f"k{key}", key_index=key * 7 + c),
                     )
         if "store-register" in chosen:
             self._spawn("store-register", self._store_register)
         if "watch" in chosen:
             self._spawn("watch-writer", self._watch_writer)
             for w in range(self.options.watchers):
-                self._spawn(f"watcher-{w}", lambda w=w: self._watcher(w))
+                self._spawn(f"watcher-{w}", functools.partial(self._watcher, w))
         if "fencing" in chosen:
             for c in range(self.options.contenders):
-                self._spawn(f"contender-{c}", lambda c=c: self._contender(c))
+                self._spawn(f"contender-{c}", functools.partial(self._contender, c))
         if "exclusive" in chosen:
             self._spawn("surge-sampler", self._surge_sampler)
             if "exclusive-by-hand" in self.options.broken:
@@ -254,7 +261,7 @@ class Workloads:
         for task in self._tasks:
             if task.get_name().startswith("watcher-"):
                 task.cancel()
-        done, pending = await asyncio.wait(self._tasks, timeout=self.options.request_timeout + 5)
+        _, pending = await asyncio.wait(self._tasks, timeout=self.options.request_timeout + 5)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -276,7 +283,9 @@ class Workloads:
                 value = self.rng.randrange(5)
             elif f == "cas":
                 value = [self.rng.randrange(5), self.rng.randrange(5)]
-            self.recorder.record("register", process=process, type="invoke", f=f, key=key, value=value)
+            self.recorder.record(
+                "register", process=process, type="invoke", f=f, key=key, value=value
+            )
             try:
                 if f == "read":
                     service = await client.get(Service, key, namespace=NAMESPACE)
@@ -285,32 +294,44 @@ class Workloads:
                         # Deliberately broken: answer a read from an old copy now and then.
                         seen = stale.get(key, seen) if self.rng.random() < 0.3 else seen
                         stale.setdefault(key, seen)
-                    self._complete("register", process, "ok", f, key, seen)
+                    self._complete("register", process, "ok", f=f, key=key, value=seen)
                 elif f == "write":
                     await client.replace(_register_service(key, value))
-                    self._complete("register", process, "ok", f, key, value)
+                    self._complete("register", process, "ok", f=f, key=key, value=value)
                 else:
                     expected, new = value
                     current = await client.get(Service, key, namespace=NAMESPACE)
                     if _register_value(current) != expected:
-                        self._complete("register", process, "fail", f, key, value)
+                        self._complete("register", process, "fail", f=f, key=key, value=value)
                     else:
                         proposed = _register_service(
                             key, new, resource_version=current.metadata.resource_version
                         )
                         await client.replace(proposed)
-                        self._complete("register", process, "ok", f, key, value)
+                        self._complete("register", process, "ok", f=f, key=key, value=value)
             except (Conflict, NotFound, TooManyRequests, FencingTokenRejected) as exc:
-                self._complete("register", process, "fail", f, key, value, error=_name(exc))
+                self._complete(
+                    "register", process, "fail", f=f, key=key, value=value, error=_name(exc)
+                )
             except INDETERMINATE as exc:
                 outcome = "fail" if f == "read" else "info"
-                self._complete("register", process, outcome, f, key, value, error=_name(exc))
+                self._complete(
+                    "register", process, outcome, f=f, key=key, value=value, error=_name(exc)
+                )
                 if outcome == "info":
                     process = self._process()
             await self._pace()
 
     def _complete(
-        self, workload: str, process: int, outcome: str, f: str, key: str, value: Any, **extra: Any
+        self,
+        workload: str,
+        process: int,
+        outcome: str,
+        *,
+        f: str,
+        key: str,
+        value: Any,
+        **extra: Any,
     ) -> None:
         self.recorder.record(
             workload, process=process, type=outcome, f=f, key=key, value=value, **extra
@@ -351,10 +372,10 @@ class Workloads:
                 if f == "read":
                     kv = await asyncio.wait_for(store.get(path), timeout)
                     seen = json.loads(kv.value) if kv is not None else None
-                    self._complete("store-register", process, "ok", f, key, seen)
+                    self._complete("store-register", process, "ok", f=f, key=key, value=seen)
                 elif f == "write":
                     await asyncio.wait_for(store.put(path, json.dumps(value).encode()), timeout)
-                    self._complete("store-register", process, "ok", f, key, value)
+                    self._complete("store-register", process, "ok", f=f, key=key, value=value)
                 else:
                     expected, new = value
                     guard = (
@@ -367,10 +388,12 @@ class Workloads:
                         timeout,
                     )
                     outcome = "ok" if result.succeeded else "fail"
-                    self._complete("store-register", process, outcome, f, key, value)
+                    self._complete("store-register", process, outcome, f=f, key=key, value=value)
             except Exception as exc:  # the store's errors: unknown outcome for writes
                 outcome = "fail" if f == "read" else "info"
-                self._complete("store-register", process, outcome, f, key, value, error=_name(exc))
+                self._complete(
+                    "store-register", process, outcome, f=f, key=key, value=value, error=_name(exc)
+                )
                 if outcome == "info":
                     process = self._process()
             await self._pace()
@@ -394,7 +417,9 @@ class Workloads:
                     await client.delete(Service, name, namespace=WATCH_NAMESPACE)
                     present.discard(name)
                 else:
-                    await client.replace(_register_service(name, counter, namespace=WATCH_NAMESPACE))
+                    await client.replace(
+                        _register_service(name, counter, namespace=WATCH_NAMESPACE)
+                    )
             except AlreadyExists:
                 present.add(name)
             except NotFound:
@@ -418,7 +443,11 @@ class Workloads:
         else:
             return
         self.recorder.record(
-            "watch", process=process, type="start", prefix=prefix, revision=int(listed.resource_version)
+            "watch",
+            process=process,
+            type="start",
+            prefix=prefix,
+            revision=int(listed.resource_version),
         )
         delivered = 0
         synthetic = 0
@@ -435,7 +464,10 @@ class Workloads:
                 if event.type == "RELIST":
                     self.recorder.record("watch", process=process, type="expired", prefix=prefix)
                     self.recorder.record(
-                        "watch", process=process, type="relist", prefix=prefix,
+                        "watch",
+                        process=process,
+                        type="relist",
+                        prefix=prefix,
                         revision=int(event.resource_version),
                     )
                     synthetic = len(event.objects)
@@ -493,8 +525,13 @@ class Workloads:
                 value = f"{holder}:{sequence}"
                 sent_token = None if no_token else token
                 self.recorder.record(
-                    "fencing", process=holder, type="invoke", f="write", key="fenced",
-                    token=sent_token, value=value,
+                    "fencing",
+                    process=holder,
+                    type="invoke",
+                    f="write",
+                    key="fenced",
+                    token=sent_token,
+                    value=value,
                 )
                 try:
                     if no_token:
@@ -503,25 +540,48 @@ class Workloads:
                         async with client.fenced(NAMESPACE, FENCING_LEASE, token) as view:
                             written = await view.replace(_register_service("fenced", value))
                     self.recorder.record(
-                        "fencing", process=holder, type="ok", f="write", key="fenced",
-                        token=sent_token, value=value,
+                        "fencing",
+                        process=holder,
+                        type="ok",
+                        f="write",
+                        key="fenced",
+                        token=sent_token,
+                        value=value,
                         revision=int(written.metadata.resource_version),
                     )
                 except FencingTokenRejected:
                     self.recorder.record(
-                        "fencing", process=holder, type="fail", f="write", key="fenced",
-                        token=sent_token, value=value, reason="stale-token",
+                        "fencing",
+                        process=holder,
+                        type="fail",
+                        f="write",
+                        key="fenced",
+                        token=sent_token,
+                        value=value,
+                        reason="stale-token",
                     )
                     break
                 except (Conflict, NotFound, TooManyRequests) as exc:
                     self.recorder.record(
-                        "fencing", process=holder, type="fail", f="write", key="fenced",
-                        token=sent_token, value=value, reason=_name(exc),
+                        "fencing",
+                        process=holder,
+                        type="fail",
+                        f="write",
+                        key="fenced",
+                        token=sent_token,
+                        value=value,
+                        reason=_name(exc),
                     )
                 except INDETERMINATE as exc:
                     self.recorder.record(
-                        "fencing", process=holder, type="info", f="write", key="fenced",
-                        token=sent_token, value=value, reason=_name(exc),
+                        "fencing",
+                        process=holder,
+                        type="info",
+                        f="write",
+                        key="fenced",
+                        token=sent_token,
+                        value=value,
+                        reason=_name(exc),
                     )
                 if paused:
                     break
@@ -540,7 +600,9 @@ class Workloads:
         while not self.stopping.is_set():
             with contextlib.suppress(Exception):
                 deployment = await client.get(Deployment, PLAIN, namespace=NAMESPACE)
-                listed = await client.list(Instance, namespace=NAMESPACE, label_selector={"app": PLAIN})
+                listed = await client.list(
+                    Instance, namespace=NAMESPACE, label_selector={"app": PLAIN}
+                )
                 surge = _absolute(
                     deployment.spec.strategy.rolling_update.max_surge, deployment.spec.replicas
                 )
@@ -551,7 +613,9 @@ class Workloads:
                     replicas=deployment.spec.replicas,
                     max_surge=surge,
                     instances=[i.metadata.name for i in listed.items],
-                    terminating=[i.metadata.name for i in listed.items if i.metadata.deletion_timestamp],
+                    terminating=[
+                        i.metadata.name for i in listed.items if i.metadata.deletion_timestamp
+                    ],
                     revision=int(listed.resource_version),
                 )
             await asyncio.sleep(0.5)
@@ -563,14 +627,23 @@ class Workloads:
         names: list[str] = []
         while not names and not self.stopping.is_set():
             with contextlib.suppress(Exception):
-                listed = await client.list(Instance, namespace=NAMESPACE, label_selector={"app": EXCLUSIVE})
+                listed = await client.list(
+                    Instance, namespace=NAMESPACE, label_selector={"app": EXCLUSIVE}
+                )
                 names = [i.metadata.name for i in listed.items]
             await asyncio.sleep(0.5)
         if not names:
             return
         process = await asyncio.create_subprocess_exec(
-            self.python, "-m", "keel.verify.probe", "--log", str(self.exclusive_log),
-            "--workload", "exclusive", "--instance", names[0],
+            self.python,
+            "-m",
+            "keel.verify.probe",
+            "--log",
+            str(self.exclusive_log),
+            "--workload",
+            "exclusive",
+            "--instance",
+            names[0],
         )
         try:
             await asyncio.sleep(2.0)
@@ -598,7 +671,9 @@ class Workloads:
                     ),
                 )
                 await client.replace(changed)
-                self.recorder.record("nemesis", type="rollout", deployment=PLAIN, version=env["VERSION"])
+                self.recorder.record(
+                    "nemesis", type="rollout", deployment=PLAIN, version=env["VERSION"]
+                )
                 return
             except Exception:
                 await asyncio.sleep(0.5)
@@ -621,8 +696,13 @@ class Workloads:
                     else "MODIFIED"
                 )
                 self.recorder.record(
-                    "watch", process="store", type="commit", prefix=WATCH_NAMESPACE,
-                    revision=kv.mod_revision, key=kv.key[len(prefix):].decode(), event=kind,
+                    "watch",
+                    process="store",
+                    type="commit",
+                    prefix=WATCH_NAMESPACE,
+                    revision=kv.mod_revision,
+                    key=kv.key[len(prefix) :].decode(),
+                    event=kind,
                 )
         if "fencing" in self.options.workloads:
             key = BY_KIND["Lease"].key(NAMESPACE, FENCING_LEASE)
@@ -632,7 +712,9 @@ class Workloads:
                     continue
                 body = json.loads(kv.value)
                 self.recorder.record(
-                    "fencing", process="store", type="lease",
+                    "fencing",
+                    process="store",
+                    type="lease",
                     holder=body.get("spec", {}).get("holderIdentity"),
                     # The token is the lease's create revision (the server fills it in on read).
                     token=body.get("status", {}).get("fencingToken") or kv.create_revision,
@@ -665,7 +747,10 @@ def _register_service(
     annotations = {} if value is None else {VALUE_ANNOTATION: json.dumps(value)}
     return Service(
         metadata=ObjectMeta(
-            name=name, namespace=namespace, annotations=annotations, resource_version=resource_version
+            name=name,
+            namespace=namespace,
+            annotations=annotations,
+            resource_version=resource_version,
         ),
         spec=ServiceSpec(selector=None),
     )
