@@ -6,6 +6,22 @@ history into a `Verdict`. This package sits at the top, beside the CLI: it drive
 layer below through its public face and nothing below imports it.
 """
 
-from keel.verify.history import Event, HistoryError, Verdict, dump_history, load_history, parse_history
+from keel.verify.history import (
+    Event,
+    HistoryError,
+    Verdict,
+    dump_history,
+    load_history,
+    parse_history,
+)
+from keel.verify.linearizability import check_register
 
-__all__ = ["Event", "HistoryError", "Verdict", "dump_history", "load_history", "parse_history"]
+__all__ = [
+    "Event",
+    "HistoryError",
+    "Verdict",
+    "check_register",
+    "dump_history",
+    "load_history",
+    "parse_history",
+]
