@@ -19,6 +19,7 @@ from keel.verify.history import (
     parse_history,
 )
 from keel.verify.hosts import Fabric, FabricError, Host, Removed, cleanup_all, new_prefix
+from keel.verify.linearizability import check_register
 from keel.verify.watch import check_watch
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "check_duplicates",
     "check_exclusive",
     "check_fencing",
+    "check_register",
     "check_surge",
     "check_watch",
     "cleanup_all",
