@@ -77,13 +77,17 @@ def test_smoke_schedule_passes_every_checker_and_leaves_nothing_behind(tmp_path:
     }
     assert all(v["valid"] for v in judged.values())
     schedule = json.loads((run_dir / "schedule.json").read_text())
-    assert [f["kind"] for f in schedule["faults"]] == ["partition-one", "kill", "pause"]
+    assert [f["kind"] for f in schedule["faults"]] == ["partition-agent", "kill", "pause"]
     nemesis = [
         json.loads(line)
         for line in (run_dir / "history.jsonl").read_text().splitlines()
         if '"nemesis"' in line
     ]
-    assert [e["fault"] for e in nemesis if e["type"] == "end"] == ["partition-one", "kill", "pause"]
+    assert [e["fault"] for e in nemesis if e["type"] == "end"] == [
+        "partition-agent",
+        "kill",
+        "pause",
+    ]
     assert judged["register (HTTP API)"]["stats"]["operations"] > 1000
     assert "PASS" in (run_dir / "report.html").read_text()
     assert processes_of(run_dir) == []

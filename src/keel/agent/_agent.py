@@ -326,6 +326,9 @@ class Agent:
             "KEEL_NODE": self.config.node,
             "KEEL_NAMESPACE": record.namespace,
             "KEEL_INSTANCE": record.name,
+            # Names are reused (a Deployment's slot keeps its name across replacements); the
+            # uid tells one Instance object from its successor.
+            "KEEL_INSTANCE_UID": record.uid,
         }
         return Workload(
             namespace=record.namespace,

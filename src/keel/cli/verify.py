@@ -17,8 +17,9 @@ from typing import Any
 __all__ = ["add_verify_command"]
 
 DEFAULT_OUT = Path(".keel") / "verify"
-# The smoke schedule: one partition, one kill and one pause, all checkers, under 2 minutes.
-SMOKE_FAULTS = ("partition-one", "kill", "pause")
+# The smoke schedule: one partition (the exclusive instance's node cut off from the control
+# plane), one kill and one pause, all checkers, under 2 minutes.
+SMOKE_FAULTS = ("partition-agent", "kill", "pause")
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from keel.verify.cluster import VerifyCluster
 from keel.verify.components import Component
-from keel.verify.workloads import Recorder
+from keel.api.resources import Instance
+from keel.verify.workloads import EXCLUSIVE, NAMESPACE, Recorder
 
 __all__ = ["FAULTS", "Fault", "Nemesis", "Network", "schedule"]
 
@@ -84,6 +85,7 @@ def schedule(
     pause_seconds: float = 8.0,
     fault_seconds: tuple[float, float] = (4.0, 8.0),
     quiet_seconds: tuple[float, float] = (2.0, 4.0),
+    agent_cut_seconds: tuple[float, float] = (15.0, 20.0),
     ordered: bool = False,
     store: str = "etcd",
 ) -> list[Fault]:
@@ -102,7 +104,13 @@ def schedule(
     while kinds:
         kind = kinds[index % len(kinds)] if ordered else rng.choice(list(kinds))
         index += 1
-        length = pause_seconds if kind == "pause" else rng.uniform(*fault_seconds)
+        if kind == "pause":
+            length = pause_seconds
+        elif kind == "partition-agent":
+            # Long enough for the node's lease to lapse and its work to be replaced elsewhere.
+            length = rng.uniform(*agent_cut_seconds)
+        else:
+            length = rng.uniform(*fault_seconds)
         if t + length > duration:
             break
         target = ""
@@ -210,8 +218,7 @@ class Nemesis:
                 minority = shuffled[: (len(hosts) - 1) // 2]
                 groups = [minority, [h for h in hosts if h not in minority]]
             else:  # partition-agent: an agent's host loses the control plane, not the runner
-                agents = cluster.of_role("agent")
-                agent = agents[fault.pick % len(agents)]
+                agent = await self._agent_to_cut(fault.pick)
                 control = {c.host for c in cluster.components.values() if c.role != "agent"}
                 control.discard(agent.host)
                 groups = [[agent.host], sorted(control)]
@@ -266,6 +273,21 @@ class Nemesis:
 
         self.active.append(undo)
         return once
+
+    async def _agent_to_cut(self, pick: int) -> Component:
+        """The agent running the exclusive instance (its fence is what is at stake), or else
+        one picked by the seed."""
+        agents = self.cluster.of_role("agent")
+        with contextlib.suppress(Exception):
+            async with self.cluster.client(0, timeout=2.0) as client:
+                listed = await client.list(
+                    Instance, namespace=NAMESPACE, label_selector={"app": EXCLUSIVE}
+                )
+            for instance in listed.items:
+                for agent in agents:
+                    if agent.name == f"agent/{instance.spec.node_name}":
+                        return agent
+        return agents[pick % len(agents)]
 
     async def _resolve(self, target: str, pick: int) -> Component:
         cluster = self.cluster

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     node = os.environ.get("KEEL_NODE", "by-hand")
     instance = args.instance or os.environ.get("KEEL_INSTANCE", "unknown")
+    uid = os.environ.get("KEEL_INSTANCE_UID", f"by-hand/{instance}")
     copy = f"{node}/{os.getpid()}/{time.monotonic_ns()}"
     fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             "node": node,
             "instance": instance,
             "pid": os.getpid(),
-            "uid": instance,
+            "uid": uid,
             "time": time.monotonic_ns(),
         }
         # One write(2) per line on an O_APPEND file: lines of concurrent copies never mix.

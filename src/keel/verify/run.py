@@ -304,35 +304,40 @@ async def _missing(client: Any, workloads: Workloads) -> list[str]:
             missing.append(f"endpoints {PLAIN}: {listed} != ready instances {ready}")
     except Exception as exc:
         return [f"API unreachable: {type(exc).__name__}: {exc}"]
+    uids = {i.metadata.uid for i in instances}
     names = {i.metadata.name for i in instances}
     live = _live_copies([workloads.exclusive_log, workloads.duplicates_log])
     per_instance: dict[str, int] = {}
-    for instance, pid in live:
+    for instance, uid, pid in live:
         per_instance[instance] = per_instance.get(instance, 0) + 1
-        if instance not in names:
-            missing.append(f"orphan process {pid} of deleted instance {instance}")
+        if uid not in uids or instance not in names:
+            missing.append(f"orphan process {pid} of instance {instance} (uid {uid}), now gone")
     for instance, count in per_instance.items():
         if count > 1:
             missing.append(f"instance {instance} runs {count} copies")
     return missing
 
 
-def _live_copies(paths: list[Path]) -> list[tuple[str, int]]:
-    """(instance, pid) of each probe copy that started, never logged a stop, and is alive."""
-    open_copies: dict[str, tuple[str, int]] = {}
+def _live_copies(paths: list[Path]) -> list[tuple[str, str, int]]:
+    """(instance, uid, pid) of each probe copy that started, never logged a stop, and lives."""
+    open_copies: dict[str, tuple[str, str, int]] = {}
     for path in paths:
         if not path.exists():
             continue
         for event in load_history(path):
             copy = str(event.get("copy"))
             if event.get("type") == "start":
-                open_copies[copy] = (str(event.get("instance")), int(event.get("pid", 0)))
+                open_copies[copy] = (
+                    str(event.get("instance")),
+                    str(event.get("uid")),
+                    int(event.get("pid", 0)),
+                )
             elif event.get("type") == "stop":
                 open_copies.pop(copy, None)
     live = []
-    for instance, pid in open_copies.values():
+    for instance, uid, pid in open_copies.values():
         if _alive(pid):
-            live.append((instance, pid))
+            live.append((instance, uid, pid))
     return live
 
 
