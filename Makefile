@@ -63,7 +63,7 @@ bench: bench-store bench-api bench-runtime bench-checker
 # under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full
 # matrix (every fault kind against every workload, a couple of minutes each).
 verify-smoke: setup
-	$(VENV)/bin/keel verify --smoke --duration 50 --seed 1 --out .keel/verify/smoke
+	$(VENV)/bin/keel verify --smoke --seed 1 --out .keel/verify/smoke
 
 verify: setup
 	$(PY) -m keel.verify.matrix --out .keel/verify/matrix --duration 120

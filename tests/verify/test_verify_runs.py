@@ -46,7 +46,7 @@ def processes_of(run_dir: Path) -> list[str]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if str(run_dir) in cmdline and state != "Z" and "pytest" not in cmdline:
+        if str(run_dir) in cmdline and state != "Z":
             found.append(cmdline)
     return found
 
@@ -62,7 +62,7 @@ def namespaces_with(prefix: str) -> list[str]:
 @needs_root
 def test_smoke_schedule_passes_every_checker_and_leaves_nothing_behind(tmp_path: Path) -> None:
     run_dir = tmp_path / "smoke"
-    result = keel("verify", "--smoke", "--duration", "35", "--seed", "1", "--out", str(run_dir))
+    result = keel("verify", "--smoke", "--seed", "1", "--out", str(run_dir))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     judged = verdicts(run_dir)
     assert set(judged) == {

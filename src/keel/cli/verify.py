@@ -20,6 +20,7 @@ DEFAULT_OUT = Path(".keel") / "verify"
 # The smoke schedule: one partition (the exclusive instance's node cut off from the control
 # plane), one kill and one pause, all checkers, under 2 minutes.
 SMOKE_FAULTS = ("partition-agent", "kill", "pause")
+SMOKE_SECONDS = 50.0
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -62,6 +63,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             problems.append(
                 f"--workloads: unknown workload {name!r} (expected some of {', '.join(known)})"
             )
+    if args.duration is None:
+        args.duration = SMOKE_SECONDS if args.smoke else 60.0
     if args.duration <= 0:
         problems.append(f"--duration: expected a positive number of seconds, got {args.duration}")
     if args.store == "etcd" and (sys.platform != "linux" or os.geteuid() != 0):

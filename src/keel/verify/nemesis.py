@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from keel.api.resources import Instance
 from keel.verify.cluster import VerifyCluster
 from keel.verify.components import Component
-from keel.api.resources import Instance
 from keel.verify.workloads import EXCLUSIVE, NAMESPACE, Recorder
 
 __all__ = ["FAULTS", "Fault", "Nemesis", "Network", "schedule"]
