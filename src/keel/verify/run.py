@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -222,9 +223,12 @@ async def _exercise(
 
 
 def _store_aware(options: WorkloadOptions, cluster: VerifyCluster) -> WorkloadOptions:
-    import dataclasses
-
-    return dataclasses.replace(options)
+    """The embedded store belongs to its API server process (it holds the file's lock), so
+    the raw store-client register runs only against etcd."""
+    if cluster.etcd_endpoints:
+        return options
+    kept = tuple(w for w in options.workloads if w != "store-register")
+    return dataclasses.replace(options, workloads=kept)
 
 
 # ---------------------------------------------------------------------- convergence

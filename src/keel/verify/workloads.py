@@ -75,6 +75,16 @@ INDETERMINATE = (
 )
 
 
+@dataclass
+class _Cursor:
+    """Where one watcher stands: the last revision it saw, and how many changes so far."""
+
+    process: str
+    position: str
+    delivered: int
+    skip_at: int  # deliberately broken watchers drop this change (-1: none)
+
+
 class Recorder:
     """Appends history events to memory and, line by line, to a file that survives a crash."""
 
@@ -449,17 +459,34 @@ class Workloads:
             prefix=prefix,
             revision=int(listed.resource_version),
         )
+        position = listed.resource_version
         delivered = 0
+        resumes = 0
+        while not self.stopping.is_set():
+            # Each session ends after a few seconds, on purpose, and the next one resumes from
+            # the last revision seen, through the next API server: a client failing over.
+            session = self.rng.uniform(2.0, 6.0)
+            if resumes:
+                self.recorder.record(
+                    "watch", process=process, type="start", prefix=prefix, revision=int(position)
+                )
+            watch = self.client(index + resumes).watch(
+                Service, namespace=WATCH_NAMESPACE, resource_version=position, idle_timeout=10.0
+            )
+            cursor = _Cursor(process, position, delivered, skip_at)
+            await self._follow(watch, cursor, session)
+            position, delivered = cursor.position, cursor.delivered
+            resumes += 1
+            self.recorder.record("watch", process=process, type="disconnect", prefix=prefix)
+
+    async def _follow(self, watch: Any, cursor: _Cursor, seconds: float) -> None:
+        """Record one watch session's changes for `seconds`, advancing `cursor`."""
+        prefix = WATCH_NAMESPACE
+        process = cursor.process
         synthetic = 0
-        watch = client.watch(
-            Service,
-            namespace=WATCH_NAMESPACE,
-            resource_version=listed.resource_version,
-            idle_timeout=10.0,
-        )
-        # Consumed until the task is cancelled at the end of the run: cancelling a pending
-        # __anext__ (a timeout around it) would close the watch's generator for good.
-        async with watch:
+
+        async def consume() -> None:
+            nonlocal synthetic
             async for event in watch:
                 if event.type == "RELIST":
                     self.recorder.record("watch", process=process, type="expired", prefix=prefix)
@@ -470,6 +497,7 @@ class Workloads:
                         prefix=prefix,
                         revision=int(event.resource_version),
                     )
+                    cursor.position = event.resource_version
                     synthetic = len(event.objects)
                     continue
                 if synthetic:
@@ -477,8 +505,9 @@ class Workloads:
                     continue
                 if event.type not in ("ADDED", "MODIFIED", "DELETED") or event.object is None:
                     continue
-                delivered += 1
-                if delivered == skip_at:
+                cursor.delivered += 1
+                cursor.position = event.resource_version
+                if cursor.delivered == cursor.skip_at:
                     continue  # deliberately broken: drop one change
                 self.recorder.record(
                     "watch",
@@ -489,6 +518,17 @@ class Workloads:
                     key=event.object.metadata.name,
                     event=event.type,
                 )
+
+        # The session is a task cancelled from outside: cancelling a pending __anext__ of the
+        # watch itself (a timeout around it) would close its generator for good.
+        async with watch:
+            task = asyncio.create_task(consume())
+            try:
+                await asyncio.wait({task}, timeout=seconds)
+            finally:  # also when the run ends: the consumer must be gone before the watch
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # ------------------------------------------------------------------ fencing
 
