@@ -26,14 +26,14 @@ WORKLOADS = ("register", "store-register", "watch", "fencing", "exclusive")
 def summarize(run_dirs: list[Path]) -> str:
     """A Markdown table: fault x workload -> operations, ok/fail/info, verdict, convergence."""
     rows = [
-        "| fault | workload | operations | ok | fail | info | verdict | convergence |",
-        "|---|---|---:|---:|---:|---:|---|---:|",
+        "| fault | checker | operations | ok | fail | info | figures | verdict | convergence |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for run_dir in run_dirs:
         history_path = run_dir / "history.jsonl"
         verdicts_path = run_dir / "verdicts.json"
         if not history_path.exists() or not verdicts_path.exists():
-            rows.append(f"| {run_dir.name} | (incomplete run) | | | | | | |")
+            rows.append(f"| {run_dir.name} | (incomplete run) | | | | | | | |")
             continue
         schedule = json.loads((run_dir / "schedule.json").read_text())
         faults = sorted({f["kind"] for f in schedule.get("faults", [])}) or ["none"]
@@ -64,9 +64,38 @@ def summarize(run_dirs: list[Path]) -> str:
             mark = "valid" if verdict["valid"] else "**INVALID**"
             rows.append(
                 f"| {', '.join(faults)} | {model} | {total or '-'} | {c['ok'] or '-'} |"
-                f" {c['fail'] or '-'} | {c['info'] or '-'} | {mark} | {converged} |"
+                f" {c['fail'] or '-'} | {c['info'] or '-'} | {_figures(model, verdict)} |"
+                f" {mark} | {converged} |"
             )
     return "\n".join(rows)
+
+
+def _figures(model: str, verdict: dict[str, Any]) -> str:
+    """The few numbers of a non-register checker that say how much it saw."""
+    stats = verdict.get("stats", {})
+    if model == "watch":
+        return (
+            f"{stats.get('events_delivered', 0)} events, {stats.get('resumes', 0)} resumes,"
+            f" {stats.get('relists', 0)} relists"
+        )
+    if model == "fencing":
+        return (
+            f"{stats.get('token_transitions', 0)} tokens,"
+            f" {stats.get('rejected_stale_writes', 0)} stale writes refused"
+        )
+    if model == "exclusive":
+        return (
+            f"{stats.get('copies', 0)} copies, longest gap {stats.get('gap_max_seconds', 0):.1f} s"
+        )
+    if model == "duplicates":
+        return f"{stats.get('uids', 0)} instances"
+    if model == "surge":
+        peak = stats.get("peak_instances", 0)
+        peak = max(peak.values(), default=0) if isinstance(peak, dict) else peak
+        return f"{stats.get('samples', 0)} samples, at most {peak} instances"
+    if model == "convergence":
+        return f"{stats.get('probes', 0)} probes"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
