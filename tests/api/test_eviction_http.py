@@ -141,6 +141,7 @@ def test_evicting_what_is_not_there(server: ApiServer) -> None:
     assert admin.post(INSTANCES, instance("other-uid", node="n1")).status == 201
     stale = {"deleteOptions": {"preconditions": {"uid": "not-this-one"}}}
     assert evict(admin, "other-uid", stale).status == 409
+    assert evict(admin, "other-uid", {"kind": "Binding"}).status == 400
     bad = evict(admin, "other-uid", {"deleteOptions": {"gracePeriod": 1}})
     assert bad.status == 422
     assert bad.json["details"]["causes"][0]["field"] == "deleteOptions.gracePeriod"

@@ -1227,6 +1227,11 @@ class ApiServer:
         naming the budget if not); 201 with a Success Status saying what was checked."""
         body = await self._body(request)
         eviction = decode_record(Eviction, body, "Eviction") if body.strip() else Eviction()
+        if eviction.kind != "Eviction" or eviction.api_version not in (API_VERSION, "policy/v1"):
+            raise bad_request(
+                f"expected kind Eviction of {API_VERSION} (or policy/v1), got kind "
+                f"{eviction.kind!r} of {eviction.api_version!r}"
+            )
         if eviction.metadata.name and eviction.metadata.name != target.name:
             raise bad_request(
                 f"the eviction's name ({eviction.metadata.name!r}) does not match the "
