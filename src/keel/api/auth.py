@@ -188,7 +188,7 @@ class Request:
     kind: KindInfo | None  # None for telemetry
     namespace: str | None
     name: str | None
-    subresource: str | None  # "status", "binding", None
+    subresource: str | None  # "status", "binding", "eviction", None
     node_name: str | None = None  # Instance: spec.nodeName of the stored object (status)
     telemetry_node: str | None = None
 
@@ -241,7 +241,8 @@ STATUS_WRITE: frozenset[Verb] = frozenset({"update", "patch"})
 MAIN = frozenset({None})  # the object itself, no subresource
 STATUS = frozenset({"status"})
 BINDING = frozenset({"binding"})
-EVERY_PART = frozenset({None, "status", "binding"})
+EVICTION = frozenset({"eviction"})
+EVERY_PART = frozenset({None, "status", "binding", "eviction"})
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,8 @@ RULES: dict[Role, tuple[Rule, ...]] = {
         Rule(READ, EVERY_KIND, EVERY_PART, Scope.ANY, "controllers reconcile what they see"),
         Rule(WRITE, OBJECT_KINDS, MAIN | STATUS, Scope.ANY,
              "owns desired state and status of every kind; binding is the scheduler's"),
+        Rule(frozenset({"create"}), frozenset({"instances"}), EVICTION, Scope.ANY,
+             "moves Instances off nodes within their Deployments' disruption budgets"),
         Rule(frozenset({"renew"}), frozenset({"leases"}), MAIN, Scope.ANY,
              "its leader election"),
         Rule(TELEMETRY_WRITE, frozenset({TELEMETRY}), MAIN, Scope.ANY, "events it records"),
@@ -296,8 +299,8 @@ RULES: dict[Role, tuple[Rule, ...]] = {
 ROLE_SUMMARY: dict[Role, str] = {
     "admin": "an admin may do everything",
     "viewer": "a viewer may only get, list and watch",
-    "controller": "a controller may read everything and write every kind and its status, "
-    "but not the binding subresource",
+    "controller": "a controller may read everything, write every kind and its status and "
+    "evict Instances, but not bind them",
     "scheduler": "a scheduler may read everything, bind Instances, write Instance status "
     "and Leases",
     "node": f"a node may write only its own Node, its Lease {NODE_LEASE_NAMESPACE}/NAME, "

@@ -13,7 +13,7 @@ import msgspec
 
 from keel.api import telemetry
 from keel.api.registry import KINDS, TELEMETRY_GROUP, KindInfo
-from keel.api.resources import API_VERSION, NAME_RE, Binding, LeaseRenewal, Status
+from keel.api.resources import API_VERSION, NAME_RE, Binding, Eviction, LeaseRenewal, Status
 
 Schema = dict[str, Any]
 OPENAPI_VERSION = "3.0.3"
@@ -456,6 +456,18 @@ def _kind_paths(info: KindInfo, with_watch: bool) -> dict[str, Schema]:
                 parameters=write_params, requestBody=_body("Binding", "The target Node"),
             ),
         }  # fmt: skip
+    if "eviction" in info.subresources:
+        paths[f"{prefix}/{{name}}/eviction"] = {
+            "parameters": item_params,
+            "post": _operation(
+                f"create{scope}{kind}Eviction",
+                f"Delete a {kind} gracefully if its Deployment's disruption budget allows "
+                "(429 if not)", tag,
+                {"201": _ok("Status", "What was evicted and what was checked")},
+                parameters=write_params,
+                requestBody=_body("Eviction", "Optional delete preconditions", required=False),
+            ),
+        }  # fmt: skip
     if kind == "Lease":
         paths[f"{prefix}/{{name}}/renew"] = {
             "parameters": item_params,
@@ -588,7 +600,7 @@ def build_openapi(
     never-ending streams); the server publishes the full document.
     """
     models: list[type[Any]] = [info.model for info in kinds]
-    models += [Status, Binding, LeaseRenewal, *telemetry.MODELS.values()]
+    models += [Status, Binding, Eviction, LeaseRenewal, *telemetry.MODELS.values()]
     schemas = model_schemas(models)
     for info in kinds:
         schemas[info.kind] = _tighten_kind(schemas[info.kind], info)

@@ -145,7 +145,7 @@ KINDS: tuple[KindInfo, ...] = (
         StorageClass.CONSENSUS,
         spec_owner=Owner.USER,
         status_owner=Owner.NODE_AGENT,
-        subresources=("status", "binding"),
+        subresources=("status", "binding", "eviction"),
         short_names=("inst",),
         why="bindings (which node runs it) and phase/readiness transitions",
     ),

@@ -423,6 +423,26 @@ class NodeTarget(Model, frozen=True):
     kind: str = "Node"
 
 
+class Precondition(Model, frozen=True, omit_defaults=True):
+    uid: str = ""
+    resource_version: str = ""
+
+
+class DeleteOptions(Model, frozen=True, omit_defaults=True):
+    preconditions: Precondition | None = None
+
+
+class Eviction(Model, frozen=True):
+    """POST body of instances/{name}/eviction (as Kubernetes' policy/v1 Eviction): delete the
+    Instance gracefully if its Deployment's disruption budget allows. The body may be empty;
+    `deleteOptions.preconditions.uid` evicts only that incarnation of the name."""
+
+    api_version: str = API_VERSION
+    kind: str = "Eviction"
+    metadata: ObjectMeta = ObjectMeta()
+    delete_options: DeleteOptions | None = None
+
+
 class StatusCause(Model, frozen=True):
     field: str = ""
     message: str = ""

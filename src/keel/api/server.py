@@ -48,6 +48,7 @@ from keel.api.resources import (
     API_GROUP,
     API_VERSION,
     Binding,
+    Eviction,
     LeaseRenewal,
     ListMeta,
     Resource,
@@ -265,9 +266,7 @@ def decode_body(
 def decode_record(model: type[Any], body: bytes, what: str) -> Any:
     try:
         return msgspec.json.decode(body, type=model)
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"{what}: request body is not valid JSON: {exc}") from None
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # a DecodeError too: an unknown field is a 422
         cause = validation_cause(str(exc))
         raise ApiError(
             422,
@@ -275,6 +274,8 @@ def decode_record(model: type[Any], body: bytes, what: str) -> Any:
             f"{what} is invalid: {cause.field}: {cause.message}",
             details=StatusDetails(kind=what, causes=[cause]),
         ) from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"{what}: request body is not valid JSON: {exc}") from None
 
 
 def full_builtins(value: Any) -> Any:
@@ -344,7 +345,7 @@ def list_body(info: KindInfo, items: list[bytes], meta: ListMeta) -> bytes:
 def verb_of(method: str, target: Target, watch: bool) -> str:
     if target.subresource == "renew":
         return "renew"
-    if target.subresource == "binding":
+    if target.subresource in ("binding", "eviction"):
         return "create"
     if method == "GET":
         if target.name is None:
@@ -376,6 +377,7 @@ def discovery_resources() -> list[dict[str, Any]]:
             kind, verbs = {
                 "status": (info.kind, ["get", "patch", "update"]),
                 "binding": ("Binding", ["create"]),
+                "eviction": ("Eviction", ["create"]),
                 "renew": ("LeaseRenewal", ["create"]),
             }[sub]
             resources.append(
@@ -795,6 +797,11 @@ class ApiServer:
                 raise ApiError(405, "MethodNotAllowed", "binding takes POST")
             self._authorize(principal, self._auth_request("create", target))
             return await self.bind(request, target)
+        if target.subresource == "eviction":
+            if method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "eviction takes POST")
+            self._authorize(principal, self._auth_request("create", target))
+            return await self.evict(request, target)
         if target.subresource == "renew":
             if method != "POST":
                 raise ApiError(405, "MethodNotAllowed", "renew takes POST")
@@ -1214,6 +1221,40 @@ class ApiServer:
             fencing=self._fencing(request),
         )
         return self._object(bound, 201)
+
+    async def evict(self, request: Request, target: Target) -> Response:
+        """Delete an Instance gracefully if its Deployment's disruption budget allows (429
+        naming the budget if not); 201 with a Success Status saying what was checked."""
+        body = await self._body(request)
+        eviction = decode_record(Eviction, body, "Eviction") if body.strip() else Eviction()
+        if eviction.kind != "Eviction" or eviction.api_version not in (API_VERSION, "policy/v1"):
+            raise bad_request(
+                f"expected kind Eviction of {API_VERSION} (or policy/v1), got kind "
+                f"{eviction.kind!r} of {eviction.api_version!r}"
+            )
+        if eviction.metadata.name and eviction.metadata.name != target.name:
+            raise bad_request(
+                f"the eviction's name ({eviction.metadata.name!r}) does not match the "
+                f"instance in the URL ({target.name!r})"
+            )
+        options = eviction.delete_options
+        given = options.preconditions if options is not None else None
+        pre = Preconditions()
+        if given is not None:
+            pre = Preconditions(
+                uid=given.uid or None, resource_version=given.resource_version or None
+            )
+        name = target.name or ""
+        _obj, decision = await self.storage.evict(
+            target.namespace or "", name, preconditions=pre, fencing=self._fencing(request)
+        )
+        status = Status(
+            status="Success",
+            code=201,
+            message=f"evicted instance {name}: {decision.message}",
+            details=StatusDetails(name=name, kind=target.info.plural),
+        )
+        return Response(encode_status(status), status_code=201, media_type=JSON)
 
     async def renew(self, request: Request, target: Target) -> Response:
         renewal: LeaseRenewal = decode_record(

@@ -17,11 +17,14 @@ from typing import Any, Literal
 
 import msgspec
 
+from keel.api.disruption import EvictionDecision, controller_ref, decide_eviction
 from keel.api.registry import BY_KIND, KindInfo
 from keel.api.resources import (
     API_VERSION,
     NAME_RE,
     STOP_CONFIRMED,
+    Deployment,
+    Instance,
     InstanceSpec,
     Lease,
     LeaseStatus,
@@ -445,6 +448,26 @@ def check_preconditions(info: KindInfo, obj: Resource, pre: Preconditions) -> No
         )
 
 
+DISRUPTION_BUDGET = "DisruptionBudget"  # the cause reason of a refused eviction
+EVICTION_RETRY_AFTER = 2
+
+
+def budget_exceeded(info: KindInfo, name: str, message: str) -> ApiError:
+    """429 for an eviction the disruption budget refuses: nothing was done; try later."""
+    return ApiError(
+        429,
+        "TooManyRequests",
+        message,
+        details=StatusDetails(
+            name=name,
+            kind=info.plural,
+            causes=[StatusCause("", message, DISRUPTION_BUDGET)],
+            retry_after_seconds=EVICTION_RETRY_AFTER,
+        ),
+        retry_after=EVICTION_RETRY_AFTER,
+    )
+
+
 def generated_name(prefix: str, rng: random.Random) -> str:
     return prefix + "".join(rng.choice(_GENERATE_ALPHABET) for _ in range(5))
 
@@ -713,33 +736,97 @@ class Storage:
                 raise not_found(info, name)
             current = from_kv(info, kv)
             check_preconditions(info, current, preconditions)
-            action, target = plan_delete(current, self.clock.wall())
-            if action == "wait":
-                return current, False
-            fence_compares, fence_ops = self._guards(fencing)
-            if action == "delete":
-                op = Op.delete(key)
-            else:
-                op = Op.put(key, self._encode_checked(target), kv.lease or None)
-            result = await self.store.txn(
-                [Compare.mod_revision(key, "==", kv.mod_revision), *fence_compares],
-                [op],
-                fence_ops,
-            )
-            if result.succeeded:
-                if action == "delete":
-                    self.writes.add(info.kind, "delete")
-                    if kv.lease:
-                        await self._revoke_quietly(info, kv.lease)
-                else:
-                    self.writes.add(info.kind, "update")
-                return with_revision(
-                    target, result.revision, kv.create_revision
-                ), action == "delete"
-            fenced = self._fencing_failed(fencing, result)
-            if fenced is not None:
-                raise fenced
+            done = await self._delete_if_unchanged(info, kv, current, [], fencing)
+            if done is not None:
+                return done
         raise conflict(info, name, "too many concurrent writers; try again")
+
+    async def _delete_if_unchanged(
+        self,
+        info: KindInfo,
+        kv: KeyValue,
+        current: Resource,
+        compares: list[Compare],
+        fencing: Fencing | None,
+    ) -> tuple[Resource, bool] | None:
+        """Delete (or mark, with finalizers left) `current`, read as `kv`, if neither it nor
+        what `compares` checks has changed since; None when something has (look again)."""
+        action, target = plan_delete(current, self.clock.wall())
+        if action == "wait":
+            return current, False
+        fence_compares, fence_ops = self._guards(fencing)
+        if action == "delete":
+            op = Op.delete(kv.key)
+        else:
+            op = Op.put(kv.key, self._encode_checked(target), kv.lease or None)
+        result = await self.store.txn(
+            [Compare.mod_revision(kv.key, "==", kv.mod_revision), *compares, *fence_compares],
+            [op],
+            fence_ops,
+        )
+        if result.succeeded:
+            if action == "delete":
+                self.writes.add(info.kind, "delete")
+                if kv.lease:
+                    await self._revoke_quietly(info, kv.lease)
+            else:
+                self.writes.add(info.kind, "update")
+            return with_revision(target, result.revision, kv.create_revision), action == "delete"
+        fenced = self._fencing_failed(fencing, result)
+        if fenced is not None:
+            raise fenced
+        return None
+
+    # -- eviction
+
+    async def evict(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        preconditions: Preconditions = Preconditions(),
+        fencing: Fencing | None = None,
+    ) -> tuple[Resource, EvictionDecision]:
+        """Delete an Instance gracefully (finalizers honoured, as DELETE) if its Deployment's
+        disruption budget allows; 429 naming the budget when it does not. The delete compares
+        every Instance the decision counted as available, so a concurrent eviction (or any
+        change to one of them) makes this one look again rather than both passing."""
+        info, deployments = BY_KIND["Instance"], BY_KIND["Deployment"]
+        key = info.key(namespace, name)
+        for _ in range(_UPDATE_ATTEMPTS):
+            kv = await self.store.get(key)
+            if kv is None:
+                raise not_found(info, name)
+            current = from_kv(info, kv)
+            assert isinstance(current, Instance)
+            check_preconditions(info, current, preconditions)
+            ref = controller_ref(current)
+            deployment: Deployment | None = None
+            siblings: list[Instance] = []
+            read_at: dict[str, KeyValue] = {}
+            if ref is not None and not current.metadata.deletion_timestamp:
+                found = await self.store.get(deployments.key(namespace, ref.name))
+                if found is not None:
+                    stored = from_kv(deployments, found)
+                    assert isinstance(stored, Deployment)
+                    deployment = stored
+                for sibling_kv in (await self.store.range(info.key_prefix(namespace))).kvs:
+                    sibling = from_kv(info, sibling_kv)
+                    assert isinstance(sibling, Instance)
+                    siblings.append(sibling)
+                    read_at[sibling.metadata.name] = sibling_kv
+            decision = decide_eviction(current, deployment, siblings)
+            if not decision.allowed:
+                raise budget_exceeded(info, name, decision.message)
+            counted = [
+                Compare.mod_revision(read_at[n].key, "==", read_at[n].mod_revision)
+                for n in decision.counted
+                if n != name and n in read_at
+            ]
+            done = await self._delete_if_unchanged(info, kv, current, counted, fencing)
+            if done is not None:
+                return done[0], decision
+        raise conflict(info, name, "too many concurrent evictions or writers; try again")
 
     # -- leases
 

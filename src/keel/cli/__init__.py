@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keel.cli.delete import add_delete_command
     from keel.cli.describe import add_describe_command
     from keel.cli.dev import add_dev_commands
+    from keel.cli.drain import add_drain_commands
     from keel.cli.get import add_get_command
     from keel.cli.logs import add_logs_command
     from keel.cli.scheduler import add_scheduler_command
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_delete_command(commands)
     add_logs_command(commands)
     add_top_command(commands)
+    add_drain_commands(commands)
     add_store_commands(commands)
     add_verify_command(commands)
     add_dev_commands(commands)

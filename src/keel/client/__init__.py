@@ -31,6 +31,7 @@ from keel.client._errors import (
     TooLarge,
     TooManyRequests,
     Unauthorized,
+    is_budget_refusal,
 )
 from keel.client._kubeconfig import (
     Kubeconfig,
@@ -87,5 +88,6 @@ __all__ = [
     "WatchEvent",
     "default_kubeconfig_path",
     "fencing_header_value",
+    "is_budget_refusal",
     "load_kubeconfig",
 ]

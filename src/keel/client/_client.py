@@ -22,12 +22,15 @@ import msgspec
 from keel.api.registry import BY_KIND, KindInfo, lookup
 from keel.api.resources import (
     Binding,
+    DeleteOptions,
+    Eviction,
     Instance,
     Lease,
     LeaseRenewal,
     LeaseSpec,
     NodeTarget,
     ObjectMeta,
+    Precondition,
     Resource,
     Status,
 )
@@ -636,6 +639,37 @@ class KeelClient:
         )
         result = _decode_object_or_status(info, data)
         return result if isinstance(result, Instance) else None
+
+    async def evict(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        preconditions: Preconditions | None = None,
+    ) -> Status:
+        """Evict an Instance (its `eviction` subresource): the server deletes it gracefully
+        if its Deployment's disruption budget allows, else raises `TooManyRequests` at once
+        (not retried: `is_budget_refusal` tells it from throttling; try again later).
+
+        Returns the server's Success Status, whose message says what was checked (for
+        example that the Instance has no owning Deployment, so no budget applied).
+        """
+        info = kind_info(Instance)
+        ns = self._namespace_for(info, namespace)
+        options = None
+        if preconditions is not None:
+            options = DeleteOptions(
+                preconditions=Precondition(
+                    uid=preconditions.uid, resource_version=preconditions.resource_version
+                )
+            )
+        eviction = Eviction(
+            metadata=ObjectMeta(name=name, namespace=ns or ""), delete_options=options
+        )
+        data = await self._write(
+            "POST", self._path(info, ns, name, "eviction"), body=_encoder.encode(eviction)
+        )
+        return _status_decoder.decode(data)
 
     # ----------------------------------------------------------------- leases
 

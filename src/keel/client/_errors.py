@@ -97,6 +97,19 @@ class TooManyRequests(ApiError):
         self.retry_after = retry_after
 
 
+DISRUPTION_BUDGET = "DisruptionBudget"
+
+
+def is_budget_refusal(error: ApiError) -> bool:
+    """A 429 refusing an eviction because of a disruption budget: not throttling, so a retry
+    succeeds only once the budget allows, which no fixed Retry-After can promise."""
+    return (
+        isinstance(error, TooManyRequests)
+        and error.details is not None
+        and any(cause.reason == DISRUPTION_BUDGET for cause in error.details.causes)
+    )
+
+
 class ServerError(ApiError):
     """5xx: the server failed; a write's outcome is unknown unless the Status says otherwise."""
 

@@ -20,7 +20,13 @@ from typing import Protocol
 import aiohttp
 
 from keel.client._backoff import RETRYABLE_READ_STATUSES, Backoff, may_retry_unavailable
-from keel.client._errors import ApiError, ApiUnavailable, TooManyRequests, error_from_response
+from keel.client._errors import (
+    ApiError,
+    ApiUnavailable,
+    TooManyRequests,
+    error_from_response,
+    is_budget_refusal,
+)
 
 __all__ = [
     "AiohttpTransport",
@@ -296,9 +302,12 @@ class Requests:
     ) -> None:
         """Sleep before a retry that the policy allows, else raise `error`."""
         if isinstance(error, TooManyRequests):
-            # Admission rejects before doing anything, so any verb may be sent again.
+            # Admission rejects before doing anything, so any verb may be sent again. A
+            # refused eviction is the caller's to retry: it says why, and for how long no one
+            # knows.
             if (
-                throttled >= self.retry.max_throttle_retries
+                is_budget_refusal(error)
+                or throttled >= self.retry.max_throttle_retries
                 or error.retry_after > self.retry.max_retry_after
             ):
                 raise error

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 
+from keel.api.disruption import is_ready, rollout_budget
 from keel.api.resources import (
     API_VERSION,
     Deployment,
@@ -72,33 +72,6 @@ def template_hash(deployment: Deployment) -> str:
 
 def instance_name(deployment: str, revision: str, index: int) -> str:
     return f"{deployment}-{revision}-{index}"
-
-
-def is_ready(instance: Instance) -> bool:
-    if instance.metadata.deletion_timestamp:
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in instance.status.conditions)
-
-
-def rollout_budget(deployment: Deployment) -> tuple[int, int]:
-    """(maxSurge, maxUnavailable) in Instances; percentages round surge up and unavailability
-    down (as the familiar rolling update), and both zero would stall, so surge becomes 1."""
-    replicas = deployment.spec.replicas
-    rolling = deployment.spec.strategy.rolling_update
-    surge = _resolve(rolling.max_surge, replicas, round_up=True)
-    unavailable = _resolve(rolling.max_unavailable, replicas, round_up=False)
-    if surge == 0 and unavailable == 0:
-        surge = 1
-    return surge, unavailable
-
-
-def _resolve(value: str | int, total: int, *, round_up: bool) -> int:
-    if isinstance(value, int):
-        return value
-    if value.endswith("%"):
-        fraction = total * int(value[:-1]) / 100
-        return math.ceil(fraction) if round_up else math.floor(fraction)
-    return int(value)
 
 
 def plan(deployment: Deployment | None, instances: Sequence[Instance], now: float) -> list[Action]:

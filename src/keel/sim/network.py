@@ -90,6 +90,8 @@ def _verb(method: str, subresource: str | None) -> str | None:
         return None
     if subresource == "binding":
         return "bind"
+    if subresource == "eviction":
+        return "evict"
     if method == "POST":
         return "create"
     if method == "PUT":
