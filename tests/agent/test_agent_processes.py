@@ -1,6 +1,7 @@
 """The agent against a real API server with real workload processes: instances run, answer on
-the ports the agent assigned, restart after kill -9, survive agent crashes and control-plane
-outages, stop when deleted, self-fence when the lease goes stale, and leave nothing behind."""
+the ports the agent assigned, restart after kill -9 or a failing liveness check (a failing
+readiness check only turns Ready off), survive agent crashes and control-plane outages, stop
+when deleted, self-fence when the lease goes stale, and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from agent_harness import group_alive, instance, kill_group, pid_alive, ready
 from support import AgentProcess, ApiServer, wait_for
 
-from keel.api.resources import HealthCheck, Instance, Lease, Node, PortSpec
+from keel.api.resources import HealthCheck, Instance, Lease, LivenessCheck, Node, PortSpec
 from keel.client import NotFound, SyncClient
 
 PY = sys.executable
@@ -26,6 +27,18 @@ HTTP_SERVER = ["sh", "-c", f"exec {PY} -m http.server --bind 127.0.0.1 $PORT_HTT
 # Ignores SIGTERM, so only the SIGKILL after the grace period ends it.
 STUBBORN = [PY, "-c", "import signal,time; signal.signal(15, signal.SIG_IGN); time.sleep(600)"]
 SLEEPER = [PY, "-c", "import time; time.sleep(600)"]
+# Answers GET /NAME with 500 while the file NAME.fail exists in its working dir, else 200.
+FAILABLE = [PY, "-c", """if True:
+    import http.server, os
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            failing = os.path.exists(self.path.strip("/") + ".fail")
+            self.send_response(500 if failing else 200)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""]  # fmt: skip
 
 
 @pytest.fixture
@@ -253,6 +266,77 @@ def test_tcp_health_check_passes_once_the_port_listens(
     assert not ready(running)
     obj = wait_ready(client, "late")
     assert http_status(obj.status.ports[0].port) == 200
+
+
+def failable(name: str, work: Path, live: LivenessCheck, grace: int) -> Instance:
+    return instance(
+        name,
+        "n1",
+        FAILABLE,
+        working_dir=str(work),
+        ports=[PortSpec(name="http")],
+        health_check=HealthCheck(type="http", path="/ready", period_seconds=1),
+        liveness_check=live,
+        termination_grace_period_seconds=grace,
+    )
+
+
+def test_a_failing_liveness_check_restarts_the_process_and_says_why(
+    client: SyncClient, agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    node_agent = agent("n1")
+    work = tmp_path / "work"
+    work.mkdir()
+    period, threshold, grace = 1, 2, 2
+    live = LivenessCheck(type="http", path="/live", period_seconds=period,
+                         failure_threshold=threshold, initial_delay_seconds=2)  # fmt: skip
+    client.create(failable("web", work, live, grace))
+    port = wait_ready(client, "web").status.ports[0].port
+    pid = wait_for("a pid", lambda: running_pid(node_agent, "web"), timeout=10)
+
+    (work / "live.fail").touch()
+    failing_at = time.monotonic()
+    new_pid = wait_for(
+        "a new process", lambda: (p := running_pid(node_agent, "web")) != pid and p, timeout=30
+    )
+    took = time.monotonic() - failing_at
+    # The new process gets `initialDelaySeconds` before its first liveness check.
+    (work / "live.fail").unlink()
+    print(f"liveness restart {took:.2f}s after the check started failing")
+    # Failed checks, SIGTERM (the server exits at once), the first 1 s backoff, some slack.
+    assert took <= period * threshold + grace + 1.0 + 2.0
+    assert not pid_alive(pid)
+
+    wait_ready(client, "web")
+    assert running_pid(node_agent, "web") == new_pid and state(node_agent, "web")["starts"] == 2
+    usage = wait_for(
+        "restart counted", lambda: (u := _telemetry(client, "web")) and u["restarts"] == 1
+    )
+    assert usage
+    messages = [(e["reason"], e["message"]) for e in client.events("default", "web")]
+    assert ("Unhealthy", f"Killing: liveness check failed: GET :{port}/live: HTTP 500") in messages
+    assert ("Restarted", f"pid {new_pid}, ports {{'http': {port}}}") in messages
+
+
+def test_a_failing_readiness_check_turns_ready_off_without_a_restart(
+    client: SyncClient, agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    node_agent = agent("n1")
+    work = tmp_path / "work"
+    work.mkdir()
+    live = LivenessCheck(type="http", path="/live", period_seconds=1, failure_threshold=2)
+    client.create(failable("web", work, live, 2))
+    wait_ready(client, "web")
+    pid = wait_for("a pid", lambda: running_pid(node_agent, "web"), timeout=10)
+
+    (work / "ready.fail").touch()
+    wait_for("not Ready", lambda: not ready(get(client, "web")), timeout=20)
+    # Long enough for a restart (two failed checks a second apart), were readiness to cause one.
+    time.sleep(4.0)
+    assert running_pid(node_agent, "web") == pid and state(node_agent, "web")["starts"] == 1
+    assert get(client, "web").status.phase == "Running"
+    (work / "ready.fail").unlink()
+    wait_ready(client, "web")
 
 
 def test_deleting_the_instance_stops_its_whole_process_group(

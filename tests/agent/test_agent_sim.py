@@ -2,7 +2,8 @@
 client through `AppTransport`, and simulated processes (`SimProcessDriver`). Instances bound to
 the node run and are reported Running and Ready, stop when deleted, survive an agent crash, and
 an exclusive instance stops `fence_margin` seconds before the node lease ends when the agent
-cannot renew it. Minutes of virtual time pass in a fraction of a real second, and replay exactly.
+cannot renew it, and a failing liveness check restarts a process where readiness never does.
+Minutes of virtual time pass in a fraction of a real second, and replay exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from support import wait_for_async
 
 from keel.agent import Agent, AgentConfig, MemoryState
 from keel.api.auth import TokenFile
-from keel.api.resources import HealthCheck, Instance, InstanceSpec, Lease, ObjectMeta, PortSpec
+from keel.api.resources import (
+    HealthCheck,
+    Instance,
+    InstanceSpec,
+    Lease,
+    LivenessCheck,
+    ObjectMeta,
+    PortSpec,
+)
 from keel.api.server import ApiServer
 from keel.client import (
     HttpRequest,
@@ -129,6 +138,13 @@ class Sim:
         async def check() -> bool:
             instance = await self.instance(name)
             return instance is not None and not is_ready(instance)
+
+        return check
+
+    def in_phase(self, name: str, phase: str) -> Callable[[], Awaitable[Instance | None]]:
+        async def check() -> Instance | None:
+            instance = await self.instance(name)
+            return instance if instance is not None and instance.status.phase == phase else None
 
         return check
 
@@ -335,5 +351,63 @@ def test_a_restarted_agent_adopts_the_running_process() -> None:
         # This agent was stopped cleanly: it stopped its workloads.
         assert sim.room.running() == {}
         assert [sig for _, sig in process.signals] == ["TERM"]
+
+    simulate(body)
+
+
+def test_a_failing_liveness_check_restarts_the_process_and_a_failing_readiness_check_does_not() -> (
+    None
+):
+    live = LivenessCheck(type="http", port="http", period_seconds=2, failure_threshold=3,
+                         initial_delay_seconds=5)  # fmt: skip
+    spec = {
+        "ports": [PortSpec(name="http")],
+        "health_check": HealthCheck(type="http", period_seconds=1),
+        "liveness_check": live,
+        "termination_grace_period_seconds": 4,
+    }
+
+    async def body(sim: Sim) -> None:
+        await sim.admin.create(bound("web", **spec))
+        await sim.admin.create(bound("once", restart_policy="Never", **spec))
+        async with running(sim.agent()):
+            await sim.wait_for("web Ready", sim.ready("web"))
+            await sim.wait_for("once Ready", sim.ready("once"))
+            (first,) = sim.room.copies("default/web")
+
+            # Readiness failing for a long while: not Ready, and never restarted.
+            sim.room.set_healthy("default/web", False)
+            await sim.wait_for("web not Ready", sim.not_ready("web"))
+            await sim.clock.sleep(30.0)
+            assert sim.room.copies("default/web") == [first] and not first.signals
+            sim.room.set_healthy("default/web", True)
+            await sim.wait_for("web Ready again", sim.ready("web"))
+
+            # Liveness failing: SIGTERM after failureThreshold periods, then a new process.
+            failing_at = sim.clock.now()
+            sim.room.set_live("default/web", False)
+            await sim.wait_for("web restarted", sim.started("default/web", 2))
+            sim.room.set_live("default/web", True)
+            restarted = sim.room.copies("default/web")[1]
+            # Three failed checks (2 s apart), the exit on SIGTERM, the 1 s backoff, a tick.
+            took = restarted.started_at - failing_at
+            assert 2 * 2 + 1.0 <= took <= 2 * 3 + sim.room.term_delay + 1.0 + 0.5
+            assert [sig for _, sig in first.signals] == ["TERM"]
+            await sim.wait_for("web Ready after the restart", sim.ready("web"))
+            events = await sim.admin.events("default", "web")
+            killing = [e["message"] for e in events if e["reason"] == "Unhealthy"]
+            assert "Killing: liveness check failed: scripted: not live" in killing
+
+            async def restart_counted() -> bool:
+                usage = await sim.admin.get_telemetry("instanceusages", "web", namespace="default")
+                return bool(usage["restarts"] == 1)
+
+            await sim.wait_for("the restart in telemetry", restart_counted)
+
+            # With restartPolicy Never a liveness kill leaves the instance Failed.
+            sim.room.set_live("default/once", False)
+            failed = await sim.wait_for("once Failed", sim.in_phase("once", "Failed"))
+            assert "liveness check failed" in failed.status.message
+            assert len(sim.room.copies("default/once")) == 1
 
     simulate(body)

@@ -1,12 +1,15 @@
 """`LocalProcessDriver` on its own, with real processes: what the agent relies on through the
 `ProcessDriver` seam (env and ports reach the process, its output reaches the log, SIGTERM
 ends the group with a known exit code, a new driver adopts but cannot read exit codes, health
-checks run with the process's env, a missing command is a start failure, not an exception)."""
+checks run with the process's env and say why they failed, a missing command is a start
+failure, not an exception)."""
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +17,8 @@ import pytest
 from agent_harness import group_alive, kill_group
 from support import wait_for
 
-from keel.agent import Exited, LocalProcessDriver, Started, StartFailed, Workload
-from keel.api.resources import HealthCheck, InstanceSpec, PortSpec
+from keel.agent import CheckResult, Exited, LocalProcessDriver, Started, StartFailed, Workload
+from keel.api.resources import HealthCheck, InstanceSpec, LivenessCheck, PortSpec
 
 SLEEPER = [
     "sh",
@@ -90,9 +93,36 @@ def test_exec_health_check_sees_the_process_env(tmp_path: Path) -> None:
     passing = HealthCheck(type="exec", command=["sh", "-c", 'test "$PORT_HTTP" = 18080'])
     failing = HealthCheck(type="exec", command=["sh", "-c", 'test "$KEEL_NODE" = n2'])
     refused = HealthCheck(type="tcp", port=1)  # nothing listens on port 1
-    assert asyncio.run(driver.check_health(work, passing))
-    assert not asyncio.run(driver.check_health(work, failing))
-    assert not asyncio.run(driver.check_health(work, refused))
+    assert asyncio.run(driver.check_health(work, passing)) == CheckResult(True)
+    assert asyncio.run(driver.check_health(work, failing)) == CheckResult(
+        False, """exec sh -c test "$KEEL_NODE" = n2: exit code 1"""
+    )
+    assert asyncio.run(driver.check_health(work, refused)) == CheckResult(
+        False, "tcp :1: connection refused"
+    )
+
+
+def test_a_failed_http_check_says_which_status_it_got(tmp_path: Path) -> None:
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/ok" else 500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        work = workload(tmp_path, SLEEPER)
+        driver = LocalProcessDriver()
+        ok = LivenessCheck(type="http", port=port, path="/ok")
+        sick = LivenessCheck(type="http", port=port, path="/healthz")
+        assert asyncio.run(driver.check_health(work, ok)).ok
+        assert asyncio.run(driver.check_health(work, sick)) == CheckResult(
+            False, f"GET :{port}/healthz: HTTP 500"
+        )
+        server.shutdown()
 
 
 def test_ports_and_log_rotation_never_fail(tmp_path: Path) -> None:

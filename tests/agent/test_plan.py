@@ -24,6 +24,7 @@ from keel.agent import (
     next_wakeup,
     observe_deleted,
     observe_exit,
+    observe_liveness,
     observe_probe,
     observe_start_failed,
     observe_started,
@@ -37,6 +38,7 @@ from keel.api.resources import (
     Instance,
     InstanceSpec,
     InstanceStatus,
+    LivenessCheck,
     ObjectMeta,
     PortSpec,
     PortStatus,
@@ -59,6 +61,7 @@ def inst(
     policy: str = "Always",
     exclusive: bool = False,
     check: HealthCheck | None = None,
+    live: LivenessCheck | None = None,
     deleting: bool = False,
     status: InstanceStatus | None = None,
 ) -> Instance:
@@ -78,6 +81,7 @@ def inst(
             restart_policy=policy,  # type: ignore[arg-type]
             exclusive=exclusive,
             health_check=check,
+            liveness_check=live,
             termination_grace_period_seconds=7,
         ),
         status=status or InstanceStatus(phase="Scheduled"),
@@ -91,6 +95,21 @@ def running(instance: Instance | None = None, at: float = T0) -> Record:
 
 def exited(record: Record, code: int | None, at: float) -> Record:
     return observe_exit(record, code, at)
+
+
+LIVE = LivenessCheck(type="http", port="http", period_seconds=2, failure_threshold=3)
+
+
+def failing(record: Record, times: int, reason: str = "GET :4242/: HTTP 500") -> Record:
+    """`times` liveness check failures in a row, one period apart from T0 on."""
+    for i in range(times):
+        record = observe_liveness(record, False, reason, T0 + 2 * i)
+    return record
+
+
+def killed(record: Record, code: int | None, at: float) -> Record:
+    """Stopped for its failed liveness check (as `plan` asks), then exited with `code`."""
+    return observe_exit(observe_stopping(record, "liveness", 7.0, at - 1), code, at)
 
 
 def kinds(actions: Sequence[object]) -> list[str]:
@@ -163,6 +182,17 @@ CASES = [
      running(inst(check=HealthCheck(type="tcp"))), VIEW, T0, ["Probe", "Report"]),
     ("initial delay: no probe yet", inst(check=HealthCheck(type="tcp", initial_delay_seconds=5)),
      running(inst(check=HealthCheck(type="tcp", initial_delay_seconds=5))), VIEW, T0 + 4,
+     ["Report"]),
+    ("liveness check due: probe", inst(live=LIVE), running(inst(live=LIVE)), VIEW, T0,
+     ["Probe", "Report"]),
+    ("liveness threshold reached: stop", inst(live=LIVE), failing(running(inst(live=LIVE)), 3),
+     VIEW, T0 + 6, ["Stop"]),
+    ("liveness failing, below the threshold: probe on", inst(live=LIVE),
+     failing(running(inst(live=LIVE)), 2), VIEW, T0 + 4, ["Probe", "Report"]),
+    ("liveness stop: restarted after the backoff", inst(live=LIVE),
+     killed(failing(running(inst(live=LIVE)), 3), 0, T0 + 7), VIEW, T0 + 8, ["Start"]),
+    ("liveness stop under Never: Failed, reported, not restarted", inst(policy="Never", live=LIVE),
+     killed(failing(running(inst(policy="Never", live=LIVE)), 3), 0, T0 + 7), VIEW, T0 + 100,
      ["Report"]),
     ("shutdown stops everything", inst(), running(), vw(stopping_all=True), T0,
      ["Stop"]),
@@ -417,3 +447,113 @@ def test_next_wakeup_is_the_earliest_deadline() -> None:
 
 def test_action_types_are_the_documented_ones() -> None:
     assert {Start, Stop, Kill, Probe, Forget, Report}  # the shell dispatches on these
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def test_reaching_the_liveness_failure_threshold_stops_the_process_for_a_restart() -> None:
+    record = running(inst(live=LIVE))
+    desired = {KEY: inst(live=LIVE)}
+    record = failing(record, 2)
+    assert record.live_failures == 2 and not record.liveness_failure
+    assert Probe(KEY, "liveness") in plan(desired, {KEY: record}, T0 + 4, VIEW)
+    record = observe_liveness(record, False, "GET :4242/: HTTP 500", T0 + 4)
+    assert record.liveness_failure == "GET :4242/: HTTP 500"
+    # Stopped gracefully, with its own termination grace period; nothing else meanwhile.
+    assert plan(desired, {KEY: record}, T0 + 4, VIEW) == [Stop(KEY, 7.0, "liveness")]
+    record = observe_stopping(record, "liveness", 7.0, T0 + 4)
+    assert plan(desired, {KEY: record}, T0 + 10.9, VIEW) == []
+    assert plan(desired, {KEY: record}, T0 + 11, VIEW) == [Kill(KEY)]
+
+    record = observe_exit(record, -15, T0 + 5)
+    assert record.terminal == "" and record.next_start_at == T0 + 6  # the 1 s backoff
+    assert record.message == "killed: liveness check failed: GET :4242/: HTTP 500; restarting"
+    assert plan(desired, {KEY: record}, T0 + 6, VIEW) == [Start(KEY, None)]
+    record = observe_started(record, 101, 56, T0 + 6)
+    assert record.restarts == 1
+    assert record.live_failures == 0 and not record.liveness_failure
+
+
+def test_a_liveness_success_resets_the_failure_count() -> None:
+    record = failing(running(inst(live=LIVE)), 2)
+    record = observe_liveness(record, True, "", T0 + 4)
+    assert record.live_failures == 0
+    record = failing(record, 2)
+    assert not record.liveness_failure  # 2 + 2 failures, but never 3 in a row
+    assert observe_liveness(record, False, "down", T0 + 9).liveness_failure == "down"
+
+
+@pytest.mark.parametrize("check", ["readiness", "liveness"])
+def test_no_check_runs_before_its_initial_delay(check: str) -> None:
+    if check == "liveness":
+        instance = inst(live=replace(LIVE, initial_delay_seconds=15))
+    else:
+        instance = inst(check=HealthCheck(type="tcp", initial_delay_seconds=15))
+    record = running(instance)
+    probe = Probe(KEY, check)  # type: ignore[arg-type]
+    assert probe not in plan({KEY: instance}, {KEY: record}, T0 + 14.9, VIEW)
+    assert next_wakeup([record], T0 + 14.9) == T0 + 15
+    assert probe in plan({KEY: instance}, {KEY: record}, T0 + 15, VIEW)
+
+
+def test_readiness_failures_turn_ready_off_and_never_stop_the_process() -> None:
+    check = HealthCheck(type="http", failure_threshold=3, period_seconds=1)
+    instance = inst(check=check, live=LIVE)
+    record = running(instance)
+    record = observe_liveness(observe_probe(record, True, T0), True, "", T0)
+    assert record.ready
+    for i in range(100):
+        record = observe_probe(record, False, T0 + 1 + i)
+        record = observe_liveness(record, True, "", T0 + 1 + i)
+        actions = plan({KEY: instance}, {KEY: record}, T0 + 1 + i, VIEW)
+        assert not any(isinstance(a, Stop | Kill) for a in actions)
+    assert not record.ready and record.running and record.starts == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "terminal", "restarts"),
+    [
+        ("Always", -15, "", True),
+        ("Always", 0, "", True),
+        # A liveness kill is a failure whatever the exit code its SIGTERM handler chose.
+        ("OnFailure", 0, "", True),
+        ("OnFailure", -9, "", True),
+        ("Never", 0, "Failed", False),
+        ("Never", -15, "Failed", False),
+        ("Never", None, "Failed", False),  # ended while the agent was away
+    ],
+)
+def test_a_liveness_kill_follows_the_restart_policy_as_a_failure(
+    policy: str, code: int | None, terminal: str, restarts: bool
+) -> None:
+    record = killed(failing(running(inst(policy=policy, live=LIVE)), 3), code, T0 + 7)
+    assert record.terminal == terminal
+    assert (record.next_start_at > 0) == restarts
+    assert "liveness check failed: GET :4242/: HTTP 500" in record.message
+    if terminal:
+        status = status_to_write(record, InstanceStatus(phase="Running"), "127.0.0.1", T0 + 7)
+        assert status is not None and status.phase == "Failed"
+
+
+def test_a_process_that_is_never_live_backs_off_and_one_live_for_long_starts_over() -> None:
+    record = running(inst(live=LIVE))
+    delays = []
+    for _ in range(4):
+        stop_at = record.started_at + 30  # ran 30 s, never passing its liveness check
+        record = killed(replace(record, liveness_failure="down"), -15, stop_at)
+        delays.append(record.next_start_at - stop_at)
+        record = observe_started(record, 100, 55, record.next_start_at)
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    # Live for a minute before it failed: the backoff starts over.
+    record = observe_liveness(record, True, "", record.started_at + 60)
+    stop_at = record.started_at + 70
+    record = killed(replace(record, liveness_failure="down"), -15, stop_at)
+    assert record.next_start_at - stop_at == 1.0
+
+
+def test_liveness_results_are_ignored_once_the_process_is_stopping_or_gone() -> None:
+    record = observe_stopping(running(inst(live=LIVE)), "unwanted", 7.0, T0)
+    assert observe_liveness(record, False, "x", T0) == record
+    gone = exited(running(inst(live=LIVE)), 1, T0 + 1)
+    assert observe_liveness(gone, False, "x", T0 + 1) == gone

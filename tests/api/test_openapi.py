@@ -277,6 +277,9 @@ def test_required_fields_enums_patterns_and_bounds_are_kept() -> None:
     check = SCHEMAS["InstanceSpec"]["properties"]["healthCheck"]
     assert check == {"allOf": [{"$ref": "#/components/schemas/HealthCheck"}], "nullable": True,
                      "default": None}  # fmt: skip
+    live = SCHEMAS["LivenessCheck"]["properties"]
+    assert live.keys() == SCHEMAS["HealthCheck"]["properties"].keys()  # the same shape
+    assert live["successThreshold"]["maximum"] == 1  # one success resets the failure count
     ttl = SCHEMAS["NodeHeartbeat"]["properties"]["ttlSeconds"]
     assert (ttl["minimum"], ttl["exclusiveMinimum"]) == (0, True)
 
@@ -338,13 +341,15 @@ def test_objects_the_server_sends_validate_against_their_schemas() -> None:
 
 _CROSS_FIELD_RULES = re.compile(
     r"invalid label key|port names must be unique|command: required for an exec check"
+    r"|livenessCheck\.port: "
 )
 
 
 @pytest.mark.parametrize("info", KINDS, ids=lambda i: i.kind)
 def test_generated_bodies_fail_only_on_rules_openapi_3_0_cannot_state(info: KindInfo) -> None:
     """A body the schema allows is accepted by the model, except for the cross-field checks
-    (label keys, unique port names, exec command) that the server reports as 422."""
+    (label keys, unique port names, exec command, a liveness check's port) that the server
+    reports as 422."""
     schema = schemathesis.openapi.from_dict(DOC)
     scope = "Namespaced" if info.namespaced else ""
     operation = schema.find_operation_by_id(f"create{scope}{info.kind}")

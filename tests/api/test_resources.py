@@ -8,6 +8,7 @@ import pytest
 from keel.api.quantity import format_cpu, format_memory, parse_cpu, parse_memory
 from keel.api.registry import BY_PLURAL, KINDS, StorageClass, lookup
 from keel.api.resources import Deployment, Instance, Lease, Node
+from keel.api.server import validation_cause
 
 HELLO = b"""{"apiVersion": "keel.dev/v1", "kind": "Deployment",
  "metadata": {"name": "hello", "namespace": "default", "labels": {"app": "hello"}},
@@ -123,3 +124,45 @@ def test_registry_covers_every_kind_once_with_a_reason() -> None:
     assert lookup("nope") is None
     assert BY_PLURAL["instances"].key("default", "web-1") == b"/registry/instances/default/web-1"
     assert BY_PLURAL["nodes"].key("", "n1") == b"/registry/nodes/n1"
+
+
+def _deployment(ports: list[str], liveness: dict[str, object]) -> bytes:
+    spec = {"command": ["x"], "ports": [{"name": p} for p in ports], "livenessCheck": liveness}
+    return msgspec.json.encode({"spec": {"template": {"spec": spec}}})
+
+
+@pytest.mark.parametrize(
+    ("ports", "liveness", "field", "message"),
+    [
+        (["http"], {"type": "http", "port": "admin"}, "livenessCheck.port",
+         "'admin' is not a port of this instance (declared: http)"),
+        ([], {"type": "tcp"}, "livenessCheck.port",
+         "required for a tcp check (the instance declares no ports)"),
+        (["http"], {"type": "exec"}, "livenessCheck.command", "required for an exec check"),
+        (["http"], {"type": "http", "successThreshold": 2}, "livenessCheck.successThreshold",
+         "Expected `int` <= 1"),
+    ],
+)  # fmt: skip
+def test_a_bad_liveness_check_is_rejected_naming_its_field(
+    ports: list[str], liveness: dict[str, object], field: str, message: str
+) -> None:
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.json.decode(_deployment(ports, liveness), type=Deployment)
+    cause = validation_cause(str(caught.value))
+    assert cause.field == f"spec.template.spec.{field}"
+    assert cause.message == message
+
+
+@pytest.mark.parametrize(
+    "liveness",
+    [
+        {"type": "http", "port": "http", "path": "/healthz"},
+        {"type": "tcp"},  # the first declared port
+        {"type": "tcp", "port": 9000},  # a number: the process may listen on it undeclared
+        {"type": "exec", "command": ["true"], "initialDelaySeconds": 30},
+    ],
+)
+def test_a_liveness_check_that_reaches_a_port_is_accepted(liveness: dict[str, object]) -> None:
+    deployment = msgspec.json.decode(_deployment(["http"], liveness), type=Deployment)
+    check = deployment.spec.template.spec.liveness_check
+    assert check is not None and check.type == liveness["type"]

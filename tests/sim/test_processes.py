@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from keel.agent import Exited, ProcessDriver, Started, StartFailed, Workload
-from keel.api.resources import HealthCheck, InstanceSpec, PortSpec
+from keel.api.resources import HealthCheck, InstanceSpec, LivenessCheck, PortSpec
 from keel.clock import ManualClock
 from keel.sim.processes import Overlap, SimMachineRoom, Transition, overlaps
 
@@ -91,15 +91,20 @@ def test_health_checks_answer_from_the_script_while_the_process_runs() -> None:
         room = SimMachineRoom()
         driver = room.driver("n1")
         check = HealthCheck(type="tcp")
+        live = LivenessCheck(type="tcp")
         web = workload("web")
-        assert not await driver.check_health(web, check)  # not running
+        assert not (await driver.check_health(web, check)).ok  # not running
         p = start(driver, "web")
-        assert await driver.check_health(web, check)
+        assert (await driver.check_health(web, check)).ok
         room.set_healthy("default/web", False)
-        assert not await driver.check_health(web, check)
+        assert not (await driver.check_health(web, check)).ok
+        assert (await driver.check_health(web, live)).ok  # liveness answers on its own
+        room.set_live("default/web", False)
+        assert not (await driver.check_health(web, live)).ok
         room.set_healthy("default/web", True)
+        assert (await driver.check_health(web, check)).ok
         driver.signal(p.pid, "KILL")
-        assert not await driver.check_health(web, check)
+        assert not (await driver.check_health(web, check)).ok
 
     asyncio.run(main())
 

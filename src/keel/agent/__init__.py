@@ -23,6 +23,7 @@ from keel.agent._plan import (
     next_wakeup,
     observe_deleted,
     observe_exit,
+    observe_liveness,
     observe_probe,
     observe_start_failed,
     observe_started,
@@ -31,6 +32,7 @@ from keel.agent._plan import (
     status_to_write,
 )
 from keel.agent._processes import (
+    CheckResult,
     Exited,
     LocalProcessDriver,
     ProcessDriver,
@@ -47,6 +49,7 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "AgentState",
+    "CheckResult",
     "Exited",
     "Forget",
     "Kill",
@@ -72,6 +75,7 @@ __all__ = [
     "next_wakeup",
     "observe_deleted",
     "observe_exit",
+    "observe_liveness",
     "observe_probe",
     "observe_start_failed",
     "observe_started",

@@ -34,6 +34,7 @@ from keel.agent._plan import (
     new_record,
     next_wakeup,
     observe_exit,
+    observe_liveness,
     observe_probe,
     observe_start_failed,
     observe_started,
@@ -122,7 +123,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._reporting: set[str] = set()
         self._report_retry: dict[str, float] = {}
-        self._probing: set[str] = set()
+        self._probing: set[Probe] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         self._usage: dict[str, tuple[float, float]] = {}  # key -> (time, cpu seconds)
         self._log_path_accepted = True
@@ -268,20 +269,28 @@ class Agent:
                     text += f" in {after.next_start_at - now:g}s"
                 self._event(after, "Exited", text, warning=code != 0)
             else:
-                self._event(after, "Stopped", after.message or "stopped")
+                text = after.message or "stopped"
+                if after.next_start_at:
+                    text += f" in {after.next_start_at - now:g}s"
+                self._event(after, "Stopped", text, warning=record.stopping == "liveness")
 
     def _execute(self, action: Action, now: float) -> None:
         if isinstance(action, Start):
             self._start(action, now)
         elif isinstance(action, Stop):
             record = self.records[action.key]
+            if action.reason == "liveness":
+                reason = record.liveness_failure
+                self._event(
+                    record, "Unhealthy", f"Killing: liveness check failed: {reason}", warning=True
+                )
             self.driver.signal(record.pid, "TERM")
             self.records[action.key] = observe_stopping(record, action.reason, action.grace, now)
             self._event(
                 record,
                 "Stopping",
                 f"SIGTERM ({action.reason}), grace {action.grace:g}s",
-                warning=action.reason == "fenced",
+                warning=action.reason in ("fenced", "liveness"),
             )
         elif isinstance(action, Kill):
             record = self.records[action.key]
@@ -289,9 +298,9 @@ class Agent:
             self.records[action.key] = replace(record, killed=True)
             self._event(record, "Killed", "grace period over: SIGKILL", warning=True)
         elif isinstance(action, Probe):
-            if action.key not in self._probing:
-                self._probing.add(action.key)
-                self._spawn(self._probe(action.key))
+            if action not in self._probing:
+                self._probing.add(action)
+                self._spawn(self._probe(action))
         elif isinstance(action, Report):
             self._report(action, now)
         elif isinstance(action, Forget):
@@ -361,25 +370,36 @@ class Agent:
 
     # ------------------------------------------------------------------ health
 
-    async def _probe(self, key: str) -> None:
+    async def _probe(self, probe: Probe) -> None:
+        key = probe.key
         try:
             record = self.records.get(key)
-            if record is None or record.spec.health_check is None:
+            if record is None:
                 return
-            ok = await self.driver.check_health(self._workload(record), record.spec.health_check)
+            spec = record.spec
+            check = spec.liveness_check if probe.check == "liveness" else spec.health_check
+            if check is None:
+                return
+            result = await self.driver.check_health(self._workload(record), check)
             current = self.records.get(key)
             if current is None or current.pid != record.pid or not current.running:
                 return
-            after = observe_probe(current, ok, self.clock.wall())
-            self.records[key] = after
-            if after.ready != current.ready:
-                if after.ready:
-                    self._event(after, "Ready", "health check passed")
-                else:
-                    self._event(after, "Unhealthy", "health check failing", warning=True)
+            now = self.clock.wall()
+            if probe.check == "liveness":
+                # A failure reaching the threshold is acted on (and told) by the Stop.
+                self.records[key] = observe_liveness(current, result.ok, result.reason, now)
+            else:
+                after = observe_probe(current, result.ok, now)
+                self.records[key] = after
+                if after.ready != current.ready:
+                    if after.ready:
+                        self._event(after, "Ready", "health check passed")
+                    else:
+                        text = f"health check failing: {result.reason}"
+                        self._event(after, "Unhealthy", text, warning=True)
             self.wake()
         finally:
-            self._probing.discard(key)
+            self._probing.discard(probe)
 
     # ------------------------------------------------------------------ status
 

@@ -1,5 +1,7 @@
 """The agent's decisions, without I/O: what to start, stop, kill, probe or forget, and which
 status transition to report, from the desired Instances, the observed processes and `now`.
+Readiness checks (`healthCheck`) only drive Ready; liveness checks (`livenessCheck`) stop a
+process that failed them, and the restart policy decides what follows, as after a crash.
 
 The asyncio shell (`_agent.py`) feeds observations in through the `observe_*` functions and
 executes the `Action`s that `plan` returns; nothing here sleeps, reads a clock or a file.
@@ -22,9 +24,33 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 HEALTHY_RESET_SECONDS = 10.0
 
-StopReason = Literal["", "unwanted", "deleted", "fenced", "shutdown"]
+StopReason = Literal["", "unwanted", "deleted", "fenced", "shutdown", "liveness"]
 Terminal = Literal["", "Succeeded", "Failed"]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+CheckKind = Literal["readiness", "liveness"]
+RestartPolicy = Literal["Always", "OnFailure", "Never"]
+# How a process's run ended, when the agent did not end it for a reason of its own.
+Outcome = Literal["succeeded", "failed", "liveness"]
+
+# Whether a run that ended is started again (after the backoff), by restart policy and how
+# it ended; a run that is not ends the Instance: Succeeded if it succeeded, else Failed.
+# fmt: off
+RESTARTS: dict[tuple[RestartPolicy, Outcome], bool] = {
+    ("Always",    "succeeded"): True,
+    ("Always",    "failed"):    True,
+    ("Always",    "liveness"):  True,
+    ("OnFailure", "succeeded"): False,
+    # An unknown exit code (the process ended while the agent was away) counts as failed.
+    ("OnFailure", "failed"):    True,
+    # Killed for failing its liveness check: a failure whatever the exit code its SIGTERM
+    # handler chose, as Kubernetes counts it. OnFailure restarts it ...
+    ("OnFailure", "liveness"):  True,
+    ("Never",     "succeeded"): False,
+    ("Never",     "failed"):    False,
+    # ... and Never leaves it Failed (not Succeeded, even after a clean exit on SIGTERM).
+    ("Never",     "liveness"):  False,
+}
+# fmt: on
 
 # What a stop the agent made leaves behind, by the reason for it: whether the Instance is
 # over (a terminal phase by the exit code, reported and never started again) and the message
@@ -43,6 +69,7 @@ STOPS: dict[StopReason, tuple[bool, str]] = {
     # exclusive Instance's `keel.dev/stop-confirmed` finalizer and so its name.
     "deleted":  (True,  "stopped: the instance was deleted"),
     "":         (False, ""),
+    # "liveness" has no row: that stop is the process failing, and RESTARTS decides.
 }
 # fmt: on
 # An Instance deleted before this node ever started it: over too, and said so.
@@ -76,6 +103,12 @@ class Record(msgspec.Struct, frozen=True, omit_defaults=True):
     successes: int = 0
     failures: int = 0
     next_probe_at: float = 0.0
+    # Liveness: consecutive failures, when the check last passed in this run (0: not yet),
+    # and, once `failureThreshold` is reached, the last failure's reason (then it is stopped).
+    live_failures: int = 0
+    live_at: float = 0.0
+    next_live_probe_at: float = 0.0
+    liveness_failure: str = ""
 
     @property
     def key(self) -> str:
@@ -121,7 +154,10 @@ class Kill:
 
 @dataclass(frozen=True)
 class Probe:
+    """Run the readiness (`healthCheck`) or the liveness (`livenessCheck`) check once."""
+
     key: str
+    check: CheckKind = "readiness"
 
 
 @dataclass(frozen=True)
@@ -184,6 +220,7 @@ def new_record(instance: Instance, ports: Mapping[str, int], log_path: str) -> R
 
 def observe_started(record: Record, pid: int, proc_start: int, now: float) -> Record:
     check = record.spec.health_check
+    live = record.spec.liveness_check
     return replace(
         record,
         pid=pid,
@@ -200,14 +237,11 @@ def observe_started(record: Record, pid: int, proc_start: int, now: float) -> Re
         successes=0,
         failures=0,
         next_probe_at=now + (check.initial_delay_seconds if check else 0.0),
+        live_failures=0,
+        live_at=0.0,
+        next_live_probe_at=now + (live.initial_delay_seconds if live else 0.0),
+        liveness_failure="",
     )
-
-
-def _restarts_after(policy: str, exit_code: int | None) -> bool:
-    # Restart policy table: Always restarts every exit; OnFailure only a failed one (an
-    # unknown exit code, as of a process that ended while the agent was away, counts as
-    # failed); Never leaves the instance Succeeded or Failed.
-    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
 
 
 def _describe_exit(exit_code: int | None) -> str:
@@ -230,16 +264,28 @@ def observe_exit(record: Record, exit_code: int | None, now: float) -> Record:
         failures=0,
         killed=False,
         stop_deadline=0.0,
+        stopping="",
+        live_failures=0,
+        liveness_failure="",
     )
-    if record.stopping:
+    if record.stopping and record.stopping != "liveness":
         # Our own stop: not a crash. What follows is the STOPS table's row.
         over, message = STOPS[record.stopping]
         terminal: Terminal = ("Succeeded" if exit_code == 0 else "Failed") if over else ""
-        return replace(base, next_start_at=0.0, stopping="", terminal=terminal, message=message)
-    ran = now - record.started_at
+        return replace(base, next_start_at=0.0, terminal=terminal, message=message)
+    outcome: Outcome
+    if record.stopping == "liveness":
+        outcome = "liveness"
+        what = f"killed: liveness check failed: {record.liveness_failure}"
+        # It was healthy until its liveness check last passed (not at all, if it never did),
+        # so a process that is never live backs off like one that crashes at once.
+        ran = record.live_at - record.started_at if record.live_at else 0.0
+    else:
+        outcome = "succeeded" if exit_code == 0 else "failed"
+        what = _describe_exit(exit_code)
+        ran = now - record.started_at
     crashes = 0 if ran >= HEALTHY_RESET_SECONDS else record.crashes
-    what = _describe_exit(exit_code)
-    if _restarts_after(record.spec.restart_policy, exit_code):
+    if RESTARTS[(record.spec.restart_policy, outcome)]:
         delay = backoff_delay(crashes + 1)
         return replace(
             base,
@@ -249,8 +295,9 @@ def observe_exit(record: Record, exit_code: int | None, now: float) -> Record:
             # not make every back-off step a store write.
             message=f"{what}; restarting",
         )
-    terminal = "Succeeded" if exit_code == 0 else "Failed"
-    return replace(base, crashes=crashes, terminal=terminal, message="" if exit_code == 0 else what)
+    if outcome == "succeeded":
+        return replace(base, crashes=crashes, terminal="Succeeded", message="")
+    return replace(base, crashes=crashes, terminal="Failed", message=what)
 
 
 def observe_deleted(instance: Instance, record: Record | None) -> Record:
@@ -289,6 +336,25 @@ def observe_probe(record: Record, ok: bool, now: float) -> Record:
         failures=failures,
         ready=ready,
         next_probe_at=now + check.period_seconds,
+    )
+
+
+def observe_liveness(record: Record, ok: bool, reason: str, now: float) -> Record:
+    """A liveness check finished. One success resets the failure count; `failureThreshold`
+    failures in a row set `liveness_failure`, and `plan` stops the process."""
+    check = record.spec.liveness_check
+    if check is None or not record.running or record.stopping or record.liveness_failure:
+        return record
+    if ok:
+        return replace(
+            record, live_failures=0, live_at=now, next_live_probe_at=now + check.period_seconds
+        )
+    failures = record.live_failures + 1
+    return replace(
+        record,
+        live_failures=failures,
+        liveness_failure=(reason or "failed") if failures >= check.failure_threshold else "",
+        next_live_probe_at=now + check.period_seconds,
     )
 
 
@@ -438,10 +504,13 @@ def _plan_one(
         if fenced:
             grace = min(float(record.spec.termination_grace_period_seconds), view.fence_grace)
             return [Stop(key, grace, "fenced")]
+        if record.liveness_failure:
+            return [Stop(key, float(record.spec.termination_grace_period_seconds), "liveness")]
         actions: list[Action] = []
-        check = record.spec.health_check
-        if check is not None and now >= record.next_probe_at:
+        if record.spec.health_check is not None and now >= record.next_probe_at:
             actions.append(Probe(key))
+        if record.spec.liveness_check is not None and now >= record.next_live_probe_at:
+            actions.append(Probe(key, "liveness"))
         actions.extend(_report(key, instance if same_uid else None, record, view, now))
         return actions
 
@@ -489,8 +558,13 @@ def next_wakeup(records: Iterable[Record], now: float) -> float:
     for r in records:
         if r.running and r.stopping and not r.killed:
             times.append(r.stop_deadline)
-        elif r.running and r.spec.health_check is not None:
-            times.append(r.next_probe_at)
+        elif r.running:
+            if r.liveness_failure:
+                times.append(now)  # to be stopped
+            if r.spec.health_check is not None:
+                times.append(r.next_probe_at)
+            if r.spec.liveness_check is not None:
+                times.append(r.next_live_probe_at)
         elif not r.running and not r.terminal and r.next_start_at:
             times.append(r.next_start_at)
     return max(now, min(times))

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from keel.agent import _driver, _health, _procfs
+from keel.agent._health import CheckResult
 from keel.api.resources import HealthCheck, InstanceSpec
 
 __all__ = [
+    "CheckResult",
     "Exited",
     "LocalProcessDriver",
     "ProcessDriver",
@@ -107,8 +109,9 @@ class ProcessDriver(Protocol):
         """SIGKILL what is left of the group `pid` after its leader exited."""
         ...
 
-    async def check_health(self, workload: Workload, check: HealthCheck) -> bool:
-        """Run `check` once against the workload's process: True if it passed."""
+    async def check_health(self, workload: Workload, check: HealthCheck) -> CheckResult:
+        """Run `check` (readiness, or liveness when a `LivenessCheck`) once against the
+        workload's process."""
         ...
 
     def usage(self, pid: int) -> Usage:
@@ -166,7 +169,7 @@ class LocalProcessDriver:
     def kill_leftovers(self, pid: int) -> None:
         _driver.kill_leftovers(pid)
 
-    async def check_health(self, workload: Workload, check: HealthCheck) -> bool:
+    async def check_health(self, workload: Workload, check: HealthCheck) -> CheckResult:
         spec = workload.spec
         env = _driver.process_env(spec, workload.ports, workload.env)
         cwd = Path(spec.working_dir) if spec.working_dir else None

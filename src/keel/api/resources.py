@@ -191,6 +191,9 @@ class PortSpec(Model, frozen=True):
 
 
 class HealthCheck(Model, frozen=True):
+    """A readiness check (`healthCheck`): while it fails the instance is not Ready and is left
+    out of Endpoints; it never restarts the process."""
+
     type: Literal["http", "tcp", "exec"]
     path: str = "/"
     port: str | int = ""  # a port name or number
@@ -203,7 +206,15 @@ class HealthCheck(Model, frozen=True):
 
     def __post_init__(self) -> None:
         if self.type == "exec" and not self.command:
-            raise ValueError("healthCheck.command: required for an exec check")
+            raise ValueError("command: required for an exec check")
+
+
+class LivenessCheck(HealthCheck, frozen=True):
+    """A liveness check (`livenessCheck`): once it has failed `failureThreshold` times in a
+    row, the agent stops the process (its termination grace period applies) and the restart
+    policy decides what follows. One success resets the count, so `successThreshold` is 1."""
+
+    success_threshold: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
 
 
 class InstanceSpec(Model, frozen=True):
@@ -214,6 +225,7 @@ class InstanceSpec(Model, frozen=True):
     resources: ResourceList = ResourceList()
     ports: list[PortSpec] = []
     health_check: HealthCheck | None = None
+    liveness_check: LivenessCheck | None = None
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     exclusive: bool = False
     priority: int = 0
@@ -223,6 +235,28 @@ class InstanceSpec(Model, frozen=True):
         names = [p.name for p in self.ports]
         if len(names) != len(set(names)):
             raise ValueError("ports: port names must be unique")
+        if self.liveness_check is not None:
+            _check_target("livenessCheck", self.liveness_check, names)
+
+
+def _check_target(field: str, check: HealthCheck, ports: list[str]) -> None:
+    """An http or tcp check must reach a port: a declared port's name, a number, or (empty)
+    the first declared port. A liveness check that can never pass would restart the process
+    forever, so a typo is an error here rather than a crash loop later."""
+    if check.type == "exec":
+        return
+    target = check.port
+    if isinstance(target, int) or target.isdigit():
+        return
+    declared = ", ".join(ports) if ports else "none"
+    if not target and not ports:
+        raise ValueError(
+            f"{field}.port: required for a {check.type} check (the instance declares no ports)"
+        )
+    if target and target not in ports:
+        raise ValueError(
+            f"{field}.port: {target!r} is not a port of this instance (declared: {declared})"
+        )
 
 
 class PortStatus(Model, frozen=True):

@@ -149,6 +149,7 @@ def _template_lines(spec: InstanceSpec) -> Lines:
         ("Requests", f"cpu={spec.resources.cpu}, memory={spec.resources.memory}"),
         ("Ports", ", ".join(f"{p.name}:{p.port or 'auto'}" for p in spec.ports) or "<none>"),
         ("Health check", _health(spec.health_check)),
+        ("Liveness check", _health(spec.liveness_check)),
         ("Restart policy", spec.restart_policy),
         ("Exclusive", "yes" if spec.exclusive else "no"),
     ]

@@ -5,9 +5,9 @@ of an instance run where ("an exclusive instance never runs on two nodes at once
 
 Processes are records: PIDs come from a counter, a process runs until it is signalled (SIGTERM:
 it exits `term_delay` virtual seconds later; SIGKILL: at once), until its node is powered off,
-or until its instance's `Script` makes it exit. Health checks answer from the script (healthy
-by default); usage is constant. Time is the room's clock (by default the running loop's,
-which in a simulation is virtual).
+or until its instance's `Script` makes it exit. Checks answer from the script (readiness checks
+`healthy`, liveness checks `live`; both pass by default); usage is constant. Time is the room's
+clock (by default the running loop's, which in a simulation is virtual).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from keel.agent import Exited, Signal, Started, StartFailed, Usage, Workload
-from keel.api.resources import HealthCheck, InstanceSpec
+from keel.agent import CheckResult, Exited, Signal, Started, StartFailed, Usage, Workload
+from keel.api.resources import HealthCheck, InstanceSpec, LivenessCheck
 from keel.clock import Clock
 
 __all__ = [
@@ -41,7 +41,8 @@ _FIRST_PORT = 30000
 class Script:
     """How the processes of one instance behave; tests change it at any time."""
 
-    healthy: bool = True  # what its health checks answer while it runs
+    healthy: bool = True  # what its readiness checks (`healthCheck`) answer while it runs
+    live: bool = True  # what its liveness checks (`livenessCheck`) answer while it runs
     ignore_term: bool = False  # only SIGKILL ends it
     term_delay: float | None = None  # seconds from SIGTERM to exit (None: the room's)
     start_error: str = ""  # non-empty: every start fails with this message
@@ -179,6 +180,9 @@ class SimMachineRoom:
 
     def set_healthy(self, instance: str, healthy: bool) -> None:
         self.script(instance).healthy = healthy
+
+    def set_live(self, instance: str, live: bool) -> None:
+        self.script(instance).live = live
 
     def crash(self, instance: str, *, node: str | None = None, code: int = 1) -> list[int]:
         """End the running copies of `instance` (on `node`, or anywhere) now with `code`."""
@@ -322,10 +326,14 @@ class SimProcessDriver:
     def kill_leftovers(self, pid: int) -> None:
         return None  # a simulated process has no children of its own
 
-    async def check_health(self, workload: Workload, check: HealthCheck) -> bool:
+    async def check_health(self, workload: Workload, check: HealthCheck) -> CheckResult:
         await asyncio.sleep(0)  # a check is a round trip: other tasks run meanwhile
-        running = any(p.instance == workload.key for p in self.room.running_on(self.node))
-        return running and self.room.script(workload.key).healthy
+        if not any(p.instance == workload.key for p in self.room.running_on(self.node)):
+            return CheckResult(False, "not running")
+        script = self.room.script(workload.key)
+        if isinstance(check, LivenessCheck):
+            return CheckResult(True) if script.live else CheckResult(False, "scripted: not live")
+        return CheckResult(True) if script.healthy else CheckResult(False, "scripted: unhealthy")
 
     def usage(self, pid: int) -> Usage:
         process = self.room._find(self.node, pid)
