@@ -70,3 +70,22 @@ def test_runtime_benchmark_quick_run_prints_every_figure() -> None:
         "failover after SIGSTOP of the leader",
     ):
         assert line in out, out
+
+
+def test_cluster_failover_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cluster_failover.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    out = proc.stdout
+    for line in (
+        "node failover (baseline, one agent paused): median",
+        "cluster Unreachable after its agents paused: median",
+        "cluster failover, Immediate (replicas Ready elsewhere): median",
+        "cluster failover, Graceful (replacements Ready, old replica gone): median",
+        "x the node failover baseline",
+    ):
+        assert line in out, out

@@ -337,20 +337,28 @@ def test_plan_is_idempotent_once_applied(
     start: int, target: int, drop: set[int], ready_mask: list[bool]
 ) -> None:
     """Whatever Instances exist (some missing, some ready), applying the plan and planning
-    again yields nothing, and exactly `target` current Instances with indices 0..target-1."""
+    again yields nothing, and exactly `target` current Instances: the survivors with the
+    lowest indices are kept (no Instance is restarted only to be renumbered), holes are
+    filled lowest index first, and with no holes the indices are 0..target-1."""
     dep, instances = apply(deployment(start), [], plan(deployment(start), [], 0.0))
     instances = [
         ready(i) if ready_mask[n] else i
         for n, i in enumerate(sorted(instances, key=lambda i: i.metadata.name))
         if n not in drop
     ]
+    survivors = sorted(int(i.metadata.name.rsplit("-", 1)[1]) for i in instances)
     dep = msgspec.structs.replace(dep, spec=msgspec.structs.replace(dep.spec, replicas=target))
     dep, instances = apply(dep, instances, plan(dep, instances, 0.0))
     assert plan(dep, instances, 0.0) == []
     h = template_hash(dep)
-    assert sorted(i.metadata.name for i in instances) == sorted(
-        f"web-{h}-{i}" for i in range(target)
-    )
+    kept = survivors[:target]
+    filled = [i for i in range(target + len(survivors)) if i not in survivors]
+    expected = kept + filled[: target - len(kept)]
+    assert sorted(i.metadata.name for i in instances) == sorted(f"web-{h}-{i}" for i in expected)
+    if not drop & set(range(start)):
+        assert sorted(i.metadata.name for i in instances) == sorted(
+            f"web-{h}-{i}" for i in range(target)
+        )
     assert dep.status.replicas == target
 
 

@@ -282,6 +282,15 @@ class InstanceStatus(Model, frozen=True):
 STOP_CONFIRMED = "keel.dev/stop-confirmed"
 
 
+# The annotation the cluster failover controller puts on an Instance it moves gracefully off
+# an Unreachable cluster (placement.clusterFailover: Graceful); its value is the RFC 3339
+# time the move began. Such an Instance is outgoing: the Deployment controller no longer
+# counts it towards replicas (it creates a replacement under a free index) and deletes it
+# once enough replacements are Ready; the failover controller deletes it when the grace
+# period (failoverGraceSeconds from that time) ends. It never comes back by itself.
+FAILOVER_PENDING = "keel.dev/failover-pending"
+
+
 class Instance(Resource, frozen=True, kw_only=True):
     kind_name: ClassVar[str] = "Instance"
     spec: InstanceSpec
@@ -330,6 +339,14 @@ class Placement(Model, frozen=True):
     clusters: list[Name] = []
     spread_across: Literal["cluster", "node", "none"] = "node"
     node_selector: dict[str, str] = {}
+    # What happens to this Deployment's Instances on a cluster that turns Unreachable (the
+    # cluster controller, keel.controllers.cluster): moved at once, replaced before they go,
+    # or left where they are.
+    cluster_failover: Literal["Immediate", "Graceful", "Never"] = "Immediate"
+    # Graceful: how long an outgoing Instance may wait for its replacement to become Ready.
+    failover_grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 300
+    # Move Instances back towards an even spread (spreadAcross) once clusters recover.
+    rebalance: bool = False
 
 
 class DeploymentSpec(Model, frozen=True):

@@ -197,8 +197,10 @@ def _lease_wide(obj: Lease, extras: Extras) -> list[str]:
 
 
 def _cluster(obj: Cluster, extras: Extras) -> list[str]:
+    ready = next((c for c in obj.status.conditions if c.type == "Ready"), None)
     return [
         obj.metadata.name,
+        ready.reason if ready is not None and ready.reason else "<unknown>",
         obj.spec.region or "<none>",
         obj.spec.zone or "<none>",
         f"{obj.status.ready_nodes}/{obj.status.nodes}",
@@ -247,7 +249,7 @@ TABLES: dict[str, Table] = {
     "Lease": Table(
         ["NAME", "HOLDER", "TOKEN", "AGE"], _lease, ["DURATION", "ACQUIRED"], _lease_wide
     ),
-    "Cluster": Table(["NAME", "REGION", "ZONE", "NODES", "AGE"], _cluster),
+    "Cluster": Table(["NAME", "STATUS", "REGION", "ZONE", "NODES", "AGE"], _cluster),
     "Namespace": Table(["NAME", "STATUS", "AGE"], _namespace),
     "Revision": Table(["NAME", "DEPLOYMENT", "REVISION", "AGE"], _revision),
 }

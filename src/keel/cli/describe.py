@@ -191,6 +191,16 @@ def _deployment(obj: Deployment) -> Lines:
             f"clusters={','.join(placement.clusters) or 'any'}, "
             f"spread across {placement.spread_across}",
         ),
+        (
+            "Cluster failover",
+            placement.cluster_failover
+            + (
+                f" (grace {placement.failover_grace_seconds}s)"
+                if placement.cluster_failover == "Graceful"
+                else ""
+            )
+            + (", rebalance" if placement.rebalance else ""),
+        ),
         ("Revision", status.update_revision or "<none>"),
         (
             "Observed gen.",

@@ -35,7 +35,7 @@ from keel.cli._state_dir import (
 )
 from keel.cli.apiserver import add_serve_arguments, guarded, run_server, serve, serve_options
 
-CONTROLLERS = "namespace,gc,deployment,endpoints,nodelifecycle"
+CONTROLLERS = "namespace,gc,deployment,endpoints,nodelifecycle,cluster"
 # On one machine a short node lease keeps failover well inside 15 s: lease expiry (4 s) plus
 # the node lifecycle grace (5 s) plus rescheduling and a restart.
 NODE_LEASE_SECONDS = 4

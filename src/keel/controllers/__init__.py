@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from keel.controllers.cluster import ClusterController, FailoverController
 from keel.controllers.deployment import DeploymentController
 from keel.controllers.endpoints import EndpointsController
 from keel.controllers.gc import GarbageCollector, garbage_collectors
@@ -27,6 +28,8 @@ CONTROLLERS: dict[str, Callable[[CacheOf], list[Controller]]] = {
     "deployment": lambda cache: [DeploymentController()],
     "endpoints": lambda cache: [EndpointsController(cache)],
     "nodelifecycle": lambda cache: [NodeLifecycleController()],
+    # Cluster status, and cluster failover of Deployments (placement.clusterFailover)
+    "cluster": lambda cache: [ClusterController(), FailoverController(cache)],
 }
 
 

@@ -15,6 +15,7 @@ import msgspec
 from keel.api.disruption import is_ready, rollout_budget
 from keel.api.resources import (
     API_VERSION,
+    FAILOVER_PENDING,
     Deployment,
     DeploymentStatus,
     Instance,
@@ -89,6 +90,20 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
     stopped) serves nobody and is not counted in the status, but still holds its name: one
     of the current template keeps its index taken (neither created again nor counted as
     missing) and counts towards replicas + maxSurge; "Recreate" waits for old ones to go.
+
+    An Instance marked `FAILOVER_PENDING` (being moved gracefully off an Unreachable
+    cluster) is outgoing: it counts neither towards replicas nor the rollout budget, so a
+    replacement is created under the lowest free index, while it keeps its own name (and
+    runs, perhaps, behind a partition). This is the one way a Deployment has more Instances
+    than replicas + maxSurge, bounded by the pending ones. Pending Instances are deleted as
+    replacements become Ready: at most replicas - (Ready counted Instances) of them stay
+    (unready ones go first). The failover controller deletes those left when their grace
+    period ends.
+
+    The indices that count ("slots") are the `replicas` lowest ones held by counted or
+    terminating Instances of the current template, topped up with the lowest free ones:
+    0..replicas-1 while nothing was ever pending, and no renaming once a failover is over
+    (a replacement keeps its higher index rather than move once more).
     """
     del now
     if deployment is None or deployment.metadata.deletion_timestamp:
@@ -97,10 +112,12 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
     revision = template_hash(deployment)
     replicas = deployment.spec.replicas
     live = [i for i in instances if not i.metadata.deletion_timestamp]
+    pending = [i for i in live if FAILOVER_PENDING in i.metadata.annotations]
+    counted = [i for i in live if FAILOVER_PENDING not in i.metadata.annotations]
     current: dict[int, Instance] = {}
     old: list[Instance] = []
     prefix = f"{name}-{revision}-"
-    for instance in live:
+    for instance in counted:
         index = _index(instance.metadata.name, prefix)
         if index is None:
             old.append(instance)
@@ -115,7 +132,13 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
                 old_terminating = True
             else:
                 held.add(index)
-    held_slots = sum(1 for i in held if i < replicas)
+    taken = set(current) | held
+    for instance in pending:
+        index = _index(instance.metadata.name, prefix)
+        if index is not None:
+            taken.add(index)
+    slots = _slots(sorted(set(current) | held), taken, replicas)
+    held_slots = len(held & slots)
 
     actions: list[Action] = []
     deleted: set[str] = set()
@@ -127,9 +150,9 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
         deleted.add(meta.name)
 
     # Current-template extras: highest index first.
-    for index in sorted((i for i in current if i >= replicas), reverse=True):
+    for index in sorted((i for i in current if i not in slots), reverse=True):
         delete(current[index])
-    missing = [i for i in range(replicas) if i not in current and i not in held]
+    missing = [i for i in sorted(slots) if i not in current and i not in held]
 
     if deployment.spec.strategy.type == "Recreate" and (old or old_terminating):
         for instance in sorted(old, key=lambda i: i.metadata.name):
@@ -139,9 +162,9 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
         creatable = len(missing)
     else:
         surge, unavailable = rollout_budget(deployment)
-        kept_current = sum(1 for i in current if i < replicas) + held_slots
+        kept_current = sum(1 for i in current if i in slots) + held_slots
         creatable = max(0, replicas + surge - (kept_current + len(old)))
-        available = sum(1 for i, inst in current.items() if i < replicas and is_ready(inst))
+        available = sum(1 for i, inst in current.items() if i in slots and is_ready(inst))
         available += sum(1 for inst in old if is_ready(inst))
         floor = replicas - unavailable
         # Unready old Instances serve nobody: they go first, then ready ones while enough
@@ -159,11 +182,28 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
         actions.append(CreateInstance(instance))
         created.append(instance)
 
+    # Outgoing (failover-pending) Instances stay only while replacements are not yet Ready.
+    ready_counted = sum(1 for i in counted if i.metadata.name not in deleted and is_ready(i))
+    keep = max(0, replicas - ready_counted)
+    by_name = sorted(pending, key=lambda i: i.metadata.name, reverse=True)
+    for instance in sorted(by_name, key=is_ready)[: max(0, len(pending) - keep)]:
+        delete(instance)
+
     remaining = [i for i in live if i.metadata.name not in deleted] + created
     status = _status(deployment, revision, remaining)
     if status != deployment.status:
         actions.append(UpdateStatus(status))
     return actions
+
+
+def _slots(occupied: list[int], taken: set[int], replicas: int) -> set[int]:
+    """The indices that count: the `replicas` lowest `occupied` ones (ascending), topped up
+    with the lowest indices not `taken` by any Instance."""
+    chosen = occupied[:replicas]
+    free = (i for i in range(replicas + len(taken) + 1) if i not in taken)
+    while len(chosen) < replicas:
+        chosen.append(next(free))
+    return set(chosen)
 
 
 def _index(name: str, prefix: str) -> int | None:
