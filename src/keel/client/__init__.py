@@ -38,6 +38,7 @@ from keel.client._kubeconfig import (
     default_kubeconfig_path,
     load_kubeconfig,
 )
+from keel.client._registration import Registration
 from keel.client._sync import SyncClient, SyncWatch
 from keel.client._transport import (
     AiohttpTransport,
@@ -74,6 +75,7 @@ __all__ = [
     "NotFound",
     "Page",
     "Preconditions",
+    "Registration",
     "ResponseStream",
     "RetryPolicy",
     "ServerError",
