@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker soak verify verify-smoke clean
+.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,10 @@ bench-runtime: setup
 bench-checker: setup
 	$(PY) benchmarks/linearizability.py
 
-bench: bench-store bench-api bench-runtime bench-checker
+bench-registration: setup
+	$(PY) benchmarks/registration.py
+
+bench: bench-store bench-api bench-runtime bench-checker bench-registration
 
 # `keel verify` (root): the smoke schedule (one partition, one kill, one pause; all checkers;
 # under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full

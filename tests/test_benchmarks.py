@@ -89,3 +89,21 @@ def test_cluster_failover_benchmark_quick_run_prints_every_figure() -> None:
         "x the node failover baseline",
     ):
         assert line in out, out
+
+
+def test_registration_benchmark_quick_run_meets_its_goals() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "registration.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    out = proc.stdout
+    for line in (
+        "registration expiry, ttl 2 s, 3 trials: SIGKILL -> gone from Endpoints",
+        "meets the goal <= ttl + 1 = 3 s",
+        "baseline, SIGINT (deregisters at once)",
+        "idle writes, 10 live registrations (ttl 2 s, 10 listed) over 6 s: 0 store writes",
+    ):
+        assert line in out, out

@@ -7,6 +7,7 @@ on the wire. Nothing here does I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -436,9 +437,44 @@ class Endpoints(Resource, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------- leases
 
 
-class LeaseSpec(Model, frozen=True):
+# The label a registration Lease carries: the Service it registers an endpoint of, so
+# `keel get leases -l keel.dev/service=web` lists them (spec.registration.service decides).
+SERVICE_LABEL = "keel.dev/service"
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def valid_host(address: str) -> bool:
+    """An IPv4 or IPv6 literal, or a DNS name."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return bool(_HOSTNAME_RE.match(address))
+    return True
+
+
+class EndpointRegistration(Model, frozen=True):
+    """An external endpoint of a Service, listed in its Endpoints while this Lease lives:
+    renewals keep it (keep-alives, not writes); when they stop, the store expires the Lease
+    and the endpoints controller drops the address. Only `ready` may change later."""
+
+    service: Name
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    port_name: str = ""  # the Service port it serves ("": the Service's first port)
+    ready: bool = True  # False: listed with ready: false (its check fails), as Instances are
+
+    def __post_init__(self) -> None:
+        if not valid_host(self.address):
+            raise ValueError(f"address: expected an IP address or a DNS name, got {self.address!r}")
+
+
+class LeaseSpec(Model, frozen=True, omit_defaults=True):
     holder_identity: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
     lease_duration_seconds: Annotated[int, msgspec.Meta(ge=2, le=3600)]
+    registration: EndpointRegistration | None = None  # an external endpoint of a Service
 
 
 class LeaseStatus(Model, frozen=True):

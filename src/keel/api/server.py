@@ -37,6 +37,7 @@ from keel.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from keel.api.metrics import ApiMetrics
 from keel.api.patch import PatchError, PatchTestFailed, json_patch, merge_patch
 from keel.api.registry import (
+    BY_KIND,
     BY_PLURAL,
     KINDS,
     REGISTRY_PREFIX,
@@ -48,10 +49,13 @@ from keel.api.resources import (
     API_GROUP,
     API_VERSION,
     Binding,
+    EndpointRegistration,
     Eviction,
+    Lease,
     LeaseRenewal,
     ListMeta,
     Resource,
+    Service,
     Status,
     StatusCause,
     StatusDetails,
@@ -73,6 +77,7 @@ from keel.api.storage import (
     from_kv,
     invalid,
     not_found,
+    registration_causes,
     too_large,
 )
 from keel.api.watchcache import CachedObject, Expired, WatchCache, encode_object, expired_line
@@ -1081,11 +1086,24 @@ class ApiServer:
         obj = decode_body(
             info, body, namespace=target.namespace, name=None, max_bytes=self.max_object_bytes
         )
+        if isinstance(obj, Lease) and obj.spec.registration is not None:
+            await self._check_registration(info, obj, obj.spec.registration, target)
         fencing = self._fencing(request)
         created = await self.storage.create(
             info, obj, namespace=target.namespace or "", fencing=fencing
         )
         return self._object(created, 201)
+
+    async def _check_registration(
+        self, info: KindInfo, lease: Lease, registration: EndpointRegistration, target: Target
+    ) -> None:
+        """A registration names a Service that exists (a linearizable read)."""
+        namespace = target.namespace or ""
+        service = await self.storage.read(BY_KIND["Service"], namespace, registration.service)
+        assert service is None or isinstance(service, Service)
+        causes = registration_causes(registration, service, namespace)
+        if causes:
+            raise invalid(info, lease.metadata.name or lease.metadata.generate_name, causes)
 
     async def replace(self, request: Request, target: Target) -> Response:
         info = target.info

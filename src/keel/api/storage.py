@@ -24,6 +24,7 @@ from keel.api.resources import (
     NAME_RE,
     STOP_CONFIRMED,
     Deployment,
+    EndpointRegistration,
     Instance,
     InstanceSpec,
     Lease,
@@ -31,6 +32,7 @@ from keel.api.resources import (
     Namespace,
     ObjectMeta,
     Resource,
+    Service,
     Status,
     StatusCause,
     StatusDetails,
@@ -397,6 +399,17 @@ def immutable_changes(info: KindInfo, current: Resource, updated: Resource) -> l
                 "FieldValueInvalid",
             )
         )
+    registration_old = getattr(spec_old, "registration", None)
+    registration_new = getattr(spec_new, "registration", None)
+    if _fixed_part(registration_old) != _fixed_part(registration_new):
+        causes.append(
+            StatusCause(
+                "spec.registration",
+                "only ready may change after creation: register again (a new Lease) to "
+                "change the service, address or port",
+                "FieldValueInvalid",
+            )
+        )
     holder_old = getattr(spec_old, "holder_identity", None)
     if holder_old is not None and holder_old != getattr(spec_new, "holder_identity", None):
         causes.append(
@@ -408,6 +421,37 @@ def immutable_changes(info: KindInfo, current: Resource, updated: Resource) -> l
             )
         )
     return causes
+
+
+def _fixed_part(registration: EndpointRegistration | None) -> EndpointRegistration | None:
+    return msgspec.structs.replace(registration, ready=True) if registration else None
+
+
+def registration_causes(
+    registration: EndpointRegistration, service: Service | None, namespace: str
+) -> list[StatusCause]:
+    """Why a Lease may not register this endpoint: its Service must exist in the Lease's
+    namespace and, when a port name is given, have a port of that name."""
+    if service is None or service.metadata.deletion_timestamp:
+        return [
+            StatusCause(
+                "spec.registration.service",
+                f'Service "{registration.service}" not found in namespace "{namespace}"',
+                "FieldValueNotFound",
+            )
+        ]
+    names = [p.name for p in service.spec.ports]
+    if registration.port_name and registration.port_name not in names:
+        known = ", ".join(repr(n) for n in names if n) or "none"
+        return [
+            StatusCause(
+                "spec.registration.portName",
+                f'Service "{registration.service}" has no port named '
+                f"{registration.port_name!r} (its named ports: {known})",
+                "FieldValueNotFound",
+            )
+        ]
+    return []
 
 
 DeleteAction = Literal["delete", "mark", "wait"]

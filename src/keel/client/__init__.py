@@ -39,6 +39,7 @@ from keel.client._kubeconfig import (
     default_kubeconfig_path,
     load_kubeconfig,
 )
+from keel.client._registration import Registration
 from keel.client._sync import SyncClient, SyncWatch
 from keel.client._transport import (
     AiohttpTransport,
@@ -75,6 +76,7 @@ __all__ = [
     "NotFound",
     "Page",
     "Preconditions",
+    "Registration",
     "ResponseStream",
     "RetryPolicy",
     "ServerError",

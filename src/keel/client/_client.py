@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import os
 import random
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from keel.client._errors import (
     status_error,
 )
 from keel.client._kubeconfig import load_kubeconfig
+from keel.client._registration import Registration, registration_lease, registration_lease_name
 from keel.client._transport import (
     AiohttpTransport,
     HttpRequest,
@@ -732,6 +734,68 @@ class KeelClient:
         except (NotFound, FencingTokenRejected):
             return False
         return True
+
+    # ----------------------------------------------------------------- registrations
+
+    async def register_endpoint(
+        self,
+        service: str,
+        address: str,
+        port: int,
+        *,
+        ttl: int = 10,
+        name: str | None = None,
+        namespace: str | None = None,
+        port_name: str = "",
+        ready: bool = True,
+        holder: str | None = None,
+        clock: Clock | None = None,
+    ) -> Registration:
+        """Register `address:port` as an endpoint of `service` for as long as this process
+        keeps it alive: a Lease `SERVICE.NAME` (NAME generated when None) with TTL `ttl`,
+        renewed every ttl/3 by the returned `Registration` until its `close()`.
+
+        Raises `Invalid` for a bad address, port or ttl, or a Service that does not exist
+        (each naming the field), and `AlreadyExists` while the name is registered.
+        """
+        lease = registration_lease(
+            service,
+            address,
+            port,
+            namespace=namespace or self.namespace,
+            ttl=ttl,
+            holder=holder or f"{socket.gethostname()}/{os.getpid()}",
+            name=name,
+            port_name=port_name,
+            ready=ready,
+        )
+        clock = clock or SystemClock()
+        sent = clock.now()
+        created = await self.create(lease)
+        return Registration(self, created, clock=clock, alive_since=sent)
+
+    async def deregister_endpoint(
+        self, service: str, name: str, *, namespace: str | None = None
+    ) -> None:
+        """Remove registration `name` of `service` now, whoever holds it (`NotFound` when
+        there is none)."""
+        namespace = namespace or self.namespace
+        lease_name = registration_lease_name(service, name)
+        lease = await self.get(Lease, lease_name, namespace=namespace)
+        registration = lease.spec.registration
+        if registration is None or registration.service != service:
+            raise NotFound(
+                404,
+                "NotFound",
+                f'no registration "{name}" of service "{service}" in namespace '
+                f'"{namespace}" (lease "{lease_name}" is not one)',
+            )
+        await self.delete(
+            Lease,
+            lease_name,
+            namespace=namespace,
+            preconditions=Preconditions(uid=lease.metadata.uid),
+        )
 
     @asynccontextmanager
     async def fenced(

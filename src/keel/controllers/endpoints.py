@@ -1,6 +1,12 @@
-"""Endpoints: for each Service with a selector, an Endpoints object of the same name listing
-every Running Instance it selects that reports a hostIP and the target port (one subset per
-Service port). Written only when it changes; Services without a selector are left alone.
+"""Endpoints: for each Service, an Endpoints object of the same name listing every Running
+Instance its selector picks that reports a hostIP and the target port (one subset per Service
+port), and beside them the external endpoints registered for it: Leases with
+`spec.registration` naming the Service (`keel register`, `KeelClient.register_endpoint`).
+
+One object, so consumers watch one place. A registered address carries `lease: NAME` and no
+`instance`; it is listed while its Lease lives and dropped on the Lease's DELETED event (the
+store expires it when its owner stops renewing). Written only when it changes. A Service
+without a selector gets Endpoints once it has a registration; until then it is left alone.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import msgspec
 from keel.api.resources import (
     API_VERSION,
     EndpointAddress,
+    EndpointRegistration,
     Endpoints,
     EndpointSubset,
     Instance,
+    Lease,
     ObjectMeta,
     OwnerReference,
     Resource,
@@ -34,6 +42,7 @@ __all__ = [
     "desired_subsets",
     "execute",
     "plan",
+    "registrations_of",
     "selects",
 ]
 
@@ -85,9 +94,37 @@ def _address(instance: Instance, port: int) -> EndpointAddress:
     )
 
 
-def desired_subsets(service: Service, instances: Sequence[Instance]) -> list[EndpointSubset]:
+def registrations_of(service: Service, leases: Iterable[Lease]) -> list[Lease]:
+    """The live Leases registering an endpoint of `service`, by name."""
+    return sorted(
+        (
+            lease
+            for lease in leases
+            if lease.spec.registration is not None
+            and lease.spec.registration.service == service.metadata.name
+            and lease.metadata.namespace == service.metadata.namespace
+            and not lease.metadata.deletion_timestamp
+        ),
+        key=lambda lease: lease.metadata.name,
+    )
+
+
+def _registered(lease: Lease, registration: EndpointRegistration) -> EndpointAddress:
+    return EndpointAddress(
+        ip=registration.address,
+        port=registration.port,
+        ready=registration.ready,
+        lease=lease.metadata.name,
+    )
+
+
+def desired_subsets(
+    service: Service, instances: Sequence[Instance], registrations: Sequence[Lease] = ()
+) -> list[EndpointSubset]:
     """One subset per Service port (or one unnamed subset with each Instance's first port if
-    the Service lists none), addresses sorted by Instance name."""
+    the Service lists none): the selected Instances' addresses sorted by Instance name, then
+    the registered ones sorted by Lease name. A registration joins the subset of its
+    `portName` (none: the first), and none if the Service lost that port."""
     selector = service.spec.selector or {}
     members = sorted(
         (
@@ -101,17 +138,27 @@ def desired_subsets(service: Service, instances: Sequence[Instance]) -> list[End
         ),
         key=lambda i: i.metadata.name,
     )
+    registered = [
+        (lease, lease.spec.registration)
+        for lease in registrations_of(service, registrations)
+        if lease.spec.registration is not None
+    ]
     if not service.spec.ports:
         addresses = [_address(i, i.status.ports[0].port) for i in members if i.status.ports]
+        addresses += [_registered(lease, r) for lease, r in registered]
         return [EndpointSubset(addresses=addresses)]
     subsets = []
-    for service_port in service.spec.ports:
+    for index, service_port in enumerate(service.spec.ports):
         target = _target(service_port)
         addresses = []
         for instance in members:
             port = _instance_port(instance, target)
             if port is not None:
                 addresses.append(_address(instance, port))
+        for lease, registration in registered:
+            wanted = registration.port_name
+            if (wanted == service_port.name) if wanted else index == 0:
+                addresses.append(_registered(lease, registration))
         subsets.append(EndpointSubset(addresses=addresses, name=service_port.name))
     return subsets
 
@@ -127,16 +174,23 @@ def _owner(service: Service) -> OwnerReference:
 
 
 def plan(
-    service: Service | None, endpoints: Endpoints | None, instances: Sequence[Instance]
+    service: Service | None,
+    endpoints: Endpoints | None,
+    instances: Sequence[Instance],
+    registrations: Sequence[Lease] = (),
 ) -> list[Action]:
     """Create or replace the Endpoints of `service` when its addresses (or its owner
-    reference to the Service) differ from what is stored; nothing for a Service without a
-    selector (its Endpoints are external registrations) or one that is gone (the garbage
-    collector removes Endpoints owned by it)."""
-    if service is None or service.metadata.deletion_timestamp or service.spec.selector is None:
+    reference to the Service) differ from what is stored. Nothing for a Service that is gone
+    (the garbage collector removes Endpoints owned by it), nor for one without a selector
+    that has no registrations, unless we wrote its Endpoints (they converge to empty)."""
+    if service is None or service.metadata.deletion_timestamp:
         return []
-    subsets = desired_subsets(service, instances)
     owner = _owner(service)
+    refs = endpoints.metadata.owner_references if endpoints is not None else []
+    owned = any(r.kind == "Service" and r.uid == owner.uid for r in refs)
+    if service.spec.selector is None and not registrations_of(service, registrations) and not owned:
+        return []
+    subsets = desired_subsets(service, instances, registrations)
     if endpoints is None:
         meta = ObjectMeta(
             name=service.metadata.name,
@@ -144,8 +198,6 @@ def plan(
             owner_references=[owner],
         )
         return [CreateEndpoints(Endpoints(kind="Endpoints", metadata=meta, subsets=subsets))]
-    refs = endpoints.metadata.owner_references
-    owned = any(r.kind == "Service" and r.uid == owner.uid for r in refs)
     if endpoints.subsets == subsets and owned:
         return []
     if not owned:
@@ -165,7 +217,7 @@ async def execute(client: KeelClient, action: Action) -> None:
 
 
 class EndpointsController:
-    """Maintains the Endpoints of selecting Services: see the module docstring."""
+    """Maintains the Endpoints of Services: see the module docstring."""
 
     name = "endpoints"
     primary = Service
@@ -175,6 +227,9 @@ class EndpointsController:
         self.related = (
             Related(Instance, self._services_of_instance),
             Related(Endpoints, self._service_of_endpoints),
+            # A registration's DELETED event (its Lease expired or was released) requeues
+            # its Service at once: expiry reaches Endpoints without polling.
+            Related(Lease, self._service_of_registration),
         )
 
     def _services_of_instance(self, instance: Resource) -> Iterable[str]:
@@ -190,22 +245,33 @@ class EndpointsController:
     def _service_of_endpoints(endpoints: Resource) -> Iterable[str]:
         return (object_key(endpoints),)
 
+    @staticmethod
+    def _service_of_registration(lease: Resource) -> Iterable[str]:
+        registration = getattr(getattr(lease, "spec", None), "registration", None)
+        if registration is None:
+            return ()
+        return (f"{lease.metadata.namespace}/{registration.service}",)
+
     async def reconcile(self, ctx: Context, key: str) -> Result:
         service: Service | None = ctx.cache(Service).get(key)
-        if service is None or service.spec.selector is None:
+        if service is None:
             return Result()
+        namespace = service.metadata.namespace
         endpoints: Endpoints | None = ctx.cache(Endpoints).get(key)
-        instances: list[Instance] = ctx.cache(Instance).by_index(
-            "namespace", service.metadata.namespace
+        instances: list[Instance] = (
+            ctx.cache(Instance).by_index("namespace", namespace)
+            if service.spec.selector is not None
+            else []
         )
-        for action in plan(service, endpoints, instances):
+        leases: list[Lease] = ctx.cache(Lease).by_index("namespace", namespace)
+        for action in plan(service, endpoints, instances, leases):
             try:
                 await execute(ctx.client, action)
             except AlreadyExists:
                 # The cache had not seen it yet: replace it on the next look.
                 endpoints = await ctx.client.get(
-                    Endpoints, key.split("/", 1)[1], namespace=service.metadata.namespace
+                    Endpoints, key.split("/", 1)[1], namespace=namespace
                 )
-                for retry in plan(service, endpoints, instances):
+                for retry in plan(service, endpoints, instances, leases):
                     await execute(ctx.client, retry)
         return Result()
