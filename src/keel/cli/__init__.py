@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keel.cli.dev import add_dev_commands
     from keel.cli.get import add_get_command
     from keel.cli.logs import add_logs_command
+    from keel.cli.node import add_node_commands
     from keel.cli.scheduler import add_scheduler_command
     from keel.cli.store import add_store_commands
     from keel.cli.top import add_top_command
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_delete_command(commands)
     add_logs_command(commands)
     add_top_command(commands)
+    add_node_commands(commands)
     add_store_commands(commands)
     add_verify_command(commands)
     add_dev_commands(commands)
