@@ -70,3 +70,19 @@ def test_runtime_benchmark_quick_run_prints_every_figure() -> None:
         "failover after SIGSTOP of the leader",
     ):
         assert line in out, out
+
+
+def test_failover_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    out = proc.stdout
+    for kind in ("ordinary ", "exclusive"):
+        assert f"{kind} replacement of a deleted instance (baseline)" in out, out
+        for fault in ("kill", "pause", "partition"):
+            assert f"{kind} node failover after {fault}" in out, out
+    assert "x the baseline)" in out, out
