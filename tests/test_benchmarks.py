@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +76,10 @@ def test_runtime_benchmark_quick_run_prints_every_figure() -> None:
         assert line in out, out
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("tc") is None,
+    reason="network namespaces need root, ip and tc",
+)
 def test_failover_benchmark_quick_run_prints_every_figure() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--quick"],
