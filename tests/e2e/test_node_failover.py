@@ -200,7 +200,7 @@ def test_a_failed_node_is_replaced_within_12_seconds_and_the_stale_copy_stops(
         else:
             rig.fabric.heal()
     # Back again: its binding is gone, so it stops the copy it still ran.
-    wait_for("the stale copy stopped", lambda: not any(alive(p) for p in old.values()), 30)
+    wait_for("the stale copy stopped", lambda: not any(alive(p) for p in old.values()), timeout=30)
     wait_for("the node Ready again", lambda: victim in rig.ready_nodes(), timeout=30)
     assert rig.http().delete(f"{V1}/namespaces/default/deployments/{app}").status == 200
 
@@ -223,6 +223,6 @@ def test_the_paused_agent_had_kept_running_its_workload_until_it_came_back(rig: 
         assert all(alive(p) for p in old)
     finally:
         agent.signal(signal.SIGCONT)
-    wait_for("the stale copy stopped", lambda: not any(alive(p) for p in old), 30)
+    wait_for("the stale copy stopped", lambda: not any(alive(p) for p in old), timeout=30)
     wait_for("the node Ready again", lambda: victim in rig.ready_nodes(), timeout=30)
     assert rig.http().delete(f"{V1}/namespaces/default/deployments/{app}").status == 200
