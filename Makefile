@@ -73,7 +73,7 @@ verify: setup
 
 # Long runs, outside the default suite.
 soak: setup
-	$(VENV)/bin/pytest -q -m slow
+	$(VENV)/bin/pytest -q -s -m slow
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

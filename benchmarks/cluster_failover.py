@@ -13,9 +13,8 @@ and one `Graceful`; measured from the pause:
 Baseline in the same run: a single node failure (one agent of cl-2 paused; its replica Ready
 on another node), which takes the node lifecycle path. Ratios are against its median.
 
-The node lifecycle controller runs with the FullDisruption rule (no node-by-node eviction in
-a cluster that lost every node), here as the stand-in tests/controllers/full_disruption.py
-until the real rule is merged.
+The node lifecycle controller's FullDisruption rule (no node-by-node eviction in a cluster
+that lost every node) leaves the lost cluster to the failover policy.
 
     python benchmarks/cluster_failover.py [--trials N] [--quick]
 """
@@ -189,9 +188,7 @@ def run(work: Path, trials: int) -> list[str]:
                 server.controller_manager(
                     "cm",
                     "--controllers",
-                    "deployment,cluster",
-                    "--controller",
-                    "controllers.full_disruption:controllers",
+                    "deployment,nodelifecycle,cluster",
                 )
             )
             others.append(server.scheduler("sched"))

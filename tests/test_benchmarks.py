@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,3 +111,23 @@ def test_registration_benchmark_quick_run_meets_its_goals() -> None:
         "idle writes, 10 live registrations (ttl 2 s, 10 listed) over 6 s: 0 store writes",
     ):
         assert line in out, out
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("tc") is None,
+    reason="network namespaces need root, ip and tc",
+)
+def test_failover_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    out = proc.stdout
+    for kind in ("ordinary ", "exclusive"):
+        assert f"{kind} replacement of a deleted instance (baseline)" in out, out
+        for fault in ("kill", "pause", "partition"):
+            assert f"{kind} node failover after {fault}" in out, out
+    assert "x the baseline)" in out, out

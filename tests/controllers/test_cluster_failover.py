@@ -106,10 +106,8 @@ def platform(tmp_path: Path) -> Iterator[tuple[ApiServer, dict[str, AgentProcess
             server.controller_manager(
                 "cm",
                 "--controllers",
-                "deployment,cluster",
-                # nodelifecycle, but leaving a cluster that lost every node to failover
-                "--controller",
-                "controllers.full_disruption:controllers",
+                # nodelifecycle leaves a cluster that lost every node to cluster failover
+                "deployment,nodelifecycle,cluster",
                 "--lease-ttl",
                 "2",
             )

@@ -16,6 +16,8 @@ from support import ApiServer, wait_for_async
 
 from keel.api.resources import (
     STOP_CONFIRMED,
+    Cluster,
+    ClusterStatus,
     Condition,
     Instance,
     InstanceSpec,
@@ -27,10 +29,22 @@ from keel.api.resources import (
 )
 from keel.client import KeelClient, NotFound
 from keel.controllers.nodelifecycle import (
+    EVICTIONS,
+    EVICTIONS_CONDITION,
     FENCED,
+    FULL,
+    NORMAL,
+    OBSERVER_PARTITIONED,
+    PARTIAL,
     DeleteInstance,
+    DisruptionPolicy,
     ReleaseInstance,
     SetReady,
+    TokenBucket,
+    cluster_state,
+    disruption,
+    eviction_delay,
+    evictions_condition,
     plan,
     stop_confirmed,
 )
@@ -258,7 +272,10 @@ async def test_node_not_ready_after_grace_and_its_instances_deleted(
     apiserver: ApiServer, name: str
 ) -> None:
     async with KeelClient.from_kubeconfig(apiserver.kubeconfig) as admin:
-        agent = await FakeAgent(admin, name, "c1", duration=2).start()
+        # A cluster of its own, with a second node that stays up: one node of two lost is a
+        # node failure, not a disruption of the whole cluster (see the disruption tests).
+        agent = await FakeAgent(admin, name, name, duration=2).start()
+        peer = await FakeAgent(admin, f"{name}-peer", name, duration=2).start()
         try:
             async with platform(apiserver, ("nodelifecycle",), scheduler=False, grace=1.0):
 
@@ -296,6 +313,7 @@ async def test_node_not_ready_after_grace_and_its_instances_deleted(
                 await wait_for_async("Ready=True again", lambda: is_ready("True"))
         finally:
             await agent.stop_renewing()
+            await peer.stop_renewing()
 
 
 async def test_a_deleted_exclusive_instance_goes_once_its_live_agent_reports_it_stopped(
@@ -330,3 +348,181 @@ async def test_a_deleted_exclusive_instance_goes_once_its_live_agent_reports_it_
 
 async def _gone(client: KeelClient, instance: str) -> bool:
     return not await exists(client, instance)
+
+
+# ------------------------------------------------------------------ disruption (pure)
+
+POLICY = DisruptionPolicy()
+
+
+# (ready, not ready) nodes of one cluster -> its state
+@pytest.mark.parametrize(
+    ("ready", "not_ready", "state"),
+    [
+        (3, 0, NORMAL),
+        (0, 0, NORMAL),  # no nodes: nothing is disrupted
+        (1, 1, NORMAL),  # one of two: a node failure
+        (1, 2, NORMAL),  # two of three: still only two (Kubernetes: more than two)
+        (2, 3, PARTIAL),  # 60% and three
+        (3, 3, NORMAL),  # 50% is under the 55% threshold
+        (9, 11, PARTIAL),
+        (0, 1, FULL),  # a one-node cluster whose node is down is down
+        (0, 4, FULL),
+    ],
+)
+def test_cluster_state_table(ready: int, not_ready: int, state: str) -> None:
+    assert cluster_state(ready, not_ready, POLICY) == state
+
+
+def test_a_cluster_down_while_others_are_fine_is_a_full_disruption_there_only() -> None:
+    seen = disruption([("a", False), ("a", False), ("b", True), ("b", False)], POLICY)
+    assert seen.states == {"a": FULL, "b": NORMAL}
+    assert not seen.observer_partitioned
+    assert (seen.reason("a"), seen.reason("b")) == (FULL, NORMAL)
+    assert seen.reason("unknown") == NORMAL
+
+
+def test_every_cluster_disrupted_means_the_observer_is_cut_off() -> None:
+    nodes = [("a", False), ("a", False)] + [("b", i < 1) for i in range(5)]
+    seen = disruption(nodes, POLICY)
+    assert seen.states == {"a": FULL, "b": PARTIAL}
+    assert seen.observer_partitioned
+    assert seen.reason("a") == seen.reason("b") == OBSERVER_PARTITIONED
+    assert not disruption([], POLICY).observer_partitioned
+
+
+@pytest.mark.parametrize(
+    ("reason", "first", "then"),
+    [
+        (NORMAL, [0.0, 0.0, 0.0], 2.0),  # a burst of 3, then one every 2 s
+        (PARTIAL, [0.0], 10.0),  # one node, then one every 10 s
+    ],
+)
+def test_evictions_are_rate_limited_per_cluster(
+    reason: str, first: list[float], then: float
+) -> None:
+    buckets: dict[str, TokenBucket] = {}
+    taken = [eviction_delay(reason, buckets, "a", POLICY, 100.0) for _ in first]
+    assert taken == first
+    assert eviction_delay(reason, buckets, "a", POLICY, 100.0) == pytest.approx(then)
+    assert eviction_delay(reason, buckets, "b", POLICY, 100.0) == 0.0  # its own bucket
+    assert eviction_delay(reason, buckets, "a", POLICY, 100.0 + then) == 0.0
+
+
+@pytest.mark.parametrize("reason", [FULL, OBSERVER_PARTITIONED])
+def test_no_evictions_in_a_full_disruption_or_with_the_observer_cut_off(reason: str) -> None:
+    assert eviction_delay(reason, {}, "a", POLICY, 0.0) is None
+
+
+def test_a_cluster_turning_partial_keeps_no_more_than_the_slower_burst() -> None:
+    buckets: dict[str, TokenBucket] = {}
+    assert eviction_delay(NORMAL, buckets, "a", POLICY, 0.0) == 0.0  # 2 of 3 left
+    assert eviction_delay(PARTIAL, buckets, "a", POLICY, 0.0) == 0.0  # capped to 1
+    assert eviction_delay(PARTIAL, buckets, "a", POLICY, 0.0) == pytest.approx(10.0)
+
+
+def test_token_bucket_refills_with_time_up_to_its_burst() -> None:
+    bucket = TokenBucket.full(rate=1.0, burst=2, now=0.0)
+    assert [bucket.take(0.0), bucket.take(0.0)] == [0.0, 0.0]
+    assert bucket.take(0.5) == pytest.approx(0.5)
+    assert bucket.take(1.0) == 0.0
+    assert [bucket.take(100.0), bucket.take(100.0), bucket.take(100.0)] == [0.0, 0.0, 1.0]
+
+
+def cluster(reason: str | None = None, status: str = "True") -> Cluster:
+    conditions = (
+        [Condition(type=EVICTIONS_CONDITION, status=status, reason=reason)]  # type: ignore[arg-type]
+        if reason
+        else []
+    )
+    return Cluster(metadata=ObjectMeta(name="a"), status=ClusterStatus(conditions=conditions))
+
+
+def test_the_node_evictions_condition_is_written_on_transitions_only() -> None:
+    first = evictions_condition(cluster(), NORMAL, TS)
+    assert first is not None and (first.status, first.reason) == ("True", NORMAL)
+    assert evictions_condition(cluster(NORMAL), NORMAL, TS) is None
+    full = evictions_condition(cluster(NORMAL), FULL, TS)
+    assert full is not None and (full.status, full.reason, full.last_transition_time) == (
+        "False", FULL, TS,
+    )  # fmt: skip
+    assert evictions_condition(cluster(FULL, "False"), FULL, TS) is None
+    assert set(EVICTIONS) == {NORMAL, PARTIAL, FULL, OBSERVER_PARTITIONED}
+
+
+def test_withheld_evictions_still_say_not_ready_and_release_what_is_confirmed() -> None:
+    instances = [bound("web"), bound("db", exclusive=True, phase="Failed", deleting=True)]
+    decided = plan(node("True", "NodeLeaseHeld"), False, 90.0, instances, now=100.0,
+                   timestamp=TS, grace=5.0, lease_duration=10.0, evict=False)  # fmt: skip
+    assert kinds(decided.actions) == ["Ready=False/NodeLeaseExpired", "release db"]
+    assert decided.withheld
+    allowed = plan(node("False", "NodeLeaseExpired"), False, 90.0, instances, now=100.0,
+                   timestamp=TS, grace=5.0, lease_duration=10.0)  # fmt: skip
+    assert kinds(allowed.actions) == ["release db", "delete web"] and not allowed.withheld
+
+
+# ------------------------------------------------------------------ disruption, for real
+
+
+async def evictions_reason(client: KeelClient, name: str) -> str | None:
+    current = await client.get(Cluster, name)
+    found = [c for c in current.status.conditions if c.type == EVICTIONS_CONDITION]
+    return found[0].reason if found else None
+
+
+async def test_a_cluster_that_lost_every_node_keeps_its_instances_and_says_why(
+    own_apiserver: ApiServer,
+) -> None:
+    """Cluster a loses both its nodes: NotReady, but nothing is evicted (cluster failover
+    decides there), and Cluster a says FullDisruption. Then cluster b's only node goes too:
+    every cluster is disrupted, the observer is presumably cut off, and both say so."""
+    async with KeelClient.from_kubeconfig(own_apiserver.kubeconfig) as admin:
+        for name in ("a", "b"):
+            await admin.create(Cluster(metadata=ObjectMeta(name=name)))
+        agents = {
+            node: await FakeAgent(admin, node, node[0], duration=2).start()
+            for node in ("a1", "a2", "b1")
+        }
+        try:
+            async with platform(own_apiserver, ("nodelifecycle", "cluster-evictions"),
+                                scheduler=False, grace=1.0):  # fmt: skip
+                await wait_for_async(
+                    "NodeEvictions Normal", lambda: _reasons(admin, NORMAL, NORMAL)
+                )
+                await admin.create(
+                    Instance(
+                        metadata=ObjectMeta(name="web", namespace="default"),
+                        spec=InstanceSpec(command=["x"]),
+                    )
+                )
+                await admin.bind("default", "web", "a1")
+                await agents["a1"].die()
+                await agents["a2"].die()
+                await wait_for_async(
+                    "cluster a in full disruption", lambda: _reasons(admin, FULL, NORMAL)
+                )
+
+                async def not_ready(node: str) -> bool:
+                    return await ready_status(admin, node) == "False"
+
+                await wait_for_async("a1 NotReady", lambda: not_ready("a1"))
+                await asyncio.sleep(2.0)  # past the grace, several times: still there
+                assert await exists(admin, "web")
+                events = await admin.events(name="a")
+                assert any(e["reason"] == FULL for e in events), events
+                await agents["b1"].die()
+                await wait_for_async(
+                    "the observer cut off",
+                    lambda: _reasons(admin, OBSERVER_PARTITIONED, OBSERVER_PARTITIONED),
+                )
+                # One node of a back: a is only half down, evictions resume there.
+                await agents["a2"].start_lease_only()
+                await wait_for_async("a Normal again", lambda: _reasons(admin, NORMAL, FULL))
+                await wait_for_async("web evicted", lambda: _gone(admin, "web"))
+        finally:
+            for agent in agents.values():
+                await agent.stop_renewing()
+
+
+async def _reasons(client: KeelClient, a: str, b: str) -> bool:
+    return (await evictions_reason(client, "a"), await evictions_reason(client, "b")) == (a, b)

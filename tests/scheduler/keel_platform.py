@@ -28,7 +28,7 @@ from keel.client import KeelClient
 from keel.clock import SystemClock
 from keel.controllers.deployment import DeploymentController
 from keel.controllers.endpoints import EndpointsController
-from keel.controllers.nodelifecycle import NodeLifecycleController
+from keel.controllers.nodelifecycle import ClusterEvictionsController, NodeLifecycleController
 from keel.runtime.controller import Controller, ControllerRunner
 from keel.runtime.manager import ControllerManager
 from keel.scheduler.service import new_scheduler
@@ -57,6 +57,7 @@ async def platform(
             "deployment": DeploymentController,
             "endpoints": lambda: EndpointsController(runner.cache),
             "nodelifecycle": lambda: NodeLifecycleController(grace=grace),
+            "cluster-evictions": lambda: ClusterEvictionsController(runner.cache),
         }
         for name in controllers:
             runner.register(made[name](), workers=2)

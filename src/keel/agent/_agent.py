@@ -75,6 +75,12 @@ log = logging.getLogger("keel.agent")
 
 NODE_LEASE_NAMESPACE = "keel-node-lease"
 CLUSTER_LABEL = "keel.dev/cluster"
+# The node lease is the agent's heartbeat, renewed by keep-alives (never store writes). Its
+# duration bounds failure detection: the node lifecycle controller acts a grace period after
+# it ran out (see keel.controllers.nodelifecycle). Four renewals per lease mean a lease is
+# lost only when about four in a row fail or come late, which a busy machine does not do.
+DEFAULT_LEASE_DURATION = 4
+RENEWALS_PER_LEASE = 4
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class AgentConfig:
     cluster: str
     state_dir: Path
     capacity: ResourceList = field(default_factory=ResourceList)
-    lease_duration: int = 10
+    lease_duration: int = DEFAULT_LEASE_DURATION
     fence_margin: float = 2.0  # stop exclusive instances this long before the lease ends
     host_ip: str = "127.0.0.1"
     heartbeat_interval: float = 5.0
@@ -496,7 +502,7 @@ class Agent:
 
     async def _lease_loop(self) -> None:
         cfg = self.config
-        interval = max(0.5, cfg.lease_duration / 3)
+        interval = max(0.5, cfg.lease_duration / RENEWALS_PER_LEASE)
         attempt = 0
         while True:
             lease = self.lease

@@ -2,19 +2,23 @@
 
 Authentication maps `Authorization: Bearer T` to a `Principal`; authorization is the pure
 function `authorize(principal, request)` over the rule table `RULES`. No HTTP here.
+`WatchedTokenFile` rereads its file when it changes, so that a token removed from it (`keel
+node revoke`) is refused within a second, without a restart.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from keel.api.registry import KINDS, KindInfo
 
@@ -22,6 +26,7 @@ Role = Literal["admin", "viewer", "controller", "scheduler", "node"]
 Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete", "renew"]
 
 ROLES: tuple[str, ...] = get_args(Role)
+log = logging.getLogger("keel.api.auth")
 NODE_LEASE_NAMESPACE = "keel-node-lease"
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -160,6 +165,102 @@ class TokenFile:
         # attacker at most how many leading bytes of a digest matched, which says nothing
         # about any token, so it is as good as a constant-time comparison.
         return self._by_digest.get(_digest(token))
+
+
+class Authenticator(Protocol):
+    """What the API server asks of its tokens."""
+
+    def authenticate(self, authorization: str | None) -> Principal | None: ...
+
+
+class WatchedTokenFile:
+    """A `TokenFile` that follows its file: at most every `interval` seconds (on the next
+    request) it looks at the file's mtime, size and inode, and on a change rereads and
+    parses it whole, then swaps it in; requests see the old tokens or the new, never a mix.
+    A file that no longer parses (or is gone) keeps the old tokens and logs an error once.
+
+    The first load happens here and raises like `TokenFile.load`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._clock = clock
+        self._signature = self._stat()
+        self.current = TokenFile.load(self.path)
+        self._checked = clock()
+        self._failed: tuple[int, int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload_if_changed(self) -> bool:
+        """Reread the file if it changed since it was last read; whether tokens changed."""
+        self._checked = self._clock()
+        try:
+            signature = self._stat()
+        except OSError as exc:
+            if self._failed != (0, 0, 0):
+                log.error("token file %s: %s; keeping the tokens read before", self.path, exc)
+                self._failed = (0, 0, 0)
+            return False
+        if signature in (self._signature, self._failed):
+            return False
+        try:
+            fresh = TokenFile.load(self.path)
+        except (OSError, UnicodeDecodeError, TokenFileError) as exc:
+            log.error("token file %s: %s; keeping the tokens read before", self.path, exc)
+            self._failed = signature
+            return False
+        self.current, self._signature, self._failed = fresh, signature, None
+        log.info("token file %s reloaded: %d token(s)", self.path, len(fresh))
+        return True
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        if self._clock() - self._checked >= self.interval:
+            self.reload_if_changed()
+        return self.current.authenticate(authorization)
+
+
+def revoke_role(text: str, role: str) -> tuple[str, int]:
+    """`text` of a token file without the lines granting `role` (e.g. `node:n1`), and how many
+    went. Comments, blank lines and every other line are kept as they are."""
+    kept: list[str] = []
+    removed = 0
+    for raw in text.splitlines(keepends=True):
+        line = raw.strip()
+        fields = [f.strip() for f in line.split(",")]
+        if line and not line.startswith("#") and len(fields) == 3 and fields[2] == role:
+            removed += 1
+            continue
+        kept.append(raw)
+    return "".join(kept), removed
+
+
+def replace_private(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically (a sibling written, synced, renamed over it),
+    mode 0600: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_token() -> str:

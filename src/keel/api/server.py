@@ -448,7 +448,7 @@ class ApiServer:
     def __init__(
         self,
         store: Store,
-        tokens: auth.TokenFile,
+        tokens: auth.Authenticator,
         *,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         admission: TokenBucketAdmission | None = None,
@@ -1032,6 +1032,8 @@ class ApiServer:
             )
             return Response(expired_line(message), media_type=JSON)
 
+        authorization = request.headers.get("authorization")
+
         async def body() -> AsyncIterator[bytes]:
             deadline = self.clock.now() + timeout if timeout else None
             try:
@@ -1049,6 +1051,8 @@ class ApiServer:
                             line = await asyncio.wait_for(iterator.__anext__(), remaining)
                         except TimeoutError:
                             return
+                    if self.tokens.authenticate(authorization) is None:
+                        return  # its token was revoked: the next request gets 401
                     yield line
             except StopAsyncIteration:
                 return

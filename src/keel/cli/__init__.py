@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keel.cli.drain import add_drain_commands
     from keel.cli.get import add_get_command
     from keel.cli.logs import add_logs_command
+    from keel.cli.node import add_node_commands
     from keel.cli.register import add_register_commands
     from keel.cli.scheduler import add_scheduler_command
     from keel.cli.store import add_store_commands
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_top_command(commands)
     add_drain_commands(commands)
     add_register_commands(commands)
+    add_node_commands(commands)
     add_store_commands(commands)
     add_verify_command(commands)
     add_dev_commands(commands)

@@ -17,6 +17,10 @@ import msgspec
 
 from keel.api.resources import ResourceList
 
+# keel.agent's DEFAULT_LEASE_DURATION (not imported here: every `keel` command parses these
+# arguments, and the agent's modules are not cheap to import).
+DEFAULT_LEASE_DURATION = 4
+
 
 def parse_capacity(text: str) -> ResourceList:
     """`cpu=4,memory=8Gi` -> ResourceList; missing entries default to this machine's."""
@@ -66,7 +70,10 @@ def add_agent_command(commands: Any) -> None:
         "--capacity", type=parse_capacity, default=None,
         help="e.g. cpu=4,memory=8Gi (default: this machine)",
     )  # fmt: skip
-    agent.add_argument("--lease-duration", type=int, default=10, help="node lease seconds")
+    agent.add_argument(
+        "--lease-duration", type=int, default=DEFAULT_LEASE_DURATION,
+        help=f"node lease seconds (default {DEFAULT_LEASE_DURATION}; renewed every quarter)",
+    )  # fmt: skip
     agent.add_argument(
         "--fence-margin", type=float, default=2.0,
         help="stop exclusive instances this long before an unrenewed lease ends",

@@ -19,7 +19,7 @@ from typing import Any
 
 from keel.api import tls
 from keel.api.admission import TokenBucketAdmission
-from keel.api.auth import TokenFile
+from keel.api.auth import WatchedTokenFile
 from keel.cli._state_dir import (
     DEFAULT_STATE_DIR,
     KUBECONFIG,
@@ -78,7 +78,7 @@ async def serve(
     options.state_dir.mkdir(parents=True, exist_ok=True)
     token_path = options.token_file or options.state_dir / TOKEN_FILE
     admin = ensure_tokens(token_path)
-    tokens = TokenFile.load(token_path)
+    tokens = WatchedTokenFile(token_path)  # `keel node revoke` edits it while we serve
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -36,8 +36,8 @@ from keel.cli._state_dir import (
 from keel.cli.apiserver import add_serve_arguments, guarded, run_server, serve, serve_options
 
 CONTROLLERS = "namespace,gc,deployment,endpoints,nodelifecycle,cluster"
-# On one machine a short node lease keeps failover well inside 15 s: lease expiry (4 s) plus
-# the node lifecycle grace (5 s) plus rescheduling and a restart.
+# Failover of an ordinary instance within 10 s: what is left of the node lease (at most 4 s)
+# plus the node lifecycle grace (2 s) plus rescheduling, a start and a health check.
 NODE_LEASE_SECONDS = 4
 RESTART_BASE = 1.0
 RESTART_CAP = 30.0
@@ -112,6 +112,8 @@ def components(
                     str(kubeconfigs / node),
                     "--state-dir",
                     str(state_dir / "agents" / node),
+                    "--lease-duration",
+                    str(NODE_LEASE_SECONDS),
                 ),
                 f"node:{node}",
             )

@@ -13,7 +13,7 @@ from keel.controllers.deployment import DeploymentController
 from keel.controllers.endpoints import EndpointsController
 from keel.controllers.gc import GarbageCollector, garbage_collectors
 from keel.controllers.namespace import NamespaceController
-from keel.controllers.nodelifecycle import NodeLifecycleController
+from keel.controllers.nodelifecycle import ClusterEvictionsController, NodeLifecycleController
 from keel.runtime.controller import Controller
 from keel.runtime.informer import Indexer
 
@@ -27,7 +27,7 @@ CONTROLLERS: dict[str, Callable[[CacheOf], list[Controller]]] = {
     "gc": garbage_collectors,
     "deployment": lambda cache: [DeploymentController()],
     "endpoints": lambda cache: [EndpointsController(cache)],
-    "nodelifecycle": lambda cache: [NodeLifecycleController()],
+    "nodelifecycle": lambda cache: [NodeLifecycleController(), ClusterEvictionsController(cache)],
     # Cluster status, and cluster failover of Deployments (placement.clusterFailover)
     "cluster": lambda cache: [ClusterController(), FailoverController(cache)],
 }
