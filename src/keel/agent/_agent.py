@@ -115,7 +115,9 @@ class Agent:
         self.client = client
         self.config = config
         self.clock: Clock = clock or SystemClock()
-        self.driver: ProcessDriver = driver or LocalProcessDriver()
+        self.driver: ProcessDriver = driver or LocalProcessDriver(
+            fence_file=config.state_dir / "fence-deadline"
+        )
         self.rng = rng or random.Random()
         self.state: AgentState = state if state is not None else StateDir(config.state_dir)
         self.records: dict[str, Record] = {}
@@ -208,6 +210,7 @@ class Agent:
             self.lease = memo.lease
             self.lease_ok_at = self.clock.now() - age
             self._adopted_lease = True
+            self._publish_fence()
         for key, loaded in self.state.load().items():
             record = loaded
             if record.running and not self.driver.alive(record.pid, record.proc_start):
@@ -511,6 +514,7 @@ class Agent:
                 if lease is None:
                     self.lease = await within(self.clock, interval, self._acquire())
                     self.lease_ok_at = sent
+                    self._publish_fence()
                     self._remember_lease(self.lease, sent)
                     log.info("node lease acquired (token %d)", self.lease.status.fencing_token)
                 else:
@@ -523,6 +527,7 @@ class Agent:
                     if self.lease is lease:
                         self.lease = renewed
                         self.lease_ok_at = sent
+                        self._publish_fence()
                         self._remember_lease(renewed, sent)
                 attempt = 0
                 self.wake()
@@ -544,6 +549,15 @@ class Agent:
                     min(interval / 2, self.config.reconnect.delay(attempt, self.rng))
                 )
                 attempt += 1
+
+    def _publish_fence(self) -> None:
+        """Tell the fence watchdogs of exclusive processes how long they may run without
+        us: the same instant at which `lease_fresh` turns false."""
+        until = self.lease_ok_at + self.config.lease_duration - self.config.fence_margin
+        try:
+            self.driver.fence(until)
+        except OSError as exc:
+            log.warning("cannot publish the fence deadline: %s", exc)
 
     def _remember_lease(self, lease: Lease, sent: float) -> None:
         renewed_at = self.clock.wall() - (self.clock.now() - sent)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from keel.agent import _driver, _health, _procfs
+import msgspec
+
+from keel.agent import _driver, _fence, _health, _procfs
 from keel.agent._health import CheckResult
 from keel.api.resources import HealthCheck, InstanceSpec
 
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 Signal = Literal["TERM", "KILL"]
+FENCE_GRACE = 1.5  # at most this long between a fence watchdog's SIGTERM and its SIGKILL
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,11 @@ class ProcessDriver(Protocol):
         """CPU and memory of the process group `pid` (zero once it is gone)."""
         ...
 
+    def fence(self, until: float) -> None:
+        """Exclusive workloads may run until monotonic time `until` even if the agent cannot
+        act (paused, killed): past it, they are stopped without the agent."""
+        ...
+
     def rotate_log(self, log_path: str) -> None:
         """Keep the workload's log bounded; never fails (the log is best effort)."""
         ...
@@ -128,8 +137,11 @@ class LocalProcessDriver:
 
     _SIGNALS: Mapping[Signal, signal.Signals] = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
 
-    def __init__(self, *, cwd: Path | None = None) -> None:
+    def __init__(self, *, cwd: Path | None = None, fence_file: Path | None = None) -> None:
         self._cwd = cwd  # the default working dir; None: the agent's at start time
+        # Where `fence()` publishes the lease deadline that the watchdog of each exclusive
+        # process reads (keel.agent._fence); None: exclusive processes run without one.
+        self._fence_file = fence_file
         # Processes this driver started, by PID: their exit codes can be read (and their
         # zombies reaped). Processes adopted from an earlier agent are only watched in /proc.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -139,14 +151,34 @@ class LocalProcessDriver:
 
     def start(self, workload: Workload) -> Started | StartFailed:
         env = _driver.process_env(workload.spec, workload.ports, workload.env)
+        spec = workload.spec
+        if spec.exclusive and self._fence_file is not None:
+            spec = msgspec.structs.replace(spec, command=self._fenced(spec))
         try:
-            started = _driver.spawn(
-                workload.spec, env, Path(workload.log_path), self._cwd or Path.cwd()
-            )
+            started = _driver.spawn(spec, env, Path(workload.log_path), self._cwd or Path.cwd())
         except OSError as exc:
             return StartFailed(str(exc))
         self._children[started.pid] = started.process
         return Started(started.pid, started.proc_start)
+
+    def _fenced(self, spec: InstanceSpec) -> list[str]:
+        """The command under its fence watchdog, which stops it within the grace the agent
+        itself would give a self-fencing stop."""
+        return [
+            sys.executable,
+            "-m",
+            "keel.agent._fence",
+            "--deadline-file",
+            str(self._fence_file),
+            "--grace",
+            str(min(float(spec.termination_grace_period_seconds), FENCE_GRACE)),
+            "--",
+            *spec.command,
+        ]
+
+    def fence(self, until: float) -> None:
+        if self._fence_file is not None:
+            _fence.write_deadline(self._fence_file, until)
 
     def signal(self, pid: int, sig: Signal) -> bool:
         return _driver.signal_group(pid, self._SIGNALS[sig])

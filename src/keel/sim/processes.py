@@ -273,7 +273,13 @@ class SimProcessDriver:
     def __init__(self, room: SimMachineRoom, node: str) -> None:
         self.room = room
         self.node = node
+        # The fence deadline the agent last published: a simulated agent is never paused
+        # behind its own back, so nothing but the agent acts on it here.
+        self.fenced_until = float("-inf")
         self._children: set[int] = set()  # started by this driver: exit codes are known
+
+    def fence(self, until: float) -> None:
+        self.fenced_until = until
 
     def assign_ports(self, spec: InstanceSpec, taken: Collection[int]) -> dict[str, int]:
         used = set(taken)
