@@ -20,7 +20,7 @@ DEFAULT_OUT = Path(".keel") / "verify"
 # The smoke schedule: one partition (the exclusive instance's node cut off from the control
 # plane), one kill and one pause, all checkers, under 2 minutes.
 SMOKE_FAULTS = ("partition-agent", "kill", "pause")
-SMOKE_SECONDS = 50.0
+SMOKE_SECONDS = 55.0
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -46,7 +46,7 @@ class ClusterShape:
     etcd_members: int = 3
     apiservers: int = 2
     agents: int = 3
-    node_lease_seconds: int = 6
+    node_lease_seconds: int = 4  # the agents' default
     controller_lease_ttl: int = 4
 
     def problems(self) -> list[str]:

@@ -39,8 +39,23 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "pause": ("pause",),
     "slow-disk": ("slow-disk",),
 }
-KILL_TARGETS = ("etcd", "apiserver", "controller-manager-leader", "scheduler", "agent")
-PAUSE_TARGETS = ("apiserver", "controller-manager-leader", "scheduler", "agent", "etcd")
+# "exclusive-agent": the agent running the exclusive instance, whose fence is at stake.
+KILL_TARGETS = (
+    "etcd",
+    "apiserver",
+    "controller-manager-leader",
+    "scheduler",
+    "agent",
+    "exclusive-agent",
+)
+PAUSE_TARGETS = (
+    "apiserver",
+    "controller-manager-leader",
+    "scheduler",
+    "agent",
+    "exclusive-agent",
+    "etcd",
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,7 @@ def schedule(
     kinds: Sequence[str],
     duration: float,
     *,
-    pause_seconds: float = 8.0,
+    pause_seconds: float = 14.0,
     fault_seconds: tuple[float, float] = (4.0, 8.0),
     quiet_seconds: tuple[float, float] = (2.0, 4.0),
     agent_cut_seconds: tuple[float, float] = (15.0, 20.0),
@@ -291,6 +306,8 @@ class Nemesis:
 
     async def _resolve(self, target: str, pick: int) -> Component:
         cluster = self.cluster
+        if target == "exclusive-agent":
+            return await self._agent_to_cut(pick)
         if target == "controller-manager-leader":
             holder = await _lease_holder(cluster, "controller-manager")
             managers = cluster.of_role("controller-manager")
