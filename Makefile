@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration soak verify verify-smoke clean
+.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +60,11 @@ bench-checker: setup
 bench-registration: setup
 	$(PY) benchmarks/registration.py
 
-bench: bench-store bench-api bench-runtime bench-checker bench-registration
+# Node failover (kill, pause, partition; 10 trials each), cluster failover, registration expiry.
+bench-failover: setup
+	$(PY) benchmarks/failover.py
+
+bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover
 
 # `keel verify` (root): the smoke schedule (one partition, one kill, one pause; all checkers;
 # under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full

@@ -10,9 +10,13 @@ separately: an exclusive one moves only once its old node is certainly fenced.
 Baseline in the same run: the time from deleting one Instance by hand until its replacement is
 Running and Ready (scheduling, start and first health check, without any detection).
 
-Each section is a function in SECTIONS over the shared `Platform`; add one there.
+Cluster failover (Immediate and Graceful, against a node failover baseline) and registration
+expiry (SIGKILL of `keel register` until its address leaves Endpoints, against a SIGINT
+deregistration baseline) are measured by benchmarks/cluster_failover.py and
+benchmarks/registration.py, which build platforms of their own; they run here as sections.
+Each section is a function in SECTIONS; add one there.
 
-    python benchmarks/failover.py [--trials N] [--quick] [--sections node]
+    python benchmarks/failover.py [--trials N] [--quick] [--sections node,cluster,registration]
 """
 
 from __future__ import annotations
@@ -359,8 +363,25 @@ def node_failover(plat: Platform, trials: int) -> list[str]:
     return lines
 
 
+def sibling(script: str, *args: str) -> Callable[[Platform, int], list[str]]:
+    """A section measured by a sibling benchmark that builds its own platform (cluster
+    failover needs two clusters; registration expiry, `keel register` processes): it runs as a
+    subprocess and its summary lines are kept."""
+
+    def section(plat: Platform, trials: int) -> list[str]:
+        argv = [sys.executable, str(Path(__file__).with_name(script)), *args]
+        argv += ["--quick"] if trials == 1 else ["--trials", str(trials)]
+        done = subprocess.run(argv, check=True, capture_output=True, text=True)
+        print(done.stdout, flush=True)
+        return [line for line in done.stdout.splitlines() if ": median" in line or " s (" in line]
+
+    return section
+
+
 SECTIONS: dict[str, Callable[[Platform, int], list[str]]] = {
     "node": node_failover,
+    "cluster": sibling("cluster_failover.py"),
+    "registration": sibling("registration.py"),
 }
 
 
