@@ -68,15 +68,6 @@ def add_drain_commands(commands: Any) -> None:
         metavar="S",
         help="give up after S seconds, naming what is left (default 0: wait as long as it takes)",
     )
-    drain.add_argument(
-        "--grace-period",
-        type=float,
-        default=-1.0,
-        metavar="S",
-        help="seconds to allow each evicted Instance to stop when its agent does not report "
-        "it stopped (default -1: its own terminationGracePeriodSeconds, after which the "
-        "agent kills it)",
-    )
     add_connection_args(drain)
     drain.set_defaults(run=command(_drain))
 
@@ -192,7 +183,7 @@ async def _drain(args: argparse.Namespace, session: Session) -> int:
         now = time.monotonic()
         state = survey(listed.items, evicted, stopped, now)
         for instance in state.to_evict:
-            why = await _evict(session, instance, args.grace_period, evicted)
+            why = await _evict(session, instance, evicted)
             key = _key(instance)
             if why is None:
                 waiting.pop(key, None)
@@ -220,9 +211,7 @@ async def _drain(args: argparse.Namespace, session: Session) -> int:
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _evict(
-    session: Session, instance: Instance, grace_period: float, evicted: dict[str, Evicted]
-) -> str | None:
+async def _evict(session: Session, instance: Instance, evicted: dict[str, Evicted]) -> str | None:
     """Evict one Instance; None once evicted (or gone), else why not yet."""
     meta = instance.metadata
     try:
@@ -235,9 +224,8 @@ async def _evict(
         if is_budget_refusal(exc):
             return exc.message
         raise
-    grace = (
-        grace_period if grace_period >= 0 else float(instance.spec.termination_grace_period_seconds)
-    )
+    # The agent gives the process its own termination grace period, then kills it.
+    grace = float(instance.spec.termination_grace_period_seconds)
     evicted[meta.uid] = Evicted(
         meta.namespace, meta.name, meta.uid, time.monotonic(), time.time(), grace
     )
