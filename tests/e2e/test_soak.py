@@ -34,6 +34,7 @@ def ready_count(server: ApiServer, path: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SECONDS + 300)  # the soak itself, plus starting and stopping keel up
 def test_all_cores_busy_for_ten_minutes_turn_no_node_not_ready(tmp_path: Path) -> None:
     up = ApiServer(tmp_path / ".keel", subcommand="up", cwd=tmp_path)
     with up:
