@@ -287,15 +287,7 @@ class Workloads:
         process = self._process()
         stale: dict[str, Any] = {}
         while not self.stopping.is_set():
-            f = self.rng.choice(("read", "read", "write", "cas"))
-            value: Any = None
-            if f == "write":
-                value = self.rng.randrange(5)
-            elif f == "cas":
-                value = [self.rng.randrange(5), self.rng.randrange(5)]
-            self.recorder.record(
-                "register", process=process, type="invoke", f=f, key=key, value=value
-            )
+            f, value = self._invoke("register", process, key)
             try:
                 if f == "read":
                     service = await client.get(Service, key, namespace=NAMESPACE)
@@ -331,6 +323,18 @@ class Workloads:
                 if outcome == "info":
                     process = self._process()
             await self._pace()
+
+    def _invoke(self, workload: str, process: int, key: str) -> tuple[str, Any]:
+        """Draw the next register operation (half reads; values 0-4, so compare-and-sets
+        fail now and then) and record its invocation."""
+        f = self.rng.choice(("read", "read", "write", "cas"))
+        value: Any = None
+        if f == "write":
+            value = self.rng.randrange(5)
+        elif f == "cas":
+            value = [self.rng.randrange(5), self.rng.randrange(5)]
+        self.recorder.record(workload, process=process, type="invoke", f=f, key=key, value=value)
+        return f, value
 
     def _complete(
         self,
@@ -369,15 +373,7 @@ class Workloads:
         path = f"/verify/register/{key}".encode()
         timeout = self.options.request_timeout
         while not self.stopping.is_set():
-            f = self.rng.choice(("read", "read", "write", "cas"))
-            value: Any = None
-            if f == "write":
-                value = self.rng.randrange(5)
-            elif f == "cas":
-                value = [self.rng.randrange(5), self.rng.randrange(5)]
-            self.recorder.record(
-                "store-register", process=process, type="invoke", f=f, key=key, value=value
-            )
+            f, value = self._invoke("store-register", process, key)
             try:
                 if f == "read":
                     kv = await asyncio.wait_for(store.get(path), timeout)
