@@ -347,8 +347,9 @@ def test_plan_is_idempotent_once_applied(
 ) -> None:
     """Whatever Instances exist (some missing, some ready), applying the plan and planning
     again (once its completion is seen) yields nothing, and exactly `target` current
-    Instances: the survivors with the lowest indices are kept (no Instance is restarted only to be renumbered), holes are
-    filled lowest index first, and with no holes the indices are 0..target-1."""
+    Instances: the survivors with the lowest indices are kept (no Instance is restarted
+    only to be renumbered), holes are filled lowest index first, and with no holes the
+    indices are 0..target-1."""
     dep, instances = apply(deployment(start), [], plan(deployment(start), [], 0.0))
     instances = [
         ready(i) if ready_mask[n] else i
