@@ -64,11 +64,13 @@ __all__ = [
     "RecordEvent",
     "RequeueAfter",
     "UpdateStatus",
+    "confirm",
     "execute",
     "hash_of",
     "instance_name",
     "is_available",
     "is_ready",
+    "needs_confirmation",
     "new_instance",
     "new_revision",
     "plan",
@@ -969,7 +971,7 @@ class DeploymentController:
         now = ctx.clock.wall()
         restarts = await _restarts(ctx, deployment)
         actions = plan(deployment, revisions, owned, now, restarts)
-        if any(isinstance(a, _INSTANCE_ACTIONS) for a in actions):
+        if needs_confirmation(actions):
             listed = await ctx.client.list(
                 Instance, namespace=meta.namespace, label_selector={DEPLOYMENT_LABEL: meta.name}
             )
@@ -978,13 +980,7 @@ class DeploymentController:
                 for i in listed.items
                 if any(r.uid == meta.uid for r in i.metadata.owner_references)
             ]
-            confirmed = plan(deployment, revisions, live, now, restarts)
-            proposed = {_instance_key(a) for a in actions}
-            actions = [
-                a
-                for a in confirmed
-                if not isinstance(a, _INSTANCE_ACTIONS) or _instance_key(a) in proposed
-            ]
+            actions = confirm(actions, plan(deployment, revisions, live, now, restarts))
         requeue: float | None = None
         for action in actions:
             if isinstance(action, RequeueAfter):
@@ -994,6 +990,19 @@ class DeploymentController:
                 ctx.log.info("deployment %s: %s", key, _describe(action))
             await execute(ctx.client, deployment, action)
         return Result(requeue_after=requeue)
+
+
+def needs_confirmation(actions: Sequence[Action]) -> bool:
+    return any(isinstance(a, _INSTANCE_ACTIONS) for a in actions)
+
+
+def confirm(proposed: Sequence[Action], confirmed: Sequence[Action]) -> list[Action]:
+    """The live plan's actions, its instance actions only where the cached plan proposed
+    them too (the cache proposes, a live read confirms)."""
+    keys = {_instance_key(a) for a in proposed}
+    return [
+        a for a in confirmed if not isinstance(a, _INSTANCE_ACTIONS) or _instance_key(a) in keys
+    ]
 
 
 def _instance_key(action: Action) -> tuple[str, ...]:
