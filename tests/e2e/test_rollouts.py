@@ -66,7 +66,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     try:
         with server.sync_client() as admin:
             admin.create(Cluster(metadata=ObjectMeta(name="c1")))
-        others.append(server.controller_manager("cm", "--controllers", "deployment,nodelifecycle,gc"))
+        others.append(
+            server.controller_manager("cm", "--controllers", "deployment,nodelifecycle,gc")
+        )
         others.append(server.scheduler("sched"))
         for node in NODES:
             agents.append(server.agent(node, root / "agents" / node).start())
