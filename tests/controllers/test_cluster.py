@@ -195,9 +195,11 @@ def running(instance: Instance, ready: bool = True) -> Instance:
 def plan_deployment(
     dep: Deployment, instances: list[Instance], now: float
 ) -> list[deployments.Action]:
-    """The deployment plan, given the Revision of the current template."""
+    """The deployment plan's instance and status actions, given the Revision of the current
+    template (its rollout machinery has tests of its own)."""
     revision = deployments.new_revision(dep, deployments.template_hash(dep), 1)
-    return deployments.plan(dep, [revision], instances, now)
+    kinds = (deployments.CreateInstance, deployments.DeleteInstance, deployments.UpdateStatus)
+    return [a for a in deployments.plan(dep, [revision], instances, now) if isinstance(a, kinds)]
 
 
 @dataclass
