@@ -3,15 +3,17 @@ next phase, pure and I/O-free. `keel.controllers.deployment.plan` observes the s
 asks `step` for the transitions, and derives from the phase what to run (the target
 revision) and which conditions to write; only transitions reach the store.
 
-Extension points (canary steps, waves across clusters):
-- a strategy adds phases to `Phase` and rows to `TRANSITIONS` (e.g. ("CanaryStep",
-  "StepDone") -> "CanaryStep" with the step index advanced in status), and signals to
-  `Signal`, observed in `deployment.observe`;
-- `deployment.target_split` says how many Instances each revision should have in a phase
-  (RollingUpdate: all of the target; a canary step: its weight of the update revision, the
-  rest on the stable one), and `deployment.plan_instances` converges to it within the
-  surge/unavailability budget;
-- `ROLLBACK_PHASES` names the phases that run the stable revision instead of the update one.
+Extension points (canary steps, waves across clusters), for the strategies to come:
+- a strategy adds phases to `Phase`, signals to `Signal` (observed in
+  `deployment._signals`, in priority order) and rows to `TRANSITIONS`, e.g.
+  ("CanaryStep", "StepDone") -> "CanaryStep" with the step index advanced in status, or
+  ("CanaryStep", "AnalysisFailed") -> "RollingBack" with `remember_failed`;
+- `deployment._target` picks the revision a phase runs (`ROLLBACK_PHASES` run the stable
+  one); `deployment.plan_instances` converges the Instances on that revision within the
+  surge/unavailability budget, and is where a per-revision split (a canary weight: so many
+  Instances of the update revision, the rest on the stable one) or a per-wave set of
+  clusters would be applied;
+- every transition already becomes a status change and an event, so new rows need no I/O.
 """
 
 from __future__ import annotations
