@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover soak verify verify-smoke clean
+.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,7 +64,11 @@ bench-registration: setup
 bench-failover: setup
 	$(PY) benchmarks/failover.py
 
-bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover
+# Roll out 3 and 30 replicas; a bad release rolled back automatically.
+bench-rollout: setup
+	$(PY) benchmarks/rollout.py
+
+bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout
 
 # `keel verify` (root): the smoke schedule (one partition, one kill, one pause; all checkers;
 # under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full

@@ -131,3 +131,21 @@ def test_failover_benchmark_quick_run_prints_every_figure() -> None:
         for fault in ("kill", "pause", "partition"):
             assert f"{kind} node failover after {fault}" in out, out
     assert "x the baseline)" in out, out
+
+
+def test_rollout_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rollout.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    out = proc.stdout
+    for line in (
+        "roll out, 3 replicas: median",
+        "roll out, 6 replicas: median",
+        "bad release, 3 replicas: first failure to rollback started: median",
+        "bad release, 6 replicas: first failure to stable restored: median",
+    ):
+        assert line in out, out

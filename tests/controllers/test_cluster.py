@@ -192,6 +192,16 @@ def running(instance: Instance, ready: bool = True) -> Instance:
     )
 
 
+def plan_deployment(
+    dep: Deployment, instances: list[Instance], now: float
+) -> list[deployments.Action]:
+    """The deployment plan's instance and status actions, given the Revision of the current
+    template (its rollout machinery has tests of its own)."""
+    revision = deployments.new_revision(dep, deployments.template_hash(dep), 1)
+    kinds = (deployments.CreateInstance, deployments.DeleteInstance, deployments.UpdateStatus)
+    return [a for a in deployments.plan(dep, [revision], instances, now) if isinstance(a, kinds)]
+
+
 @dataclass
 class World:
     """What the API server would hold, and what the agents would report: Instances on a
@@ -236,7 +246,7 @@ class World:
     def step(self) -> int:
         """One round of every component; how many changes it made."""
         changes = 0
-        for action in deployments.plan(self.dep, list(self.instances.values()), self.now):
+        for action in plan_deployment(self.dep, list(self.instances.values()), self.now):
             match action:
                 case deployments.CreateInstance(instance=instance):
                     meta = msgspec.structs.replace(instance.metadata, uid=instance.metadata.name)
@@ -562,7 +572,7 @@ def test_pending_instances_do_not_count_and_replacements_take_free_indices() -> 
     instances = [running(deployments.new_instance(dep, h, i)) for i in range(3)]
     meta = msgspec.structs.replace(instances[1].metadata, annotations={FAILOVER_PENDING: STAMP})
     instances[1] = msgspec.structs.replace(instances[1], metadata=meta)
-    actions = deployments.plan(dep, instances, 0.0)
+    actions = plan_deployment(dep, instances, 0.0)
     created = [
         a.instance.metadata.name for a in actions if isinstance(a, deployments.CreateInstance)
     ]
@@ -570,13 +580,13 @@ def test_pending_instances_do_not_count_and_replacements_take_free_indices() -> 
     assert not [a for a in actions if isinstance(a, deployments.DeleteInstance)]
     # The replacement Ready: the pending one goes, and nothing is renumbered afterwards.
     instances.append(running(deployments.new_instance(dep, h, 3)))
-    actions = deployments.plan(dep, instances, 0.0)
+    actions = plan_deployment(dep, instances, 0.0)
     deleted = [a.name for a in actions if isinstance(a, deployments.DeleteInstance)]
     assert deleted == [f"web-{h}-1"]
     remaining = [i for i in instances if i.metadata.name != f"web-{h}-1"]
     assert [
         a
-        for a in deployments.plan(dep, remaining, 0.0)
+        for a in plan_deployment(dep, remaining, 0.0)
         if not isinstance(a, deployments.UpdateStatus)
     ] == []
 

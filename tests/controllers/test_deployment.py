@@ -33,9 +33,10 @@ from keel.controllers.deployment import (
     DeleteInstance,
     UpdateStatus,
     new_instance,
-    plan,
+    new_revision,
     template_hash,
 )
+from keel.controllers.deployment import plan as rollout_plan
 
 NS = "default"
 
@@ -122,6 +123,14 @@ def names(actions: Sequence[object], kind: type) -> list[str]:
 
 
 # ------------------------------------------------------------------ pure plan
+
+
+def plan(dep: Deployment | None, instances: Sequence[Instance], now: float) -> list[object]:
+    """The instance and status actions of the plan, given the Revision of the current
+    template (the rollout machinery has its own tests in test_rollout.py)."""
+    revisions = [] if dep is None else [new_revision(dep, template_hash(dep), 1)]
+    kinds = (CreateInstance, DeleteInstance, UpdateStatus)
+    return [a for a in rollout_plan(dep, revisions, instances, now) if isinstance(a, kinds)]
 
 
 def test_new_deployment_creates_replicas_with_deterministic_names_labels_and_owner() -> None:
@@ -337,9 +346,10 @@ def test_plan_is_idempotent_once_applied(
     start: int, target: int, drop: set[int], ready_mask: list[bool]
 ) -> None:
     """Whatever Instances exist (some missing, some ready), applying the plan and planning
-    again yields nothing, and exactly `target` current Instances: the survivors with the
-    lowest indices are kept (no Instance is restarted only to be renumbered), holes are
-    filled lowest index first, and with no holes the indices are 0..target-1."""
+    again (once its completion is seen) yields nothing, and exactly `target` current
+    Instances: the survivors with the lowest indices are kept (no Instance is restarted
+    only to be renumbered), holes are filled lowest index first, and with no holes the
+    indices are 0..target-1."""
     dep, instances = apply(deployment(start), [], plan(deployment(start), [], 0.0))
     instances = [
         ready(i) if ready_mask[n] else i
@@ -348,6 +358,8 @@ def test_plan_is_idempotent_once_applied(
     ]
     survivors = sorted(int(i.metadata.name.rsplit("-", 1)[1]) for i in instances)
     dep = msgspec.structs.replace(dep, spec=msgspec.structs.replace(dep.spec, replicas=target))
+    dep, instances = apply(dep, instances, plan(dep, instances, 0.0))
+    # A scale-down completes the rollout once the deletions are seen: one more status write.
     dep, instances = apply(dep, instances, plan(dep, instances, 0.0))
     assert plan(dep, instances, 0.0) == []
     h = template_hash(dep)

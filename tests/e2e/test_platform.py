@@ -218,6 +218,14 @@ def test_scaling_to_five_and_back_to_two(platform: Platform) -> None:
 
 def test_an_idle_platform_makes_no_store_writes_for_20_seconds(platform: Platform) -> None:
     wait_for("settled", lambda: len(platform.ready_instances()) == 2)
+    # A rollout's last transition: its revision is marked stable once it has stayed fully
+    # available for bakeSeconds (10 s by default).
+    path = f"{V1}/namespaces/default/deployments/hello"
+    wait_for(
+        "hello's revision stable",
+        lambda: (s := platform.get(path)["status"])["stableRevision"] == s["updateRevision"],
+        timeout=30,
+    )
     time.sleep(3)  # let the last status transitions land
     before = platform.store_writes()
     time.sleep(20)  # the property is about a stretch of time: nothing to poll for

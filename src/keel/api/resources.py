@@ -330,10 +330,24 @@ class Canary(Model, frozen=True):
     steps: list[CanaryStep] = []
 
 
+# Accepted by the schema (the names are reserved for the canary strategy) but refused until
+# the controller acts on them: a field that validates and does nothing is a defect.
+CANARY_UNSUPPORTED = "strategy.type: Canary is not supported yet; use RollingUpdate or Recreate"
+
+
 class Strategy(Model, frozen=True):
     type: Literal["RollingUpdate", "Canary", "Recreate"] = "RollingUpdate"
     rolling_update: RollingUpdate = RollingUpdate()
     canary: Canary | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "Canary":
+            raise ValueError(CANARY_UNSUPPORTED)
+        if self.canary is not None:
+            raise ValueError(
+                "strategy.canary: canary steps are not supported yet; "
+                "use strategy.type RollingUpdate or Recreate"
+            )
 
 
 class Placement(Model, frozen=True):
@@ -353,15 +367,55 @@ class Placement(Model, frozen=True):
 class DeploymentSpec(Model, frozen=True):
     template: InstanceTemplate
     replicas: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 1
+    # Which Instances are this Deployment's (besides its ownerReference); must match the
+    # template's labels, or the Deployment would disown every Instance it creates.
     selector: LabelSelector | None = None
     strategy: Strategy = Strategy()
     placement: Placement = Placement()
     priority: int = 0
+    # An Instance counts as available once it has been Ready this long.
     min_ready_seconds: Seconds = 0
+    # A rollout making no progress this long fails (Progressing=False,
+    # ProgressDeadlineExceeded), and is rolled back when autoRollback is set.
     progress_deadline_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
+    # How many unused old Revisions are kept for `keel rollout undo`.
     revision_history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
+    # How long a fully rolled out revision must stay fully available before it is marked
+    # stable: the revision an automatic rollback returns to.
+    bake_seconds: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 10
+    # Revert to the stable revision when a rollout exceeds its progress deadline or its new
+    # Instances crash-loop; the bad template is not retried until it changes again.
     auto_rollback: bool = False
+    # No rollout progress while set; scaling still works.
     paused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.selector is None:
+            return
+        wanted = self.selector.match_labels
+        if not wanted:
+            raise ValueError("selector.matchLabels: must name at least one label")
+        labels = self.template.metadata.labels
+        unmatched = sorted(k for k, v in wanted.items() if labels.get(k) != v)
+        if unmatched:
+            shown = ", ".join(f"{k}={wanted[k]}" for k in unmatched)
+            raise ValueError(
+                f"selector: does not match template.metadata.labels ({shown} missing); "
+                "the Deployment would not select the Instances it creates"
+            )
+
+
+class DeploymentCondition(Condition, frozen=True):
+    """A Deployment's condition, as Kubernetes': `lastUpdateTime` moves on progress (the
+    progress deadline counts from it), `lastTransitionTime` only when the status changes."""
+
+    last_update_time: Timestamp | None = None
+
+
+# The rollout's state (status.phase): see keel.controllers.rollout for the transition table.
+RolloutPhase = Literal[
+    "", "Progressing", "Paused", "Complete", "Failed", "RollingBack", "RolledBack"
+]
 
 
 class DeploymentStatus(Model, frozen=True):
@@ -372,7 +426,13 @@ class DeploymentStatus(Model, frozen=True):
     available_replicas: int = 0
     current_revision: str = ""
     update_revision: str = ""
-    conditions: list[Condition] = []
+    # The last revision that was fully rolled out and stayed available for bakeSeconds.
+    stable_revision: str = ""
+    # A template hash that was rolled back automatically: not retried until the template
+    # changes again.
+    failed_revision: str = ""
+    phase: RolloutPhase = ""
+    conditions: list[DeploymentCondition] = []
 
 
 class Deployment(Resource, frozen=True, kw_only=True):
@@ -387,8 +447,13 @@ class RevisionSpec(Model, frozen=True):
     deployment: Name = "unknown"
 
 
+# The annotation the deployment controller puts on a Revision, once, when it becomes stable
+# (fully rolled out and available for bakeSeconds); its value is the RFC 3339 time.
+STABLE_ANNOTATION = "keel.dev/stable-since"
+
+
 class Revision(Resource, frozen=True, kw_only=True):
-    """An immutable snapshot of a Deployment's template."""
+    """An immutable snapshot of a Deployment's template, named `{deployment}-{hash}`."""
 
     kind_name: ClassVar[str] = "Revision"
     spec: RevisionSpec

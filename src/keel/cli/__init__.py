@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keel.cli.logs import add_logs_command
     from keel.cli.node import add_node_commands
     from keel.cli.register import add_register_commands
+    from keel.cli.rollout import add_rollout_commands
     from keel.cli.scheduler import add_scheduler_command
     from keel.cli.store import add_store_commands
     from keel.cli.top import add_top_command
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_delete_command(commands)
     add_logs_command(commands)
     add_top_command(commands)
+    add_rollout_commands(commands)
     add_drain_commands(commands)
     add_register_commands(commands)
     add_node_commands(commands)

@@ -1,14 +1,20 @@
-"""Deployments: keep `spec.replicas` Instances of the current template, named
-`{deployment}-{templateHash}-{index}`, replace those of older templates (rolling or recreate)
-and write the Deployment's status when it changes. `plan` decides (pure); `execute` applies.
+"""Deployments: keep `spec.replicas` Instances of the target revision, named
+`{deployment}-{templateHash}-{index}`, replace those of other revisions (rolling or recreate),
+record every template as an immutable Revision, and run the rollout state machine of
+`keel.controllers.rollout` (progress deadline, pause, stable revisions, automatic rollback).
+`plan` decides (pure); `execute` applies; the shell confirms instance actions with a live read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 
 import msgspec
 
@@ -16,33 +22,71 @@ from keel.api.disruption import is_ready, rollout_budget
 from keel.api.resources import (
     API_VERSION,
     FAILOVER_PENDING,
+    STABLE_ANNOTATION,
     Deployment,
+    DeploymentCondition,
     DeploymentStatus,
     Instance,
+    InstanceTemplate,
     ObjectMeta,
     OwnerReference,
+    Revision,
+    RevisionSpec,
 )
-from keel.client import AlreadyExists, Conflict, KeelClient, NotFound, Preconditions
+from keel.client import (
+    AlreadyExists,
+    Conflict,
+    KeelClient,
+    KeelClientError,
+    NotFound,
+    Preconditions,
+)
+from keel.clock import rfc3339
+from keel.controllers.rollout import (
+    CRASH_LOOP_RESTARTS,
+    MAX_STEPS,
+    ROLLBACK_PHASES,
+    Phase,
+    Signal,
+    step,
+)
 from keel.runtime.controller import Context, Related, Result
 
 __all__ = [
     "DEPLOYMENT_LABEL",
     "HASH_LABEL",
     "CreateInstance",
+    "CreateRevision",
     "DeleteInstance",
+    "DeleteRevision",
     "DeploymentController",
+    "MarkStable",
+    "RecordEvent",
+    "RequeueAfter",
     "UpdateStatus",
+    "confirm",
     "execute",
+    "hash_of",
     "instance_name",
+    "is_available",
     "is_ready",
+    "needs_confirmation",
+    "new_instance",
+    "new_revision",
     "plan",
+    "plan_instances",
+    "revision_name",
     "rollout_budget",
+    "selects",
     "template_hash",
 ]
 
 DEPLOYMENT_LABEL = "keel.dev/deployment"
 HASH_LABEL = "keel.dev/template-hash"
 HASH_LENGTH = 10
+# While a rollout with autoRollback may still be judged, restart counts (telemetry, not
+# watched) are looked at this often.
+CRASH_LOOP_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,12 +106,63 @@ class UpdateStatus:
     status: DeploymentStatus
 
 
-Action = CreateInstance | DeleteInstance | UpdateStatus
+@dataclass(frozen=True)
+class CreateRevision:
+    revision: Revision
+
+
+@dataclass(frozen=True)
+class DeleteRevision:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class MarkStable:
+    """Annotate the Revision stable (once: its spec is immutable, this is its one change)."""
+
+    namespace: str
+    name: str
+    since: str
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """An event on the Deployment (telemetry, never stored): a rollout transition."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class RequeueAfter:
+    """Look again after this long: a timer of the rollout (minReadySeconds, the progress
+    deadline, the bake time, or a crash-loop check) runs out then."""
+
+    seconds: float
+
+
+Action = (
+    CreateInstance
+    | DeleteInstance
+    | UpdateStatus
+    | CreateRevision
+    | DeleteRevision
+    | MarkStable
+    | RecordEvent
+    | RequeueAfter
+)
 
 
 def template_hash(deployment: Deployment) -> str:
     """A short, stable hash of the template (the revision): equal templates, equal hashes."""
-    encoded = msgspec.json.encode(deployment.spec.template, order="deterministic")
+    return hash_of(deployment.spec.template)
+
+
+def hash_of(template: InstanceTemplate) -> str:
+    encoded = msgspec.json.encode(template, order="deterministic")
     return hashlib.sha256(encoded).hexdigest()[:HASH_LENGTH]
 
 
@@ -75,21 +170,361 @@ def instance_name(deployment: str, revision: str, index: int) -> str:
     return f"{deployment}-{revision}-{index}"
 
 
-def plan(deployment: Deployment | None, instances: Sequence[Instance], now: float) -> list[Action]:
-    """What to do about `deployment` given the Instances it owns.
+def revision_name(deployment: str, revision: str) -> str:
+    return f"{deployment}-{revision}"
 
-    Instances of the current template are named by index 0..replicas-1: missing ones are
-    created, extras deleted (highest index first). Instances of older templates are replaced:
+
+def parse_time(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def is_available(instance: Instance, now: float, min_ready_seconds: int) -> bool:
+    """Ready for at least `min_ready_seconds` (by its Ready condition's lastTransitionTime)."""
+    if not is_ready(instance):
+        return False
+    if min_ready_seconds <= 0:
+        return True
+    since = _ready_since(instance)
+    return since is not None and now >= since + min_ready_seconds
+
+
+def _ready_since(instance: Instance) -> float | None:
+    for condition in instance.status.conditions:
+        if condition.type == "Ready" and condition.status == "True":
+            return parse_time(condition.last_transition_time)
+    return None
+
+
+def selects(deployment: Deployment, instance: Instance) -> bool:
+    selector = deployment.spec.selector
+    if selector is None:
+        return True
+    labels = instance.metadata.labels
+    return all(labels.get(k) == v for k, v in selector.match_labels.items())
+
+
+def revision_hash(revision: Revision) -> str:
+    return revision.metadata.labels.get(HASH_LABEL, "")
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class _Rollout:
+    """The rollout's state during one plan: what status holds, moved by table rows."""
+
+    phase: Phase
+    update_revision: str
+    stable: str
+    failed: str
+    reason: str
+    message: str
+    progress_time: float
+    transitioned: bool = False
+    events: list[RecordEvent] = field(default_factory=list)
+
+
+def plan(
+    deployment: Deployment | None,
+    revisions: Sequence[Revision],
+    instances: Sequence[Instance],
+    now: float,
+    restarts: Mapping[str, int] | None = None,
+) -> list[Action]:
+    """What to do about `deployment`, given its Revisions, the Instances it owns, the wall
+    clock `now` and the restart counts of its Instances by name (agent telemetry).
+
+    1. The template gets a Revision (`{deployment}-{hash}`, number one above the highest).
+    2. The rollout state machine (`keel.controllers.rollout.TRANSITIONS`) moves on the
+       signals observed now; every transition is an event and a status change.
+    3. The target revision (the update revision, or the stable one while rolling back) is
+       converged to by `plan_instances` (frozen while Paused).
+    4. Status and conditions are written only when they differ; unused Revisions beyond
+       revisionHistoryLimit are pruned, oldest first; a timer still running is a
+       `RequeueAfter`.
+    """
+    if deployment is None or deployment.metadata.deletion_timestamp:
+        return []
+    meta = deployment.metadata
+    spec_hash = template_hash(deployment)
+    instances = [i for i in instances if selects(deployment, i)]
+    revs: dict[str, Revision] = {}
+    for revision in revisions:
+        if not revision.metadata.deletion_timestamp and revision_hash(revision):
+            revs[revision_hash(revision)] = revision
+    actions: list[Action] = []
+    if spec_hash not in revs:
+        number = max((r.spec.revision for r in revs.values()), default=0) + 1
+        created_revision = new_revision(deployment, spec_hash, number)
+        actions.append(CreateRevision(created_revision))
+        revs[spec_hash] = created_revision
+
+    status = deployment.status
+    progressing = _condition(status, "Progressing")
+    state = _Rollout(
+        phase=status.phase or "Progressing",
+        update_revision=status.update_revision,
+        stable=status.stable_revision if status.stable_revision in revs else "",
+        failed=status.failed_revision,
+        reason=progressing.reason if progressing else "",
+        message=progressing.message if progressing else "",
+        progress_time=_progress_time(progressing, now),
+    )
+    # The state machine: signals from what runs now, rows from the table.
+    for _ in range(MAX_STEPS):
+        target = _target(state, spec_hash)
+        signals = _signals(
+            deployment,
+            state,
+            spec_hash=spec_hash,
+            target=target,
+            instances=instances,
+            now=now,
+            restarts=restarts,
+        )
+        found = step(state.phase, signals)
+        if found is None:
+            break
+        signal, row = found
+        _transition(
+            deployment,
+            revs,
+            state,
+            spec_hash=spec_hash,
+            target=target,
+            signal=signal,
+            row=row,
+            now=now,
+        )
+        if row.mark_stable:
+            state.stable = target
+
+    target = _target(state, spec_hash)
+    template = revs[target].spec.template
+    fill = _paused_fill(status, target, instances, revs) if state.phase == "Paused" else None
+    instance_actions, remaining = plan_instances(
+        deployment, target, template, instances, now, paused_fill=fill
+    )
+    actions.extend(instance_actions)
+
+    stable_rev = revs.get(state.stable)
+    if stable_rev is not None and STABLE_ANNOTATION not in stable_rev.metadata.annotations:
+        actions.append(MarkStable(meta.namespace, stable_rev.metadata.name, rfc3339(now)))
+
+    new_status = _status(deployment, state, target, remaining, now)
+    if new_status != status:
+        actions.append(UpdateStatus(new_status))
+    actions.extend(state.events)
+    actions.extend(_prune(deployment, revs, {spec_hash, target, state.stable}, instances))
+    wake = _wake(deployment, state, target, instances, now)
+    if wake is not None:
+        actions.append(RequeueAfter(max(0.05, wake - now)))
+    return actions
+
+
+def _target(state: _Rollout, spec_hash: str) -> str:
+    if state.phase in ROLLBACK_PHASES and state.stable:
+        return state.stable
+    return spec_hash
+
+
+def _progress_time(progressing: DeploymentCondition | None, now: float) -> float:
+    if progressing is None:
+        return now
+    stamp = parse_time(progressing.last_update_time or progressing.last_transition_time)
+    return now if stamp is None else stamp
+
+
+def _signals(
+    deployment: Deployment,
+    state: _Rollout,
+    *,
+    spec_hash: str,
+    target: str,
+    instances: Sequence[Instance],
+    now: float,
+    restarts: Mapping[str, int] | None,
+) -> list[Signal]:
+    """What is true now, in priority order (the table decides what each means in a phase)."""
+    spec = deployment.spec
+    signals: list[Signal] = []
+    if spec_hash != state.update_revision:
+        signals.append("NewTemplate")
+    complete = _complete(deployment, target, instances, now)
+    if spec.paused and not complete:
+        signals.append("Pause")
+    if not spec.paused:
+        signals.append("Resume")
+    can_roll_back = spec.auto_rollback and bool(state.stable) and state.stable != target
+    if can_roll_back and _crash_looping(target, instances, restarts):
+        signals.append("CrashLoopRollback")
+    if complete:
+        signals.append("Complete")
+    if now >= state.progress_time + spec.progress_deadline_seconds:
+        signals.append("DeadlineRollback" if can_roll_back else "Deadline")
+    if target != state.stable:
+        if complete and now >= state.progress_time + spec.bake_seconds:
+            signals.append("Baked")
+        if not complete:
+            signals.append("Incomplete")
+    return signals
+
+
+def _transition(
+    deployment: Deployment,
+    revs: Mapping[str, Revision],
+    state: _Rollout,
+    *,
+    spec_hash: str,
+    target: str,
+    signal: Signal,
+    row: Any,
+    now: float,
+) -> None:
+    if signal == "NewTemplate":
+        state.update_revision = spec_hash
+    if row.forget_failed:
+        state.failed = ""
+    if row.remember_failed:
+        state.failed = spec_hash
+    state.phase = row.next
+    state.reason = row.reason
+    state.message = _message(
+        deployment, revs, state, spec_hash=spec_hash, target=target, reason=row.reason
+    )
+    state.progress_time = now  # any transition restarts the deadline and bake clocks
+    state.transitioned = True
+    state.events.append(RecordEvent(row.reason, state.message, row.warning))
+
+
+def _number(revs: Mapping[str, Revision], revision: str) -> str:
+    found = revs.get(revision)
+    return f"revision {found.spec.revision} ({revision})" if found else f"revision {revision}"
+
+
+def _message(
+    deployment: Deployment,
+    revs: Mapping[str, Revision],
+    state: _Rollout,
+    *,
+    spec_hash: str,
+    target: str,
+    reason: str,
+) -> str:
+    spec = deployment.spec
+    update = _number(revs, spec_hash)
+    stable = _number(revs, state.stable)
+    match reason:
+        case "NewRevisionCreated":
+            return f"rolling out {update}"
+        case "DeploymentPaused":
+            return f"rollout of {update} paused"
+        case "DeploymentResumed":
+            return f"rollout of {update} resumed"
+        case "NewRevisionAvailable":
+            return f"{_number(revs, target)} is rolled out and available"
+        case "InstancesUnavailable":
+            return f"{_number(revs, target)} lost availability before it became stable"
+        case "RevisionStable":
+            return f"{_number(revs, target)} is stable (available for {spec.bake_seconds}s)"
+        case "ProgressDeadlineExceeded" if state.phase == "RollingBack":
+            return (
+                f"{update} made no progress for {spec.progress_deadline_seconds}s; "
+                f"rolling back to stable {stable}"
+            )
+        case "ProgressDeadlineExceeded":
+            return f"{update} made no progress for {spec.progress_deadline_seconds}s"
+        case "CrashLoop":
+            return (
+                f"instances of {update} crash-loop (restarted {CRASH_LOOP_RESTARTS}+ times "
+                f"or failed); rolling back to stable {stable}"
+            )
+        case "RolledBack":
+            return (
+                f"rolled back to stable {stable}; {update} is not retried until the "
+                "template changes"
+            )
+    return reason
+
+
+def _crash_looping(
+    target: str, instances: Sequence[Instance], restarts: Mapping[str, int] | None
+) -> bool:
+    counts = restarts or {}
+    for instance in instances:
+        if instance.metadata.labels.get(HASH_LABEL) != target:
+            continue
+        if instance.metadata.deletion_timestamp:
+            continue
+        if instance.status.phase == "Failed":
+            return True
+        if counts.get(instance.metadata.name, 0) >= CRASH_LOOP_RESTARTS:
+            return True
+    return False
+
+
+def _complete(
+    deployment: Deployment, target: str, instances: Sequence[Instance], now: float
+) -> bool:
+    """Every replica runs `target` and is available, and nothing else runs."""
+    live = [i for i in instances if not i.metadata.deletion_timestamp]
+    if any(i.metadata.labels.get(HASH_LABEL) != target for i in live):
+        return False
+    if len(live) != deployment.spec.replicas:
+        return False
+    return all(is_available(i, now, deployment.spec.min_ready_seconds) for i in live)
+
+
+def _paused_fill(
+    status: DeploymentStatus,
+    target: str,
+    instances: Sequence[Instance],
+    revs: Mapping[str, Revision],
+) -> tuple[str, InstanceTemplate] | None:
+    """While paused, scaling up adds Instances of the revision most old ones run."""
+    counts = Counter(
+        i.metadata.labels.get(HASH_LABEL, "")
+        for i in instances
+        if not i.metadata.deletion_timestamp and i.metadata.labels.get(HASH_LABEL) != target
+    )
+    choices = [h for h, _ in counts.most_common() if h in revs]
+    if status.current_revision in choices:
+        choices.insert(0, status.current_revision)
+    if not choices:
+        return None
+    return choices[0], revs[choices[0]].spec.template
+
+
+def plan_instances(
+    deployment: Deployment,
+    revision: str,
+    template: InstanceTemplate,
+    instances: Sequence[Instance],
+    now: float,
+    *,
+    paused_fill: tuple[str, InstanceTemplate] | None = None,
+) -> tuple[list[Action], list[Instance]]:
+    """Converge the Instances on `replicas` of the target `revision` (with `template`);
+    returns the actions and the live Instances as they will be once applied.
+
+    Instances of the target are named by index 0..replicas-1: missing ones are created,
+    extras deleted (highest index first). Instances of other revisions are replaced:
     "Recreate" deletes them all, and creates new ones once they are gone; "RollingUpdate"
     creates new ones up to replicas + maxSurge in total and deletes old ones while at least
-    replicas - maxUnavailable stay Ready (unready old ones go first). The status is that of
-    the Instances as they will be once these actions are applied, and is written only when
-    it differs. `now` is unused by this first version (minReadySeconds is not honoured yet).
+    replicas - maxUnavailable stay available (unavailable old ones go first). With
+    `paused_fill` (the rollout is paused) the split is frozen: no new target Instances
+    beyond those there are, old ones kept, and scaling up adds Instances of `paused_fill`.
 
     A terminating Instance (an exclusive one waits, deleted, until its copy is certainly
     stopped) serves nobody and is not counted in the status, but still holds its name: one
-    of the current template keeps its index taken (neither created again nor counted as
-    missing) and counts towards replicas + maxSurge; "Recreate" waits for old ones to go.
+    of the target keeps its index taken (neither created again nor counted as missing) and
+    counts towards replicas + maxSurge; "Recreate" waits for old ones to go.
 
     An Instance marked `FAILOVER_PENDING` (being moved gracefully off an Unreachable
     cluster) is outgoing: it counts neither towards replicas nor the rollout budget, so a
@@ -101,16 +536,13 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
     period ends.
 
     The indices that count ("slots") are the `replicas` lowest ones held by counted or
-    terminating Instances of the current template, topped up with the lowest free ones:
-    0..replicas-1 while nothing was ever pending, and no renaming once a failover is over
-    (a replacement keeps its higher index rather than move once more).
+    terminating Instances of the target, topped up with the lowest free ones: 0..replicas-1
+    while nothing was ever pending, and no renaming once a failover is over (a replacement
+    keeps its higher index rather than move once more).
     """
-    del now
-    if deployment is None or deployment.metadata.deletion_timestamp:
-        return []
     name = deployment.metadata.name
-    revision = template_hash(deployment)
     replicas = deployment.spec.replicas
+    min_ready = deployment.spec.min_ready_seconds
     live = [i for i in instances if not i.metadata.deletion_timestamp]
     pending = [i for i in live if FAILOVER_PENDING in i.metadata.annotations]
     counted = [i for i in live if FAILOVER_PENDING not in i.metadata.annotations]
@@ -149,12 +581,33 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
         actions.append(DeleteInstance(meta.namespace, meta.name, meta.uid))
         deleted.add(meta.name)
 
-    # Current-template extras: highest index first.
+    def available(instance: Instance) -> bool:
+        return is_available(instance, now, min_ready)
+
+    # Target extras: highest index first.
     for index in sorted((i for i in current if i not in slots), reverse=True):
         delete(current[index])
     missing = [i for i in sorted(slots) if i not in current and i not in held]
 
-    if deployment.spec.strategy.type == "Recreate" and (old or old_terminating):
+    if paused_fill is not None and (old or old_terminating):
+        # Frozen: the target keeps the Instances it has, old ones fill up to replicas.
+        creatable = 0
+        kept_current = sum(1 for i in current if i in slots) + held_slots
+        wanted_old = max(0, replicas - kept_current)
+        by_name = sorted(old, key=lambda i: i.metadata.name, reverse=True)
+        for instance in sorted(by_name, key=available)[: max(0, len(old) - wanted_old)]:
+            delete(instance)
+        fill_hash, fill_template = paused_fill
+        fill_prefix = f"{name}-{fill_hash}-"
+        fill_taken = {
+            index for i in instances if (index := _index(i.metadata.name, fill_prefix)) is not None
+        }
+        free = (i for i in range(len(fill_taken) + replicas + 1) if i not in fill_taken)
+        for _ in range(max(0, wanted_old - len(old))):
+            instance = new_instance(deployment, fill_hash, next(free), fill_template)
+            actions.append(CreateInstance(instance))
+            created.append(instance)
+    elif deployment.spec.strategy.type == "Recreate" and (old or old_terminating):
         for instance in sorted(old, key=lambda i: i.metadata.name):
             delete(instance)
         creatable = 0  # new ones only once every old one is gone, terminating ones too
@@ -164,21 +617,21 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
         surge, unavailable = rollout_budget(deployment)
         kept_current = sum(1 for i in current if i in slots) + held_slots
         creatable = max(0, replicas + surge - (kept_current + len(old)))
-        available = sum(1 for i, inst in current.items() if i in slots and is_ready(inst))
-        available += sum(1 for inst in old if is_ready(inst))
+        up = sum(1 for i, inst in current.items() if i in slots and available(inst))
+        up += sum(1 for inst in old if available(inst))
         floor = replicas - unavailable
-        # Unready old Instances serve nobody: they go first, then ready ones while enough
-        # Instances stay available. Among equals, the highest name first (as scale-down).
+        # Unavailable old Instances serve nobody (or not long enough): they go first, then
+        # available ones while enough stay available. Among equals, the highest name first.
         by_name = sorted(old, key=lambda i: i.metadata.name, reverse=True)
-        for instance in sorted(by_name, key=is_ready):
-            if not is_ready(instance):
+        for instance in sorted(by_name, key=available):
+            if not available(instance):
                 delete(instance)
-            elif available - 1 >= floor:
+            elif up - 1 >= floor:
                 delete(instance)
-                available -= 1
+                up -= 1
 
     for index in missing[:creatable]:
-        instance = new_instance(deployment, revision, index)
+        instance = new_instance(deployment, revision, index, template)
         actions.append(CreateInstance(instance))
         created.append(instance)
 
@@ -190,10 +643,7 @@ def plan(deployment: Deployment | None, instances: Sequence[Instance], now: floa
         delete(instance)
 
     remaining = [i for i in live if i.metadata.name not in deleted] + created
-    status = _status(deployment, revision, remaining)
-    if status != deployment.status:
-        actions.append(UpdateStatus(status))
-    return actions
+    return actions, remaining
 
 
 def _slots(occupied: list[int], taken: set[int], replicas: int) -> set[int]:
@@ -215,12 +665,9 @@ def _index(name: str, prefix: str) -> int | None:
     return int(tail)
 
 
-def new_instance(deployment: Deployment, revision: str, index: int) -> Instance:
-    """The Instance `index` of the current template, owned by the Deployment."""
+def _owner(deployment: Deployment) -> OwnerReference:
     meta = deployment.metadata
-    template = deployment.spec.template
-    labels = {**template.metadata.labels, DEPLOYMENT_LABEL: meta.name, HASH_LABEL: revision}
-    owner = OwnerReference(
+    return OwnerReference(
         api_version=API_VERSION,
         kind="Deployment",
         name=meta.name,
@@ -228,6 +675,19 @@ def new_instance(deployment: Deployment, revision: str, index: int) -> Instance:
         controller=True,
         block_owner_deletion=True,
     )
+
+
+def new_instance(
+    deployment: Deployment,
+    revision: str,
+    index: int,
+    template: InstanceTemplate | None = None,
+) -> Instance:
+    """The Instance `index` of `revision` (by default the spec's template), owned by the
+    Deployment."""
+    meta = deployment.metadata
+    template = template or deployment.spec.template
+    labels = {**template.metadata.labels, DEPLOYMENT_LABEL: meta.name, HASH_LABEL: revision}
     return Instance(
         kind="Instance",
         metadata=ObjectMeta(
@@ -235,35 +695,203 @@ def new_instance(deployment: Deployment, revision: str, index: int) -> Instance:
             namespace=meta.namespace,
             labels=labels,
             annotations=dict(template.metadata.annotations),
-            owner_references=[owner],
+            owner_references=[_owner(deployment)],
         ),
         spec=msgspec.structs.replace(template.spec, node_name=""),
     )
 
 
+def new_revision(deployment: Deployment, revision: str, number: int) -> Revision:
+    meta = deployment.metadata
+    return Revision(
+        kind="Revision",
+        metadata=ObjectMeta(
+            name=revision_name(meta.name, revision),
+            namespace=meta.namespace,
+            labels={DEPLOYMENT_LABEL: meta.name, HASH_LABEL: revision},
+            owner_references=[_owner(deployment)],
+        ),
+        spec=RevisionSpec(revision=number, template=deployment.spec.template, deployment=meta.name),
+    )
+
+
+def _condition(status: DeploymentStatus, kind: str) -> DeploymentCondition | None:
+    return next((c for c in status.conditions if c.type == kind), None)
+
+
+def _set_condition(
+    previous: DeploymentCondition | None,
+    kind: str,
+    value: Literal["True", "False", "Unknown"],
+    *,
+    reason: str,
+    message: str,
+    generation: int,
+    now: float,
+    update_time: float | None = None,
+) -> DeploymentCondition:
+    """A condition whose lastTransitionTime moves only when its status or reason does."""
+    stamp = rfc3339(now)
+    changed = previous is None or previous.status != value or previous.reason != reason
+    return DeploymentCondition(
+        type=kind,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=stamp
+        if changed or previous is None
+        else previous.last_transition_time,
+        observed_generation=generation,
+        last_update_time=rfc3339(update_time) if update_time is not None else None,
+    )
+
+
+# Progressing condition status by phase (Kubernetes: True while moving or done, False once
+# failed, Unknown while paused).
+_PROGRESSING_STATUS: dict[Phase, Literal["True", "False", "Unknown"]] = {
+    "Progressing": "True",
+    "Paused": "Unknown",
+    "Complete": "True",
+    "Failed": "False",
+    "RollingBack": "True",
+    "RolledBack": "False",
+}
+
+
 def _status(
-    deployment: Deployment, revision: str, instances: Sequence[Instance]
+    deployment: Deployment,
+    state: _Rollout,
+    target: str,
+    instances: Sequence[Instance],
+    now: float,
 ) -> DeploymentStatus:
-    updated = [i for i in instances if i.metadata.labels.get(HASH_LABEL) == revision]
+    previous = deployment.status
+    generation = deployment.metadata.generation
+    min_ready = deployment.spec.min_ready_seconds
+    updated = [i for i in instances if i.metadata.labels.get(HASH_LABEL) == target]
     ready = sum(1 for i in instances if is_ready(i))
-    outdated = sorted({i.metadata.labels.get(HASH_LABEL, "") for i in instances} - {revision, ""})
-    previous = deployment.status.current_revision
+    available = sum(1 for i in instances if is_available(i, now, min_ready))
+    outdated = sorted({i.metadata.labels.get(HASH_LABEL, "") for i in instances} - {target, ""})
     if not outdated:
-        current_revision = revision
-    elif previous in outdated:
-        current_revision = previous
+        current_revision = target
+    elif previous.current_revision in outdated:
+        current_revision = previous.current_revision
     else:
         current_revision = outdated[0]
+    # Progress (for the deadline): more updated or available Instances, or fewer old ones,
+    # while the rollout moves. Counted only when these counts change, so no extra write.
+    if state.phase in ("Progressing", "RollingBack") and not state.transitioned:
+        old_count = previous.replicas - previous.updated_replicas
+        if (
+            len(updated) > previous.updated_replicas
+            or available > previous.available_replicas
+            or len(instances) - len(updated) < old_count
+        ):
+            state.progress_time = now
+    replicas = deployment.spec.replicas
+    _, unavailable = rollout_budget(deployment)
+    if deployment.spec.strategy.type == "Recreate":
+        unavailable = 0
+    enough = available >= replicas - unavailable
+    conditions = [
+        _set_condition(
+            _condition(previous, "Available"),
+            "Available",
+            "True" if enough else "False",
+            reason="MinimumReplicasAvailable" if enough else "MinimumReplicasUnavailable",
+            message=f"{available} of {replicas} instances available",
+            generation=generation,
+            now=now,
+        ),
+        _set_condition(
+            _condition(previous, "Progressing"),
+            "Progressing",
+            _PROGRESSING_STATUS[state.phase],
+            reason=state.reason or "NewRevisionCreated",
+            message=state.message,
+            generation=generation,
+            now=now,
+            update_time=state.progress_time,
+        ),
+    ]
+    if state.failed and state.phase in ROLLBACK_PHASES:
+        # Why it was rolled back: set on the way into RollingBack, then kept.
+        rolled = _condition(previous, "RolledBack")
+        fresh = rolled is None or (state.transitioned and state.phase == "RollingBack")
+        conditions.append(
+            _set_condition(
+                rolled,
+                "RolledBack",
+                "True",
+                reason=state.reason if fresh or rolled is None else rolled.reason,
+                message=state.message if fresh or rolled is None else rolled.message,
+                generation=generation,
+                now=now,
+            )
+        )
     return msgspec.structs.replace(
-        deployment.status,
-        observed_generation=deployment.metadata.generation,
+        previous,
+        observed_generation=generation,
         replicas=len(instances),
         ready_replicas=ready,
         updated_replicas=len(updated),
-        available_replicas=ready,
+        available_replicas=available,
         current_revision=current_revision,
-        update_revision=revision,
+        update_revision=state.update_revision,
+        stable_revision=state.stable,
+        failed_revision=state.failed,
+        phase=state.phase,
+        conditions=conditions,
     )
+
+
+def _prune(
+    deployment: Deployment,
+    revs: Mapping[str, Revision],
+    keep: set[str],
+    instances: Sequence[Instance],
+) -> list[Action]:
+    """Delete the oldest unused Revisions beyond revisionHistoryLimit. Used: the update,
+    target and stable revisions, and any an Instance still runs."""
+    used = keep | {i.metadata.labels.get(HASH_LABEL, "") for i in instances}
+    unused = sorted(
+        (r for h, r in revs.items() if h not in used and r.metadata.uid),
+        key=lambda r: r.spec.revision,
+    )
+    excess = len(unused) - deployment.spec.revision_history_limit
+    return [
+        DeleteRevision(r.metadata.namespace, r.metadata.name, r.metadata.uid)
+        for r in unused[: max(0, excess)]
+    ]
+
+
+def _wake(
+    deployment: Deployment,
+    state: _Rollout,
+    target: str,
+    instances: Sequence[Instance],
+    now: float,
+) -> float | None:
+    """When the next timer runs out, if one runs."""
+    spec = deployment.spec
+    times: list[float] = []
+    if spec.min_ready_seconds > 0:
+        for instance in instances:
+            since = _ready_since(instance) if is_ready(instance) else None
+            if since is not None and since + spec.min_ready_seconds > now:
+                times.append(since + spec.min_ready_seconds)
+    if state.phase == "Progressing":
+        times.append(state.progress_time + spec.progress_deadline_seconds)
+    if state.phase == "Complete" and target != state.stable:
+        times.append(state.progress_time + spec.bake_seconds)
+    judged = state.phase in ("Progressing", "Complete") and target != state.stable
+    if spec.auto_rollback and state.stable and judged:
+        times.append(now + CRASH_LOOP_POLL_SECONDS)
+    future = [t for t in times if t > now]
+    return min(future) if future else (now if times else None)
+
+
+# --------------------------------------------------------------------------- the shell
 
 
 async def execute(client: KeelClient, deployment: Deployment, action: Action) -> None:
@@ -279,31 +907,141 @@ async def execute(client: KeelClient, deployment: Deployment, action: Action) ->
                 await client.delete(
                     Instance, name, namespace=namespace, preconditions=Preconditions(uid=uid)
                 )
+        case CreateRevision(revision=revision):
+            with contextlib.suppress(AlreadyExists):
+                await client.create(revision)
+        case DeleteRevision(namespace=namespace, name=name, uid=uid):
+            with contextlib.suppress(NotFound, Conflict):
+                await client.delete(
+                    Revision, name, namespace=namespace, preconditions=Preconditions(uid=uid)
+                )
+        case MarkStable(namespace=namespace, name=name, since=since):
+            with contextlib.suppress(NotFound):
+                patch = {"metadata": {"annotations": {STABLE_ANNOTATION: since}}}
+                await client.patch(Revision, name, patch, namespace=namespace)
         case UpdateStatus(status=status):
             await client.update_status(msgspec.structs.replace(deployment, status=status))
+        case RecordEvent(reason=reason, message=message, warning=warning):
+            meta = deployment.metadata
+            event = {
+                "involvedObject": {
+                    "kind": "Deployment",
+                    "namespace": meta.namespace,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                },
+                "reason": reason,
+                "message": message,
+                "type": "Warning" if warning else "Normal",
+                "source": "keel-controller-manager/deployment",
+            }
+            try:
+                await client.record_event(event)
+            except (KeelClientError, OSError) as exc:
+                logging.getLogger(__name__).debug("event not recorded: %s", exc)
+        case RequeueAfter():
+            pass
+
+
+_INSTANCE_ACTIONS = (CreateInstance, DeleteInstance)
 
 
 class DeploymentController:
-    """Reconciles Deployments: see the module docstring. Instances map to their owner."""
+    """Reconciles Deployments: see the module docstring. Instances and Revisions map to
+    their owner.
+
+    The cache proposes, a live read confirms: when the plan on the (possibly stale) cache
+    creates or deletes Instances, the Instances are listed from the API server and the same
+    `plan` runs again; only instance actions both plans agree on are executed, and the rest
+    (status, events) comes from the live plan. A stale cache therefore never deletes an old
+    Instance whose replacement is not available, nor surges past replicas + maxSurge.
+    """
 
     name = "deployment"
     primary = Deployment
-    related = (Related(Instance),)
+    related = (Related(Instance), Related(Revision))
 
     async def reconcile(self, ctx: Context, key: str) -> Result:
         deployment: Deployment | None = ctx.cache(Deployment).get(key)
         if deployment is None:
             return Result()  # gone: the garbage collector takes its Instances
-        owned = [
-            instance
-            for instance in ctx.cache(Instance).by_index("owner", deployment.metadata.uid)
-            if instance.metadata.namespace == deployment.metadata.namespace
-        ]
-        for action in plan(deployment, owned, ctx.clock.now()):
+        meta = deployment.metadata
+        owned = _owned(ctx.cache(Instance).by_index("owner", meta.uid), meta.namespace)
+        revisions = _owned(ctx.cache(Revision).by_index("owner", meta.uid), meta.namespace)
+        now = ctx.clock.wall()
+        restarts = await _restarts(ctx, deployment)
+        actions = plan(deployment, revisions, owned, now, restarts)
+        if needs_confirmation(actions):
+            listed = await ctx.client.list(
+                Instance, namespace=meta.namespace, label_selector={DEPLOYMENT_LABEL: meta.name}
+            )
+            live = [
+                i
+                for i in listed.items
+                if any(r.uid == meta.uid for r in i.metadata.owner_references)
+            ]
+            actions = confirm(actions, plan(deployment, revisions, live, now, restarts))
+        requeue: float | None = None
+        for action in actions:
+            if isinstance(action, RequeueAfter):
+                requeue = action.seconds if requeue is None else min(requeue, action.seconds)
+                continue
             if not isinstance(action, UpdateStatus):
                 ctx.log.info("deployment %s: %s", key, _describe(action))
             await execute(ctx.client, deployment, action)
-        return Result()
+        return Result(requeue_after=requeue)
+
+
+def needs_confirmation(actions: Sequence[Action]) -> bool:
+    return any(isinstance(a, _INSTANCE_ACTIONS) for a in actions)
+
+
+def confirm(proposed: Sequence[Action], confirmed: Sequence[Action]) -> list[Action]:
+    """The live plan's actions, its instance actions only where the cached plan proposed
+    them too (the cache proposes, a live read confirms)."""
+    keys = {_instance_key(a) for a in proposed}
+    return [
+        a for a in confirmed if not isinstance(a, _INSTANCE_ACTIONS) or _instance_key(a) in keys
+    ]
+
+
+def _instance_key(action: Action) -> tuple[str, ...]:
+    match action:
+        case CreateInstance(instance=instance):
+            return ("create", instance.metadata.name)
+        case DeleteInstance(name=name, uid=uid):
+            return ("delete", name, uid)
+    return ()
+
+
+def _owned(objects: Any, namespace: str) -> list[Any]:
+    return [o for o in objects if o.metadata.namespace == namespace]
+
+
+async def _restarts(ctx: Context, deployment: Deployment) -> dict[str, int] | None:
+    """Restart counts of the Deployment's Instances (agent telemetry), read only while a
+    rollout with autoRollback may still be judged; None when unknown."""
+    status = deployment.status
+    if not deployment.spec.auto_rollback or not status.stable_revision:
+        return None
+    if status.phase in ROLLBACK_PHASES or status.stable_revision == template_hash(deployment):
+        return None
+    try:
+        items = await ctx.client.get_telemetry(
+            "instanceusages", namespace=deployment.metadata.namespace
+        )
+    except (KeelClientError, OSError):
+        return None
+    prefix = f"{deployment.metadata.name}-"
+    counts: dict[str, int] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        name = item.get("instance")
+        restarts = item.get("restarts")
+        if isinstance(name, str) and name.startswith(prefix) and isinstance(restarts, int):
+            counts[name] = max(counts.get(name, 0), restarts)
+    return counts
 
 
 def _describe(action: Action) -> str:
@@ -312,5 +1050,13 @@ def _describe(action: Action) -> str:
             return f"create instance {instance.metadata.name}"
         case DeleteInstance(name=name):
             return f"delete instance {name}"
-        case UpdateStatus():
-            return "update status"
+        case CreateRevision(revision=revision):
+            return f"create revision {revision.metadata.name} ({revision.spec.revision})"
+        case DeleteRevision(name=name):
+            return f"prune revision {name}"
+        case MarkStable(name=name):
+            return f"revision {name} is stable"
+        case RecordEvent(reason=reason, message=message):
+            return f"{reason}: {message}"
+        case _:
+            return type(action).__name__

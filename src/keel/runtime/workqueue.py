@@ -91,6 +91,9 @@ def backoff_delay(
     return ceiling * (1.0 - jitter * rng.random())
 
 
+TIMER_SLACK = 1e-6
+
+
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up; starts full."""
 
@@ -366,8 +369,11 @@ class WorkQueue:
         if self._shutdown:
             return None
         now = self._clock.now()
-        if (self._timers and self._timers[0][0] <= now) or self._throttled:
-            self._promote(now)
+        # Due within a microsecond is due: a wait shorter than the clock's float resolution
+        # (1e-13 s at a clock of 1000 s) would end without time passing, and spin.
+        horizon = now + TIMER_SLACK
+        if (self._timers and self._timers[0][0] <= horizon) or self._throttled:
+            self._promote(horizon)
         while True:
             lane = self._next_lane()
             if lane is None:
