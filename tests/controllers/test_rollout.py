@@ -391,3 +391,39 @@ def test_fields_that_would_not_act_are_rejected_by_name(
 def test_a_matching_selector_is_accepted_and_selects_instances() -> None:
     dep = _decode({"selector": {"matchLabels": {"app": "web"}}})
     assert dep.spec.selector is not None
+
+
+def test_rollout_status_waits_while_a_complete_rollout_has_replicas_being_replaced() -> None:
+    import msgspec
+
+    from keel.api.resources import (
+        Deployment,
+        DeploymentSpec,
+        DeploymentStatus,
+        InstanceSpec,
+        InstanceTemplate,
+        ObjectMeta,
+        TemplateMeta,
+    )
+    from keel.cli.rollout import describe
+
+    deployment = Deployment(
+        metadata=ObjectMeta(name="hello", namespace="default", generation=1),
+        spec=DeploymentSpec(
+            replicas=3,
+            template=InstanceTemplate(
+                metadata=TemplateMeta(labels={"app": "hello"}), spec=InstanceSpec(command=["x"])
+            ),
+        ),
+    )
+    status = DeploymentStatus(
+        observed_generation=1, replicas=3, updated_replicas=3, ready_replicas=2,
+        available_replicas=2, phase="Complete",
+    )  # fmt: skip
+    line, done = describe(msgspec.structs.replace(deployment, status=status))
+    assert done is None
+    assert "2 of 3 updated replicas are available" in line
+    full = msgspec.structs.replace(status, ready_replicas=3, available_replicas=3)
+    line, done = describe(msgspec.structs.replace(deployment, status=full))
+    assert done is True
+    assert "successfully rolled out" in line

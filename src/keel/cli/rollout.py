@@ -100,6 +100,14 @@ def describe(deployment: Deployment) -> tuple[str, bool | None]:
     progressing = next((c for c in status.conditions if c.type == "Progressing"), None)
     why = f": {progressing.message}" if progressing and progressing.message else ""
     match status.phase:
+        case "Complete" if status.available_replicas < spec.replicas:
+            # The revision is rolled out, but replicas are being replaced (a drain, a node
+            # failure): kubectl's `rollout status` waits for them too.
+            return (
+                f'Waiting for deployment "{name}" rollout to finish: {status.available_replicas}'
+                f" of {spec.replicas} updated replicas are available...",
+                None,
+            )
         case "Complete":
             return f'deployment "{name}" successfully rolled out ({progress})', True
         case "Failed":
