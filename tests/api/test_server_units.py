@@ -120,7 +120,7 @@ def test_equality_and_inequality_are_complements(
 def test_field_selectors_match_the_supported_fields() -> None:
     fields = supported_fields(Instance)
     assert fields == {"metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"}
-    assert supported_fields(Deployment) == {"metadata.name", "metadata.namespace"}
+    assert supported_fields(Deployment) == {"metadata.name", "metadata.namespace", "status.phase"}
     inst = Instance(metadata=ObjectMeta(name="i"), spec=InstanceSpec(command=["x"], node_name="n"))
     assert parse_field_selector("spec.nodeName=n,status.phase=Pending", fields).matches(inst)
     assert not parse_field_selector("metadata.name!=i", fields).matches(inst)
