@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from keel.api.resources import (
+    CLUSTERS_ANNOTATION,
     STABLE_ANNOTATION,
     Condition,
     Deployment,
@@ -39,6 +40,7 @@ from keel.controllers.deployment import (
     UpdateStatus,
     plan,
 )
+from keel.controllers.progressive import Verdict
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -59,10 +61,12 @@ def deployment(
             template=InstanceTemplate(
                 metadata=TemplateMeta(labels={"app": "web"}), spec=InstanceSpec(command=[command])
             ),
-            strategy=Strategy(
-                rolling_update=RollingUpdate(max_surge=surge, max_unavailable=unavailable)
-            ),
-            **spec,  # type: ignore[arg-type]
+            **{  # type: ignore[arg-type]
+                "strategy": Strategy(
+                    rolling_update=RollingUpdate(max_surge=surge, max_unavailable=unavailable)
+                ),
+                **spec,
+            },
         ),
     )
 
@@ -88,11 +92,45 @@ class World:
     # Instances that become Ready as soon as they exist (a healthy release), by hash.
     healthy: set[str] = field(default_factory=set)
     uids: int = 0
+    # Clusters (name -> labels): when set, a created Instance is placed at once on node
+    # "node-{cluster}" of the allowed cluster (its pin, or any) running fewest Instances.
+    clusters: dict[str, dict[str, str]] = field(default_factory=dict)
+    node_clusters: dict[str, str] = field(default_factory=dict)
+    analysis: Verdict | None = None  # the verdict the shell would hand the plan
 
     def look(self, instances: Sequence[Instance] | None = None) -> list[Action]:
         """One plan, on `instances` (a stale view) or on what the server holds."""
         seen = list(self.instances.values()) if instances is None else list(instances)
-        return plan(self.dep, list(self.revisions.values()), seen, self.now, self.restarts)
+        return plan(
+            self.dep,
+            list(self.revisions.values()),
+            seen,
+            self.now,
+            self.restarts,
+            clusters=self.clusters,
+            node_clusters=self.node_clusters,
+            analysis=self.analysis,
+        )
+
+    def place(self, instance: Instance) -> Instance:
+        if not self.clusters:
+            return instance
+        pin = instance.metadata.annotations.get(CLUSTERS_ANNOTATION)
+        allowed = pin.split(",") if pin is not None else sorted(self.clusters)
+        load = {c: 0 for c in allowed}
+        for other in self.instances.values():
+            cluster = self.node_clusters.get(other.spec.node_name)
+            if cluster in load:
+                load[cluster] += 1
+        cluster = min(allowed, key=lambda c: (load[c], c))
+        node = f"node-{cluster}"
+        self.node_clusters[node] = cluster
+        return msgspec.structs.replace(
+            instance, spec=msgspec.structs.replace(instance.spec, node_name=node)
+        )
+
+    def cluster_of(self, instance: Instance) -> str:
+        return self.node_clusters.get(instance.spec.node_name, "")
 
     def apply(self, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -101,7 +139,7 @@ class World:
                     if instance.metadata.name not in self.instances:
                         self.uids += 1
                         meta = msgspec.structs.replace(instance.metadata, uid=f"u{self.uids}")
-                        created = msgspec.structs.replace(instance, metadata=meta)
+                        created = self.place(msgspec.structs.replace(instance, metadata=meta))
                         if instance.metadata.labels.get(HASH_LABEL) in self.healthy:
                             created = ready(created, self.now)
                         self.instances[instance.metadata.name] = created

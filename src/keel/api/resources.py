@@ -321,33 +321,121 @@ class RollingUpdate(Model, frozen=True):
     max_unavailable: IntOrPercent = "25%"
 
 
+class CanaryPause(Model, frozen=True):
+    # None: paused until `keel rollout promote`.
+    duration: Annotated[int, msgspec.Meta(ge=0, le=86_400)] | None = None
+
+
+class AnalysisProbe(Model, frozen=True):
+    """A check of the canary Instances, run by the deployment controller at every sample:
+    `http` GETs `path` on `port` of each Ready canary Instance (2xx or 3xx passes); `exec`
+    runs `command` with KEEL_CANARY_INSTANCES and KEEL_CANARY_ENDPOINTS (host:port, space
+    separated) in its environment (exit status 0 passes)."""
+
+    type: Literal["http", "exec"]
+    path: str = "/"
+    port: str | int = ""  # a port name or number of the template ("": its first port)
+    command: list[str] = []
+    timeout_seconds: Annotated[int, msgspec.Meta(ge=1, le=60)] = 2
+
+    def __post_init__(self) -> None:
+        if self.type == "exec" and not self.command:
+            raise ValueError("probe.command: required for an exec probe")
+
+
+class Analysis(Model, frozen=True):
+    """Pass/fail gates over a window of samples (one every `intervalSeconds`): it fails as
+    soon as a gate cannot hold any more, and passes when the window ends with every gate
+    held."""
+
+    window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 30
+    interval_seconds: Annotated[int, msgspec.Meta(ge=1, le=600)] = 5
+    # The mean share of canary Instances Ready over the window's samples must reach this.
+    min_ready_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    # More restarts than this (agent telemetry, summed over the canary Instances, counted
+    # from the start of the window) fail the analysis.
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    probe: AnalysisProbe | None = None
+    # More failed probe samples than this fail the analysis.
+    max_probe_failures: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 class CanaryStep(Model, frozen=True):
-    weight: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
-    pause_seconds: Seconds = 0
+    """One of: setWeight (percent of replicas on the new revision, at least one when
+    non-zero), pause (for a duration, or until promoted) or analysis."""
+
+    set_weight: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    pause: CanaryPause | None = None
+    analysis: Analysis | None = None
+
+    def __post_init__(self) -> None:
+        given = [
+            n
+            for n, v in (
+                ("setWeight", self.set_weight),
+                ("pause", self.pause),
+                ("analysis", self.analysis),
+            )
+            if v is not None
+        ]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(
+                f"a canary step holds exactly one of setWeight, pause or analysis (found: {found})"
+            )
+
+    @property
+    def kind(self) -> Literal["setWeight", "pause", "analysis"]:
+        if self.set_weight is not None:
+            return "setWeight"
+        return "pause" if self.pause is not None else "analysis"
 
 
 class Canary(Model, frozen=True):
-    steps: list[CanaryStep] = []
+    steps: Annotated[list[CanaryStep], msgspec.Meta(min_length=1)]
 
 
-# Accepted by the schema (the names are reserved for the canary strategy) but refused until
-# the controller acts on them: a field that validates and does nothing is a defect.
-CANARY_UNSUPPORTED = "strategy.type: Canary is not supported yet; use RollingUpdate or Recreate"
+class Wave(Model, frozen=True):
+    """A group of clusters that a rollout reaches together: by name or by label selector
+    (over Cluster labels). The next wave starts once this one has run the new revision,
+    fully available, for `bakeSeconds`; more than `maxFailures` failed Instances (Failed,
+    or crash-looping) stop the rollout here."""
+
+    name: str = ""
+    clusters: list[Name] = []
+    cluster_selector: LabelSelector | None = None
+    max_failures: Annotated[int, msgspec.Meta(ge=0)] = 0
+    bake_seconds: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 30
+
+    def __post_init__(self) -> None:
+        if bool(self.clusters) == (self.cluster_selector is not None):
+            raise ValueError(
+                "a wave names its clusters or selects them (clusterSelector), not both"
+            )
+        if self.cluster_selector is not None and not self.cluster_selector.match_labels:
+            raise ValueError("clusterSelector.matchLabels: must name at least one label")
 
 
 class Strategy(Model, frozen=True):
     type: Literal["RollingUpdate", "Canary", "Recreate"] = "RollingUpdate"
+    # The surge and unavailability budget of RollingUpdate, and of Canary and waves too.
     rolling_update: RollingUpdate = RollingUpdate()
     canary: Canary | None = None
+    waves: list[Wave] = []
 
     def __post_init__(self) -> None:
-        if self.type == "Canary":
-            raise ValueError(CANARY_UNSUPPORTED)
-        if self.canary is not None:
-            raise ValueError(
-                "strategy.canary: canary steps are not supported yet; "
-                "use strategy.type RollingUpdate or Recreate"
-            )
+        if self.type == "Canary" and self.canary is None:
+            raise ValueError("canary: required with type Canary (a list of steps)")
+        if self.type != "Canary" and self.canary is not None:
+            raise ValueError(f"canary: only with type Canary (type is {self.type})")
+        if self.type == "Recreate" and self.waves:
+            raise ValueError("waves: not with type Recreate (it replaces every Instance at once)")
+        seen: set[str] = set()
+        for wave in self.waves:
+            twice = seen & set(wave.clusters)
+            if twice:
+                raise ValueError(f"waves: cluster {sorted(twice)[0]} is in more than one wave")
+            seen |= set(wave.clusters)
 
 
 class Placement(Model, frozen=True):
@@ -432,6 +520,12 @@ class DeploymentStatus(Model, frozen=True):
     # changes again.
     failed_revision: str = ""
     phase: RolloutPhase = ""
+    # Canary and waves: the step (index into strategy.canary.steps; len(steps) once every
+    # step is done) and the wave (index into strategy.waves) the rollout stands at, and
+    # when it got there. Written on transitions only.
+    current_step: int = 0
+    current_wave: int = 0
+    step_started_at: Timestamp | None = None
     conditions: list[DeploymentCondition] = []
 
 
@@ -450,6 +544,13 @@ class RevisionSpec(Model, frozen=True):
 # The annotation the deployment controller puts on a Revision, once, when it becomes stable
 # (fully rolled out and available for bakeSeconds); its value is the RFC 3339 time.
 STABLE_ANNOTATION = "keel.dev/stable-since"
+# On a Deployment, set by `keel rollout promote|abort`: "{templateHash}/{step}" skips the
+# canary step (or wave) the rollout stands at, "{templateHash}/full" every remaining one;
+# abort: "{templateHash}" returns to the stable revision and leaves that template failed.
+PROMOTE_ANNOTATION = "keel.dev/promote"
+ABORT_ANNOTATION = "keel.dev/abort"
+# On an Instance: the clusters it may run in (comma separated), set by a wave rollout.
+CLUSTERS_ANNOTATION = "keel.dev/clusters"
 
 
 class Revision(Resource, frozen=True, kw_only=True):

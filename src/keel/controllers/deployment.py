@@ -20,14 +20,19 @@ import msgspec
 
 from keel.api.disruption import is_ready, rollout_budget
 from keel.api.resources import (
+    ABORT_ANNOTATION,
     API_VERSION,
+    CLUSTERS_ANNOTATION,
     FAILOVER_PENDING,
+    PROMOTE_ANNOTATION,
     STABLE_ANNOTATION,
+    Cluster,
     Deployment,
     DeploymentCondition,
     DeploymentStatus,
     Instance,
     InstanceTemplate,
+    Node,
     ObjectMeta,
     OwnerReference,
     Revision,
@@ -42,6 +47,8 @@ from keel.client import (
     Preconditions,
 )
 from keel.clock import rfc3339
+from keel.controllers.analysis import AnalysisRuns
+from keel.controllers.progressive import Group, Split, Verdict, resolve_waves, split
 from keel.controllers.rollout import (
     CRASH_LOOP_RESTARTS,
     MAX_STEPS,
@@ -75,6 +82,7 @@ __all__ = [
     "new_revision",
     "plan",
     "plan_instances",
+    "plan_split",
     "revision_name",
     "rollout_budget",
     "selects",
@@ -226,6 +234,11 @@ class _Rollout:
     reason: str
     message: str
     progress_time: float
+    step: int = 0
+    wave: int = 0
+    step_started: float = 0.0
+    step_moved: bool = False  # the step or wave changed: status records when
+    notes: dict[str, str] = field(default_factory=dict)
     transitioned: bool = False
     events: list[RecordEvent] = field(default_factory=list)
 
@@ -236,15 +249,23 @@ def plan(
     instances: Sequence[Instance],
     now: float,
     restarts: Mapping[str, int] | None = None,
+    *,
+    clusters: Mapping[str, Mapping[str, str]] | None = None,
+    node_clusters: Mapping[str, str] | None = None,
+    analysis: Verdict | None = None,
 ) -> list[Action]:
     """What to do about `deployment`, given its Revisions, the Instances it owns, the wall
-    clock `now` and the restart counts of its Instances by name (agent telemetry).
+    clock `now` and the restart counts of its Instances by name (agent telemetry); for
+    canary steps and waves also the Clusters (name -> labels), the cluster of each Node, and
+    the verdict of the analysis the current canary step runs (collected by the shell).
 
     1. The template gets a Revision (`{deployment}-{hash}`, number one above the highest).
     2. The rollout state machine (`keel.controllers.rollout.TRANSITIONS`) moves on the
        signals observed now; every transition is an event and a status change.
     3. The target revision (the update revision, or the stable one while rolling back) is
-       converged to by `plan_instances` (frozen while Paused).
+       converged to by `plan_instances` (frozen while Paused); while canary steps or waves
+       remain, the update and stable revisions split as `progressive.split` says, and
+       `plan_split` converges on that.
     4. Status and conditions are written only when they differ; unused Revisions beyond
        revisionHistoryLimit are pruned, oldest first; a timer still running is a
        `RequeueAfter`.
@@ -275,10 +296,15 @@ def plan(
         reason=progressing.reason if progressing else "",
         message=progressing.message if progressing else "",
         progress_time=_progress_time(progressing, now),
+        step=status.current_step,
+        wave=status.current_wave,
+        step_started=parse_time(status.step_started_at) or now,
     )
+    waves = resolve_waves(deployment.spec.strategy.waves, clusters or {})
     # The state machine: signals from what runs now, rows from the table.
     for _ in range(MAX_STEPS):
         target = _target(state, spec_hash)
+        parts = _split(deployment, state, spec_hash, waves)
         signals = _signals(
             deployment,
             state,
@@ -287,6 +313,9 @@ def plan(
             instances=instances,
             now=now,
             restarts=restarts,
+            parts=parts,
+            node_clusters=node_clusters or {},
+            analysis=analysis,
         )
         found = step(state.phase, signals)
         if found is None:
@@ -307,10 +336,17 @@ def plan(
 
     target = _target(state, spec_hash)
     template = revs[target].spec.template
-    fill = _paused_fill(status, target, instances, revs) if state.phase == "Paused" else None
-    instance_actions, remaining = plan_instances(
-        deployment, target, template, instances, now, paused_fill=fill
-    )
+    parts = _split(deployment, state, spec_hash, waves)
+    if parts is not None:
+        templates = {h: r.spec.template for h, r in revs.items()}
+        instance_actions, remaining = plan_split(
+            deployment, parts, templates, instances, now, node_clusters=node_clusters or {}
+        )
+    else:
+        fill = _paused_fill(status, target, instances, revs) if state.phase == "Paused" else None
+        instance_actions, remaining = plan_instances(
+            deployment, target, template, instances, now, paused_fill=fill
+        )
     actions.extend(instance_actions)
 
     stable_rev = revs.get(state.stable)
@@ -322,7 +358,7 @@ def plan(
         actions.append(UpdateStatus(new_status))
     actions.extend(state.events)
     actions.extend(_prune(deployment, revs, {spec_hash, target, state.stable}, instances))
-    wake = _wake(deployment, state, target, instances, now)
+    wake = _wake(deployment, state, target, instances, now, parts=parts)
     if wake is not None:
         actions.append(RequeueAfter(max(0.05, wake - now)))
     return actions
@@ -332,6 +368,36 @@ def _target(state: _Rollout, spec_hash: str) -> str:
     if state.phase in ROLLBACK_PHASES and state.stable:
         return state.stable
     return spec_hash
+
+
+def _steps(deployment: Deployment) -> int:
+    canary = deployment.spec.strategy.canary
+    return len(canary.steps) if canary is not None else 0
+
+
+def _split(
+    deployment: Deployment, state: _Rollout, spec_hash: str, waves: Sequence[tuple[str, ...]]
+) -> Split | None:
+    """How the update and stable revisions split now, while canary steps or waves remain
+    in a rollout that has a stable revision to split with (the first rollout has none and
+    goes straight through); None otherwise."""
+    if not _steps(deployment) and not waves:
+        return None
+    if state.phase not in ("Progressing", "Paused", "Failed"):
+        return None
+    if not state.stable or state.stable == spec_hash:
+        return None
+    if state.step >= _steps(deployment) and state.wave >= len(waves):
+        return None
+    return split(
+        deployment.spec.strategy,
+        deployment.spec.replicas,
+        update=spec_hash,
+        stable=state.stable,
+        step=state.step,
+        wave=state.wave,
+        waves=waves,
+    )
 
 
 def _progress_time(progressing: DeploymentCondition | None, now: float) -> float:
@@ -350,30 +416,116 @@ def _signals(
     instances: Sequence[Instance],
     now: float,
     restarts: Mapping[str, int] | None,
+    parts: Split | None,
+    node_clusters: Mapping[str, str],
+    analysis: Verdict | None,
 ) -> list[Signal]:
-    """What is true now, in priority order (the table decides what each means in a phase)."""
+    """What is true now, in priority order (the table decides what each means in a phase).
+    Why a signal holds, where the event should say so, goes to `state.notes`."""
     spec = deployment.spec
+    annotations = deployment.metadata.annotations
     signals: list[Signal] = []
     if spec_hash != state.update_revision:
         signals.append("NewTemplate")
-    complete = _complete(deployment, target, instances, now)
+    if annotations.get(ABORT_ANNOTATION) == spec_hash and state.stable != spec_hash:
+        signals.append("Abort")
+    complete = parts is None and _complete(deployment, target, instances, now)
     if spec.paused and not complete:
         signals.append("Pause")
     if not spec.paused:
         signals.append("Resume")
     can_roll_back = spec.auto_rollback and bool(state.stable) and state.stable != target
-    if can_roll_back and _crash_looping(target, instances, restarts):
+    steps = spec.strategy.canary.steps if spec.strategy.canary is not None else []
+    current = steps[state.step] if parts is not None and state.step < len(steps) else None
+    analysed = current is not None and current.analysis is not None and analysis is not None
+    if analysed and analysis is not None and analysis.phase == "Failed":
+        state.notes["AnalysisFailed"] = analysis.message
+        signals.append("AnalysisFailed")
+    waves = spec.strategy.waves
+    if parts is not None and waves and state.wave < len(waves):
+        failed = _wave_failures(parts.update[-1], instances, restarts)
+        if failed > waves[state.wave].max_failures:
+            state.notes["WaveFailed"] = f"{failed} failed"
+            signals.append("WaveFailedRollback" if can_roll_back else "WaveFailed")
+    elif can_roll_back and _crash_looping(target, instances, restarts):
         signals.append("CrashLoopRollback")
     if complete:
         signals.append("Complete")
-    if now >= state.progress_time + spec.progress_deadline_seconds:
+    waiting = current is not None and current.kind != "setWeight"
+    if not waiting and now >= state.progress_time + spec.progress_deadline_seconds:
         signals.append("DeadlineRollback" if can_roll_back else "Deadline")
+    if parts is not None:
+        promote = annotations.get(PROMOTE_ANNOTATION, "")
+        if promote == f"{spec_hash}/full":
+            signals.append("PromoteFull")
+        elif promote == f"{spec_hash}/{state.step}.{state.wave}":
+            signals.append("Promote")
+        converged = _converged(parts, instances, now, spec.min_ready_seconds)
+        if current is not None:
+            if current.kind == "setWeight" and converged:
+                signals.append("StepDone")
+            elif current.pause is not None and current.pause.duration is not None:
+                if now >= state.step_started + current.pause.duration:
+                    signals.append("StepDone")
+            elif analysed and analysis is not None and analysis.phase == "Passed":
+                state.notes["StepDone"] = analysis.message
+                signals.append("StepDone")
+        elif state.wave < len(waves) and converged:
+            # The last wave needs no bake here: nothing waits for it (bakeSeconds, the
+            # Deployment's, still decides when the revision becomes stable).
+            baked_from = max(state.progress_time, state.step_started)
+            last = state.wave == len(waves) - 1
+            if last or now >= baked_from + waves[state.wave].bake_seconds:
+                signals.append("WaveDone")
     if target != state.stable:
         if complete and now >= state.progress_time + spec.bake_seconds:
             signals.append("Baked")
         if not complete:
             signals.append("Incomplete")
     return signals
+
+
+def _wave_failures(
+    group: Group, instances: Sequence[Instance], restarts: Mapping[str, int] | None
+) -> int:
+    """Instances of the current wave's group that failed or crash-loop."""
+    counts = restarts or {}
+    failed = 0
+    for instance in instances:
+        if instance.metadata.deletion_timestamp or not _member(instance, group):
+            continue
+        phase_failed = instance.status.phase == "Failed"
+        if phase_failed or counts.get(instance.metadata.name, 0) >= CRASH_LOOP_RESTARTS:
+            failed += 1
+    return failed
+
+
+def _member(instance: Instance, group: Group, *, any_pin: bool = False) -> bool:
+    meta = instance.metadata
+    if meta.labels.get(HASH_LABEL) != group.revision:
+        return False
+    return any_pin or meta.annotations.get(CLUSTERS_ANNOTATION) == group.pin
+
+
+def _converged(
+    parts: Split,
+    instances: Sequence[Instance],
+    now: float,
+    min_ready: int,
+) -> bool:
+    """Every group has exactly its count, all available; nothing else runs or terminates."""
+    if any(i.metadata.deletion_timestamp for i in instances):
+        return False
+    live = [i for i in instances if FAILOVER_PENDING not in i.metadata.annotations]
+    seen = 0
+    for group in parts.groups:
+        members = [i for i in live if _member(i, group, any_pin=group is parts.stable)]
+        if len(members) != group.count:
+            return False
+        if not all(is_available(i, now, min_ready) for i in members):
+            return False
+        seen += len(members)
+    return seen == len(live)
 
 
 def _transition(
@@ -389,6 +541,19 @@ def _transition(
 ) -> None:
     if signal == "NewTemplate":
         state.update_revision = spec_hash
+        state.step, state.wave = 0, 0
+        state.step_started, state.step_moved = now, True
+    if row.advance_step:
+        if state.step < _steps(deployment):
+            state.step += 1
+        else:
+            state.wave += 1
+    if row.advance_wave:
+        state.wave += 1
+    if row.finish:
+        state.step, state.wave = _steps(deployment), len(deployment.spec.strategy.waves)
+    if row.advance_step or row.advance_wave or row.finish:
+        state.step_started, state.step_moved = now, True
     if row.forget_failed:
         state.failed = ""
     if row.remember_failed:
@@ -398,6 +563,13 @@ def _transition(
     state.message = _message(
         deployment, revs, state, spec_hash=spec_hash, target=target, reason=row.reason
     )
+    note = state.notes.get(signal)
+    if note:
+        state.message = (
+            f"{state.message}: {note}"
+            if ";" not in state.message
+            else (state.message.replace(";", f": {note};", 1))
+        )
     state.progress_time = now  # any transition restarts the deadline and bake clocks
     state.transitioned = True
     state.events.append(RecordEvent(row.reason, state.message, row.warning))
@@ -450,7 +622,49 @@ def _message(
                 f"rolled back to stable {stable}; {update} is not retried until the "
                 "template changes"
             )
+        case "RolloutAborted":
+            return f"rollout of {update} aborted; rolling back to stable {stable}"
+        case "AnalysisFailed":
+            return f"analysis of {update} failed; rolling back to stable {stable}"
+        case "WaveFailed" if state.phase == "RollingBack":
+            return (
+                f"wave {state.wave + 1} of {update} failed; rolling back every wave to "
+                f"stable {stable}"
+            )
+        case "WaveFailed":
+            return f"wave {state.wave + 1} of {update} failed; later waves are not touched"
+        case "PromotedFull":
+            return f"{update} promoted: every remaining step and wave skipped"
+        case "Promoted" | "CanaryStepComplete" | "WaveComplete":
+            return f"rolling out {update}: {_where(deployment, state)}"
     return reason
+
+
+def _where(deployment: Deployment, state: _Rollout) -> str:
+    """The step and wave a rollout stands at, for messages: "step 3/5 (pause 30s)"."""
+    strategy = deployment.spec.strategy
+    steps = strategy.canary.steps if strategy.canary is not None else []
+    parts: list[str] = []
+    if state.step < len(steps):
+        item = steps[state.step]
+        if item.set_weight is not None:
+            what = f"setWeight {item.set_weight}%"
+        elif item.pause is not None:
+            duration = item.pause.duration
+            what = "pause until promoted" if duration is None else f"pause {duration}s"
+        else:
+            what = "analysis"
+        parts.append(f"step {state.step + 1}/{len(steps)} ({what})")
+    elif steps:
+        parts.append("canary steps done")
+    waves = strategy.waves
+    if state.wave < len(waves):
+        wave = waves[state.wave]
+        label = wave.name or ",".join(wave.clusters) or "selected clusters"
+        parts.append(f"wave {state.wave + 1}/{len(waves)} ({label})")
+    elif waves:
+        parts.append("every wave done")
+    return ", ".join(parts) or "rolling out"
 
 
 def _crash_looping(
@@ -640,6 +854,131 @@ def plan_instances(
     keep = max(0, replicas - ready_counted)
     by_name = sorted(pending, key=lambda i: i.metadata.name, reverse=True)
     for instance in sorted(by_name, key=is_ready)[: max(0, len(pending) - keep)]:
+        delete(instance)
+
+    remaining = [i for i in live if i.metadata.name not in deleted] + created
+    return actions, remaining
+
+
+def plan_split(
+    deployment: Deployment,
+    parts: Split,
+    templates: Mapping[str, InstanceTemplate],
+    instances: Sequence[Instance],
+    now: float,
+    *,
+    node_clusters: Mapping[str, str],
+) -> tuple[list[Action], list[Instance]]:
+    """Converge on a canary or wave split (`progressive.split`): each update group gets
+    exactly its count of Instances of the update revision pinned to its clusters, the
+    stable group its count of the stable revision; everything else is outgoing. Returns the
+    actions and the live Instances as they will be once applied.
+
+    The budget is RollingUpdate's: at most replicas + maxSurge Instances (terminating ones
+    included), and available ones are deleted only while replicas - maxUnavailable stay
+    available, so a stable Instance goes only once its replacement is available (within
+    the budget). Surplus Instances of an update group go at once (an abort, a lower
+    weight). Surplus stable Instances go in this order: those in a started wave's clusters,
+    those elsewhere, then those in later waves, the last wave's last; unavailable ones
+    first, then the highest name. New Instances of an update group go before stable ones,
+    each under the lowest index free for its revision.
+    """
+    name = deployment.metadata.name
+    replicas = deployment.spec.replicas
+    min_ready = deployment.spec.min_ready_seconds
+    live = [i for i in instances if not i.metadata.deletion_timestamp]
+    pending = [i for i in live if FAILOVER_PENDING in i.metadata.annotations]
+    counted = [i for i in live if FAILOVER_PENDING not in i.metadata.annotations]
+    terminating = sum(
+        1
+        for i in instances
+        if i.metadata.deletion_timestamp and FAILOVER_PENDING not in i.metadata.annotations
+    )
+    actions: list[Action] = []
+    deleted: set[str] = set()
+    created: list[Instance] = []
+
+    def delete(instance: Instance) -> None:
+        meta = instance.metadata
+        actions.append(DeleteInstance(meta.namespace, meta.name, meta.uid))
+        deleted.add(meta.name)
+
+    def available(instance: Instance) -> bool:
+        return is_available(instance, now, min_ready)
+
+    def by_name_desc(items: Sequence[Instance]) -> list[Instance]:
+        return sorted(items, key=lambda i: i.metadata.name, reverse=True)
+
+    later_rank = {c: 2 + len(parts.later) - n for n, w in enumerate(parts.later) for c in w}
+
+    def stable_rank(instance: Instance) -> int:
+        cluster = node_clusters.get(instance.spec.node_name, "")
+        if cluster in parts.started:
+            return 0
+        return later_rank.get(cluster, 1)
+
+    claimed: set[str] = set()
+    outgoing: list[Instance] = []
+    missing: list[tuple[Group, int]] = []
+    for group in parts.groups:
+        is_stable = group is parts.stable
+        members = [
+            i
+            for i in counted
+            if i.metadata.name not in claimed and _member(i, group, any_pin=is_stable)
+        ]
+        claimed.update(i.metadata.name for i in members)
+        surplus = len(members) - group.count
+        if surplus > 0 and is_stable:
+            ranked = sorted(by_name_desc(members), key=lambda i: (available(i), stable_rank(i)))
+            outgoing.extend(ranked[:surplus])
+        elif surplus > 0:
+            for instance in sorted(by_name_desc(members), key=available)[:surplus]:
+                delete(instance)
+        elif surplus < 0:
+            missing.append((group, -surplus))
+    outgoing.extend(i for i in counted if i.metadata.name not in claimed)
+
+    surge, unavailable = rollout_budget(deployment)
+    creatable = max(0, replicas + surge - len(counted) - terminating)
+    taken: dict[str, set[int]] = {}
+    for instance in instances:
+        revision = instance.metadata.labels.get(HASH_LABEL, "")
+        index = _index(instance.metadata.name, f"{name}-{revision}-")
+        if index is not None:
+            taken.setdefault(revision, set()).add(index)
+    for group, count in missing:
+        template = templates.get(group.revision)
+        if template is None:
+            continue
+        used = taken.setdefault(group.revision, set())
+        for _ in range(min(count, creatable)):
+            index = next(i for i in range(len(used) + 1) if i not in used)
+            used.add(index)
+            instance = new_instance(deployment, group.revision, index, template)
+            if group.pin is not None:
+                meta = instance.metadata
+                annotations = {**meta.annotations, CLUSTERS_ANNOTATION: group.pin}
+                instance = msgspec.structs.replace(
+                    instance, metadata=msgspec.structs.replace(meta, annotations=annotations)
+                )
+            actions.append(CreateInstance(instance))
+            created.append(instance)
+            creatable -= 1
+
+    up = sum(1 for i in counted if i.metadata.name not in deleted and available(i))
+    floor = replicas - unavailable
+    for instance in sorted(outgoing, key=available):  # stable order otherwise kept
+        if not available(instance):
+            delete(instance)
+        elif up - 1 >= floor:
+            delete(instance)
+            up -= 1
+
+    # Outgoing (failover-pending) Instances stay only while replacements are not yet Ready.
+    ready_counted = sum(1 for i in counted if i.metadata.name not in deleted and is_ready(i))
+    keep = max(0, replicas - ready_counted)
+    for instance in sorted(by_name_desc(pending), key=is_ready)[: max(0, len(pending) - keep)]:
         delete(instance)
 
     remaining = [i for i in live if i.metadata.name not in deleted] + created
@@ -841,6 +1180,11 @@ def _status(
         stable_revision=state.stable,
         failed_revision=state.failed,
         phase=state.phase,
+        current_step=state.step,
+        current_wave=state.wave,
+        step_started_at=rfc3339(state.step_started)
+        if state.step_moved
+        else previous.step_started_at,
         conditions=conditions,
     )
 
@@ -871,10 +1215,24 @@ def _wake(
     target: str,
     instances: Sequence[Instance],
     now: float,
+    *,
+    parts: Split | None = None,
 ) -> float | None:
     """When the next timer runs out, if one runs."""
     spec = deployment.spec
     times: list[float] = []
+    steps = spec.strategy.canary.steps if spec.strategy.canary is not None else []
+    if parts is not None and state.phase == "Progressing":
+        if state.step < len(steps):
+            current = steps[state.step]
+            if current.pause is not None and current.pause.duration is not None:
+                times.append(state.step_started + current.pause.duration)
+            if current.analysis is not None:
+                times.append(now + current.analysis.interval_seconds)
+        elif state.wave < len(spec.strategy.waves):
+            bake = spec.strategy.waves[state.wave].bake_seconds
+            times.append(max(state.progress_time, state.step_started) + bake)
+            times.append(now + CRASH_LOOP_POLL_SECONDS)  # failures come from telemetry
     if spec.min_ready_seconds > 0:
         for instance in instances:
             since = _ready_since(instance) if is_ready(instance) else None
@@ -959,18 +1317,41 @@ class DeploymentController:
 
     name = "deployment"
     primary = Deployment
-    related = (Related(Instance), Related(Revision))
+    # Nodes and Clusters: read by wave rollouts (which cluster runs what), no keys of their own.
+    related = (
+        Related(Instance),
+        Related(Revision),
+        Related(Node, to_keys=lambda _obj: ()),
+        Related(Cluster, to_keys=lambda _obj: ()),
+    )
+
+    def __init__(self) -> None:
+        self.analyses = AnalysisRuns()
 
     async def reconcile(self, ctx: Context, key: str) -> Result:
         deployment: Deployment | None = ctx.cache(Deployment).get(key)
         if deployment is None:
+            self.analyses.forget(key)
             return Result()  # gone: the garbage collector takes its Instances
         meta = deployment.metadata
         owned = _owned(ctx.cache(Instance).by_index("owner", meta.uid), meta.namespace)
         revisions = _owned(ctx.cache(Revision).by_index("owner", meta.uid), meta.namespace)
         now = ctx.clock.wall()
         restarts = await _restarts(ctx, deployment)
-        actions = plan(deployment, revisions, owned, now, restarts)
+        clusters: dict[str, dict[str, str]] = {}
+        node_clusters: dict[str, str] = {}
+        if deployment.spec.strategy.waves:
+            for cluster in ctx.cache(Cluster).list():
+                clusters[cluster.metadata.name] = dict(cluster.metadata.labels)
+            for node in ctx.cache(Node).list():
+                node_clusters[node.metadata.name] = node.spec.cluster
+        analysis = await self._analysis(ctx, deployment, owned, now)
+        inputs: dict[str, Any] = {
+            "clusters": clusters,
+            "node_clusters": node_clusters,
+            "analysis": analysis,
+        }
+        actions = plan(deployment, revisions, owned, now, restarts, **inputs)
         if needs_confirmation(actions):
             listed = await ctx.client.list(
                 Instance, namespace=meta.namespace, label_selector={DEPLOYMENT_LABEL: meta.name}
@@ -980,7 +1361,7 @@ class DeploymentController:
                 for i in listed.items
                 if any(r.uid == meta.uid for r in i.metadata.owner_references)
             ]
-            actions = confirm(actions, plan(deployment, revisions, live, now, restarts))
+            actions = confirm(actions, plan(deployment, revisions, live, now, restarts, **inputs))
         requeue: float | None = None
         for action in actions:
             if isinstance(action, RequeueAfter):
@@ -990,6 +1371,34 @@ class DeploymentController:
                 ctx.log.info("deployment %s: %s", key, _describe(action))
             await execute(ctx.client, deployment, action)
         return Result(requeue_after=requeue)
+
+    async def _analysis(
+        self, ctx: Context, deployment: Deployment, owned: Sequence[Instance], now: float
+    ) -> Verdict | None:
+        """The verdict of the analysis the rollout's current canary step runs, if it runs
+        one (the step as status records it)."""
+        status = deployment.status
+        canary = deployment.spec.strategy.canary
+        name = f"{deployment.metadata.namespace}/{deployment.metadata.name}"
+        steps = canary.steps if canary is not None else []
+        running = (
+            status.phase == "Progressing"
+            and status.stable_revision
+            and status.update_revision == template_hash(deployment)
+            and status.stable_revision != status.update_revision
+            and status.current_step < len(steps)
+        )
+        analysis = steps[status.current_step].analysis if running else None
+        if analysis is None:
+            self.analyses.forget(name)
+            return None
+        canaries = [
+            i
+            for i in owned
+            if i.metadata.labels.get(HASH_LABEL) == status.update_revision
+            and not i.metadata.deletion_timestamp
+        ]
+        return await self.analyses.verdict(ctx, deployment, analysis, canaries, now)
 
 
 def needs_confirmation(actions: Sequence[Action]) -> bool:
@@ -1022,7 +1431,8 @@ async def _restarts(ctx: Context, deployment: Deployment) -> dict[str, int] | No
     """Restart counts of the Deployment's Instances (agent telemetry), read only while a
     rollout with autoRollback may still be judged; None when unknown."""
     status = deployment.status
-    if not deployment.spec.auto_rollback or not status.stable_revision:
+    judged = deployment.spec.auto_rollback or deployment.spec.strategy.waves
+    if not judged or not status.stable_revision:
         return None
     if status.phase in ROLLBACK_PHASES or status.stable_revision == template_hash(deployment):
         return None

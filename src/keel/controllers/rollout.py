@@ -3,17 +3,11 @@ next phase, pure and I/O-free. `keel.controllers.deployment.plan` observes the s
 asks `step` for the transitions, and derives from the phase what to run (the target
 revision) and which conditions to write; only transitions reach the store.
 
-Extension points (canary steps, waves across clusters), for the strategies to come:
-- a strategy adds phases to `Phase`, signals to `Signal` (observed in
-  `deployment._signals`, in priority order) and rows to `TRANSITIONS`, e.g.
-  ("CanaryStep", "StepDone") -> "CanaryStep" with the step index advanced in status, or
-  ("CanaryStep", "AnalysisFailed") -> "RollingBack" with `remember_failed`;
-- `deployment._target` picks the revision a phase runs (`ROLLBACK_PHASES` run the stable
-  one); `deployment.plan_instances` converges the Instances on that revision within the
-  surge/unavailability budget, and is where a per-revision split (a canary weight: so many
-  Instances of the update revision, the rest on the stable one) or a per-wave set of
-  clusters would be applied;
-- every transition already becomes a status change and an event, so new rows need no I/O.
+Canary steps and waves across clusters (`keel.controllers.progressive`) move within the
+Progressing phase: a row may advance the step or the wave (written in status with the time
+it got there), finish them all (promote --full), or leave for RollingBack (a failed
+analysis, a failed wave with autoRollback, an abort). The split between the update and the
+stable revision at each step and wave is `progressive.split`'s.
 """
 
 from __future__ import annotations
@@ -43,6 +37,14 @@ Signal = Literal[
     "Deadline",  # no progress for progressDeadlineSeconds
     "DeadlineRollback",  # ... with autoRollback and a stable revision to return to
     "CrashLoopRollback",  # new Instances crash-loop, with autoRollback and a stable revision
+    "Abort",  # `keel rollout abort` for this template
+    "AnalysisFailed",  # the analysis of the current canary step failed
+    "WaveFailed",  # more Instances of the current wave failed than its maxFailures
+    "WaveFailedRollback",  # ... with autoRollback and a stable revision to return to
+    "PromoteFull",  # `keel rollout promote --full`: every remaining step and wave
+    "Promote",  # `keel rollout promote`: the current step (or wave's bake)
+    "StepDone",  # the current canary step's goal is met (weight reached, pause over, passed)
+    "WaveDone",  # the current wave is fully available and baked
 ]
 
 # A new Instance restarting this often (agent telemetry), or ending Failed, crash-loops.
@@ -60,6 +62,9 @@ class Row:
     mark_stable: bool = False  # the target revision becomes the stable one
     remember_failed: bool = False  # the update revision is not retried until it changes
     forget_failed: bool = False
+    advance_step: bool = False  # the next canary step (or, steps done, the next wave)
+    advance_wave: bool = False
+    finish: bool = False  # every step and wave done: the rest rolls out at once
 
 
 ANY: Literal["*"] = "*"
@@ -97,6 +102,29 @@ TRANSITIONS: dict[tuple[Phase | Literal["*"], Signal], Row] = {
                                               warning=True, remember_failed=True),
     # The stable revision runs again in full.
     ("RollingBack", "Complete"):          Row("RolledBack", "RolledBack", warning=True),
+    # Canary and waves. An abort returns to the stable revision from any unfinished phase;
+    # the aborted template is not retried until it changes.
+    ("Progressing", "Abort"):             Row("RollingBack", "RolloutAborted", warning=True,
+                                              remember_failed=True),
+    ("Paused",      "Abort"):             Row("RollingBack", "RolloutAborted", warning=True,
+                                              remember_failed=True),
+    ("Failed",      "Abort"):             Row("RollingBack", "RolloutAborted", warning=True,
+                                              remember_failed=True),
+    # A failed analysis aborts, autoRollback or not: that is what an analysis is for.
+    ("Progressing", "AnalysisFailed"):    Row("RollingBack", "AnalysisFailed", warning=True,
+                                              remember_failed=True),
+    # A failed wave stops the rollout before later waves are touched...
+    ("Progressing", "WaveFailed"):        Row("Failed", "WaveFailed", warning=True),
+    # ... and with autoRollback returns every wave to the stable revision.
+    ("Progressing", "WaveFailedRollback"): Row("RollingBack", "WaveFailed", warning=True,
+                                               remember_failed=True),
+    ("Failed",      "WaveFailedRollback"): Row("RollingBack", "WaveFailed", warning=True,
+                                               remember_failed=True),
+    ("Progressing", "PromoteFull"):       Row("Progressing", "PromotedFull", finish=True),
+    ("Progressing", "Promote"):           Row("Progressing", "Promoted", advance_step=True),
+    ("Progressing", "StepDone"):          Row("Progressing", "CanaryStepComplete",
+                                              advance_step=True),
+    ("Progressing", "WaveDone"):          Row("Progressing", "WaveComplete", advance_wave=True),
 }
 # fmt: on
 

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from keel.api.resources import Deployment, Instance, Node, Placement
+from keel.api.resources import CLUSTERS_ANNOTATION, Deployment, Instance, Node, Placement
 
 __all__ = [
     "DEPLOYMENT_LABEL",
@@ -128,7 +128,10 @@ def _unschedulable(node: NodeInfo, _i: Instance, _p: Placement | None) -> str | 
     return None if node.schedulable else "unschedulable"
 
 
-def _cluster(node: NodeInfo, _i: Instance, placement: Placement | None) -> str | None:
+def _cluster(node: NodeInfo, instance: Instance, placement: Placement | None) -> str | None:
+    pinned = instance.metadata.annotations.get(CLUSTERS_ANNOTATION)
+    if pinned is not None and node.cluster not in pinned.split(","):
+        return "not in the instance's wave clusters"
     if placement is None or not placement.clusters or node.cluster in placement.clusters:
         return None
     return "not in an allowed cluster"
