@@ -18,6 +18,11 @@ import pytest
 from support import AgentProcess, ApiServer, KeelProcess, wait_for
 
 from keel.api.resources import (
+    Analysis,
+    AnalysisProbe,
+    Canary,
+    CanaryPause,
+    CanaryStep,
     Cluster,
     Deployment,
     DeploymentSpec,
@@ -94,9 +99,11 @@ def new_deployment(name: str, replicas: int = 2, **spec: object) -> Deployment:
         spec=DeploymentSpec(
             replicas=replicas,
             template=template(SLEEP),
-            strategy=Strategy(rolling_update=RollingUpdate(max_surge=1, max_unavailable=0)),
             bake_seconds=2,
-            **spec,  # type: ignore[arg-type]
+            **{  # type: ignore[arg-type]
+                "strategy": Strategy(rolling_update=RollingUpdate(max_surge=1, max_unavailable=0)),
+                **spec,
+            },
         ),
     )
 
@@ -242,3 +249,119 @@ def test_a_rollout_that_never_becomes_ready_exceeds_its_progress_deadline(
         assert [r for r in running(client, "deadline") if r[0] == v1] == [(v1, True)] * 2
         result = platform.keel("rollout", "status", "deadline")
         assert result.returncode == 1 and "progress deadline exceeded" in result.stdout
+
+
+def test_a_release_whose_health_check_fails_is_rolled_back_automatically(
+    platform: Platform,
+) -> None:
+    with platform.server.sync_client() as client:
+        client.create(new_deployment("unhealthy", auto_rollback=True, progress_deadline_seconds=5))
+        v1 = hash_of(template(SLEEP))
+        wait_stable(client, "unhealthy", v1)
+        never = template(SLEEP, check=HealthCheck(type="exec", command=["false"], period_seconds=1))
+        set_template(client, "unhealthy", never)
+        wait_for(
+            "unhealthy: rolled back",
+            lambda: status(client, "unhealthy").status.phase == "RolledBack",
+            timeout=60,
+        )
+        rolled = next(
+            c for c in status(client, "unhealthy").status.conditions if c.type == "RolledBack"
+        )
+        assert rolled.reason == "ProgressDeadlineExceeded"
+        wait_for(
+            "unhealthy: the stable revision runs in full",
+            lambda: running(client, "unhealthy") == [(v1, True), (v1, True)],
+            timeout=30,
+        )
+
+
+def canary_strategy(*steps: CanaryStep) -> Strategy:
+    return Strategy(
+        type="Canary",
+        canary=Canary(steps=list(steps)),
+        rolling_update=RollingUpdate(max_surge=1, max_unavailable=0),
+    )
+
+
+def test_a_canary_pauses_at_its_weight_and_continues_on_promote(platform: Platform) -> None:
+    steps = (CanaryStep(set_weight=25), CanaryStep(pause=CanaryPause()))
+    with platform.server.sync_client() as client:
+        client.create(new_deployment("canary", replicas=4, strategy=canary_strategy(*steps)))
+        v1 = hash_of(template(SLEEP))
+        wait_stable(client, "canary", v1, replicas=4)
+        v2_template = template([*SLEEP[:-1], "import time; time.sleep(1e6 + 3)"])
+        set_template(client, "canary", v2_template)
+        v2 = hash_of(v2_template)
+        wait_for(
+            "canary: one canary, three stable, waiting at the pause",
+            lambda: (
+                running(client, "canary") == sorted([(v1, True)] * 3 + [(v2, True)])
+                and status(client, "canary").status.current_step == 1
+            ),
+            timeout=60,
+        )
+        time.sleep(3)  # an indefinite pause holds
+        assert running(client, "canary") == sorted([(v1, True)] * 3 + [(v2, True)])
+        shown = platform.keel("rollout", "status", "canary")
+        assert shown.returncode == 0 and "step 2/2 pause (promote to go on)" in shown.stdout
+        promoted = platform.keel("rollout", "promote", "deployment/canary")
+        assert promoted.returncode == 0, promoted
+        watched = platform.keel("rollout", "status", "-w", "canary", "--timeout", "60")
+        assert watched.returncode == 0 and "successfully rolled out" in watched.stdout
+        assert running(client, "canary") == [(v2, True)] * 4
+
+
+def test_a_failing_canary_analysis_aborts_to_the_stable_revision(platform: Platform) -> None:
+    gates = Analysis(
+        window_seconds=30,
+        interval_seconds=1,
+        probe=AnalysisProbe(type="exec", command=[sys.executable, "-c", "raise SystemExit(1)"]),
+    )
+    steps = (CanaryStep(set_weight=50), CanaryStep(analysis=gates))
+    with platform.server.sync_client() as client:
+        client.create(new_deployment("analysed", replicas=2, strategy=canary_strategy(*steps)))
+        v1 = hash_of(template(SLEEP))
+        wait_stable(client, "analysed", v1)
+        v2_template = template([*SLEEP[:-1], "import time; time.sleep(1e6 + 4)"])
+        set_template(client, "analysed", v2_template)
+        wait_for(
+            "analysed: rolled back",
+            lambda: status(client, "analysed").status.phase == "RolledBack",
+            timeout=60,
+        )
+        dep = status(client, "analysed")
+        rolled = next(c for c in dep.status.conditions if c.type == "RolledBack")
+        assert rolled.reason == "AnalysisFailed" and "probe failed" in rolled.message
+        wait_for(
+            "analysed: stable in full",
+            lambda: running(client, "analysed") == [(v1, True), (v1, True)],
+            timeout=30,
+        )
+        watched = platform.keel("rollout", "status", "-w", "analysed", "--timeout", "30")
+        assert watched.returncode == 1 and "AnalysisFailed" in watched.stdout
+
+
+def test_abort_returns_a_paused_canary_to_stable(platform: Platform) -> None:
+    steps = (CanaryStep(set_weight=50), CanaryStep(pause=CanaryPause()))
+    with platform.server.sync_client() as client:
+        client.create(new_deployment("aborted", replicas=2, strategy=canary_strategy(*steps)))
+        v1 = hash_of(template(SLEEP))
+        wait_stable(client, "aborted", v1)
+        v2_template = template([*SLEEP[:-1], "import time; time.sleep(1e6 + 5)"])
+        set_template(client, "aborted", v2_template)
+        wait_for(
+            "aborted: at the pause",
+            lambda: status(client, "aborted").status.current_step == 1,
+            timeout=60,
+        )
+        result = platform.keel("rollout", "abort", "aborted")
+        assert result.returncode == 0, result
+        wait_for(
+            "aborted: rolled back",
+            lambda: (
+                status(client, "aborted").status.phase == "RolledBack"
+                and running(client, "aborted") == [(v1, True), (v1, True)]
+            ),
+            timeout=60,
+        )

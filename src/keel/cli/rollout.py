@@ -1,7 +1,8 @@
-"""`keel rollout status|history|undo|pause|resume deployment/NAME` (kubectl's form; a bare
-NAME works too). `status -w` follows the rollout until it completes (exit 0), fails or is
-rolled back (exit 1), so scripts and CI can wait on it. `undo` writes a Revision's template
-back into the Deployment; the deployment controller does the rest.
+"""`keel rollout status|history|undo|pause|resume|promote|abort deployment/NAME` (kubectl's
+form; a bare NAME works too). `status -w` follows the rollout, step by step and wave by wave,
+until it completes (exit 0), fails or is rolled back (exit 1), so scripts and CI can wait
+on it. `undo` writes a Revision's template back into the Deployment; `promote` and `abort`
+annotate it for the step it stands at; the deployment controller does the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any
 import msgspec
 
 from keel.api.registry import BY_KIND
-from keel.api.resources import STABLE_ANNOTATION, Deployment, Revision
+from keel.api.resources import (
+    ABORT_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    STABLE_ANNOTATION,
+    Deployment,
+    Revision,
+)
 from keel.cli._common import CommandError, Session, add_connection_args, command, qualified
 from keel.cli._tables import Printer
 from keel.client import NotFound
@@ -56,6 +63,14 @@ def add_rollout_commands(commands: Any) -> None:
         run=command(_pause)
     )
     target("resume", "let a paused rollout go on").set_defaults(run=command(_resume))
+    promote = target("promote", "skip the canary step (or wave bake) the rollout waits at")
+    promote.add_argument(
+        "--full", action="store_true", help="skip every remaining step and wave: roll out now"
+    )
+    promote.set_defaults(run=command(_promote))
+    target("abort", "return to the stable revision; this template is not retried").set_defaults(
+        run=command(_abort)
+    )
 
 
 def deployment_name(target: str) -> str:
@@ -110,6 +125,8 @@ def describe(deployment: Deployment) -> tuple[str, bool | None]:
             )
         case "Complete":
             return f'deployment "{name}" successfully rolled out ({progress})', True
+        case "Failed" if progressing is not None and progressing.reason == "WaveFailed":
+            return f'deployment "{name}" failed{why}', False
         case "Failed":
             return f'deployment "{name}" failed: progress deadline exceeded{why}', False
         case "RolledBack":
@@ -120,7 +137,39 @@ def describe(deployment: Deployment) -> tuple[str, bool | None]:
             return f'deployment "{name}" is rolling back{why} ({progress})', None
         case "Paused":
             return f'deployment "{name}" rollout is paused ({progress})', None
-    return f'Waiting for deployment "{name}" rollout to finish: {progress}...', None
+    where = position(deployment)
+    at = f" [{where}]" if where else ""
+    return f'Waiting for deployment "{name}" rollout to finish{at}: {progress}...', None
+
+
+def position(deployment: Deployment) -> str:
+    """Where a canary or wave rollout stands: "step 2/4 pause (promote to go on), wave
+    1/3 c1, 2/10 updated [##--------]"; empty for a plain rollout."""
+    strategy, status = deployment.spec.strategy, deployment.status
+    steps = strategy.canary.steps if strategy.canary is not None else []
+    stepped = bool(status.stable_revision) and status.stable_revision != status.update_revision
+    if not stepped or (not steps and not strategy.waves):
+        return ""
+    parts: list[str] = []
+    if status.current_step < len(steps):
+        item = steps[status.current_step]
+        if item.set_weight is not None:
+            what = f"setWeight {item.set_weight}%"
+        elif item.pause is not None and item.pause.duration is None:
+            what = "pause (promote to go on)"
+        elif item.pause is not None:
+            what = f"pause {item.pause.duration}s"
+        else:
+            what = "analysis"
+        parts.append(f"step {status.current_step + 1}/{len(steps)} {what}")
+    if status.current_wave < len(strategy.waves):
+        wave = strategy.waves[status.current_wave]
+        label = wave.name or ",".join(wave.clusters) or "selected clusters"
+        parts.append(f"wave {status.current_wave + 1}/{len(strategy.waves)} {label}")
+    replicas = max(1, deployment.spec.replicas)
+    filled = round(10 * min(status.updated_replicas, replicas) / replicas)
+    parts.append(f"[{'#' * filled}{'-' * (10 - filled)}]")
+    return ", ".join(parts)
 
 
 async def _status(args: argparse.Namespace, session: Session) -> int:
@@ -250,3 +299,34 @@ async def _pause(args: argparse.Namespace, session: Session) -> int:
 
 async def _resume(args: argparse.Namespace, session: Session) -> int:
     return await _set_paused(args, session, False)
+
+
+async def _promote(args: argparse.Namespace, session: Session) -> int:
+    name = deployment_name(args.target)
+    deployment = await _get(session, name)
+    status, strategy = deployment.status, deployment.spec.strategy
+    if not (strategy.canary or strategy.waves):
+        raise CommandError(f"deployment {name} has no canary steps or waves to promote")
+    if status.phase not in ("Progressing", "Paused"):
+        raise CommandError(f"deployment {name} has no rollout to promote (phase {status.phase})")
+    at = "full" if args.full else f"{status.current_step}.{status.current_wave}"
+    value = f"{status.update_revision}/{at}"
+    patch = {"metadata": {"annotations": {PROMOTE_ANNOTATION: value}}}
+    await session.client.patch(Deployment, name, patch, namespace=session.namespace)
+    what = "fully promoted" if args.full else "promoted"
+    print(f"{qualified_deployment(name)} {what}")
+    return 0
+
+
+async def _abort(args: argparse.Namespace, session: Session) -> int:
+    name = deployment_name(args.target)
+    deployment = await _get(session, name)
+    status = deployment.status
+    if status.phase not in ("Progressing", "Paused", "Failed"):
+        raise CommandError(f"deployment {name} has no rollout to abort (phase {status.phase})")
+    if not status.stable_revision or status.stable_revision == status.update_revision:
+        raise CommandError(f"deployment {name} has no stable revision to return to")
+    patch = {"metadata": {"annotations": {ABORT_ANNOTATION: status.update_revision}}}
+    await session.client.patch(Deployment, name, patch, namespace=session.namespace)
+    print(f"{qualified_deployment(name)} aborted: returning to the stable revision")
+    return 0
