@@ -14,7 +14,18 @@ import pytest
 from controllers.rollout_world import World, deployment
 
 from keel.api.disruption import rollout_budget
-from keel.api.resources import Instance
+from keel.api.resources import (
+    ABORT_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    Analysis,
+    Canary,
+    CanaryPause,
+    CanaryStep,
+    Instance,
+    RollingUpdate,
+    Strategy,
+    Wave,
+)
 from keel.controllers.deployment import (
     HASH_LABEL,
     confirm,
@@ -22,6 +33,7 @@ from keel.controllers.deployment import (
     needs_confirmation,
     template_hash,
 )
+from keel.controllers.progressive import Verdict
 
 
 class StaleCache:
@@ -68,12 +80,53 @@ def available(world: World) -> int:
     )
 
 
+def progressive(
+    rng: random.Random, kind: str, surge: int | str, unavailable: int | str
+) -> Strategy:
+    budget = RollingUpdate(max_surge=surge, max_unavailable=unavailable)
+    steps = [
+        CanaryStep(set_weight=rng.choice([10, 30, 50])),
+        CanaryStep(pause=CanaryPause(duration=rng.choice([None, 3]))),
+        CanaryStep(set_weight=rng.choice([60, 100])),
+        CanaryStep(analysis=Analysis(window_seconds=5)),
+    ]
+    waves = [Wave(clusters=["a"], bake_seconds=2), Wave(clusters=["b", "c"], bake_seconds=2)]
+    match kind:
+        case "canary":
+            return Strategy(type="Canary", canary=Canary(steps=steps), rolling_update=budget)
+        case "waves":
+            return Strategy(rolling_update=budget, waves=waves)
+        case _:
+            return Strategy(
+                type="Canary", canary=Canary(steps=steps), rolling_update=budget, waves=waves
+            )
+
+
+def mark(world: World, key: str, value: str) -> None:
+    annotations = {**world.dep.metadata.annotations, key: value}
+    meta = msgspec.structs.replace(world.dep.metadata, annotations=annotations)
+    world.dep = msgspec.structs.replace(world.dep, metadata=meta)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_no_event_sequence_surges_past_the_budget_or_drops_availability(seed: int) -> None:
+    run(seed, "rolling")
+
+
+@pytest.mark.parametrize("kind", ["canary", "waves", "canary+waves"])
+@pytest.mark.parametrize("seed", range(15))
+def test_canary_and_waves_keep_the_budget_under_any_event_sequence(seed: int, kind: str) -> None:
+    run(seed, kind)
+
+
+def run(seed: int, kind: str) -> None:
     rng = random.Random(seed)
     replicas = rng.choice([2, 3, 5])
     surge = rng.choice([1, 2, "25%"])
     unavailable = rng.choice([0, 1, "25%"])
+    extra: dict[str, object] = {}
+    if kind != "rolling":
+        extra["strategy"] = progressive(rng, kind, surge, unavailable)
     world = World(
         deployment(
             replicas,
@@ -82,8 +135,11 @@ def test_no_event_sequence_surges_past_the_budget_or_drops_availability(seed: in
             auto_rollback=True,
             bake_seconds=5,
             progress_deadline_seconds=60,
+            **extra,
         )
     )
+    if "waves" in kind:
+        world.clusters = {"a": {}, "b": {}, "c": {}}
     world.healthy.add(template_hash(world.dep))
     max_surge, max_unavailable = rollout_budget(world.dep)
     floor = replicas - max_unavailable
@@ -99,6 +155,16 @@ def test_no_event_sequence_surges_past_the_budget_or_drops_availability(seed: in
                 world.restarts[name] = world.restarts.get(name, 0) + (rng.random() < 0.5)
             elif not instance.status.conditions and rng.random() < 0.5:
                 world.make_ready(revision)
+        # The shell's analysis verdict, and now and then a user's promote or abort.
+        if kind != "rolling":
+            revision = template_hash(world.dep)
+            world.analysis = Verdict(
+                "Failed" if revision in bad else rng.choice(["Running", "Passed"]), "sampled"
+            )
+            if rng.random() < 0.02:
+                mark(world, PROMOTE_ANNOTATION, f"{revision}/{world.dep.status.current_step}.0")
+            if rng.random() < 0.005:
+                mark(world, ABORT_ANNOTATION, revision)
         # The user: now and then a new release, a third of them bad.
         if tick % 60 == 30:
             version += 1
@@ -123,7 +189,10 @@ def test_no_event_sequence_surges_past_the_budget_or_drops_availability(seed: in
             assert available(world) >= floor, (seed, tick, "removed available instances")
         else:
             assert available(world) >= available_before, (seed, tick, "removed while short")
-    # And it converges: the last release (or the stable one, if it was bad) runs in full.
+    # And it converges: the last release (or the stable one, if it was bad) runs in full,
+    # once promoted past any indefinite pause.
+    if kind != "rolling":
+        mark(world, PROMOTE_ANNOTATION, f"{template_hash(world.dep)}/full")
     for _ in range(100):
         world.now += 1.0
         world.make_ready()
