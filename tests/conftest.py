@@ -3,6 +3,10 @@ tests/support) real API servers."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -74,3 +78,27 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+def _netns_missing() -> str | None:
+    """Why network-namespace tests cannot run here, or None. They are not skipped: on a
+    machine without them the suite fails, saying what to install."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "network namespaces need root on Linux (CI runs as root)"
+    missing = [tool for tool in ("ip", "tc", "strace") if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"{', '.join(missing)} not installed: run `make setup` (its tools target installs them)"
+        )
+    if subprocess.run(["ip", "netns", "list"], capture_output=True, check=False).returncode:
+        return "`ip netns list` fails here: network namespaces are unavailable"
+    return None
+
+
+@pytest.fixture
+def netns_required() -> None:
+    """Tests that build hosts in network namespaces (partitions, slow disks) need root, ip,
+    tc and strace: fail with what to install rather than skip."""
+    missing = _netns_missing()
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,10 +111,7 @@ def test_registration_benchmark_quick_run_meets_its_goals() -> None:
         assert line in out, out
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("tc") is None,
-    reason="network namespaces need root, ip and tc",
-)
+@pytest.mark.usefixtures("netns_required")
 def test_failover_benchmark_quick_run_prints_every_figure() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--quick", "--sections", "node"],

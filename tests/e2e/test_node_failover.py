@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -22,10 +21,7 @@ from support import V1, AgentProcess, ApiServer, KeelProcess, wait_for
 
 from keel.verify.hosts import Fabric, Host, new_prefix
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
-    reason="needs root, ip and tc for network namespaces",
-)
+pytestmark = pytest.mark.usefixtures("netns_required")
 
 NODES = ("n1", "n2", "n3")
 CLUSTER = "c1"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,21 +42,9 @@ from keel.verify.hosts import (
     plan_layout,
 )
 
+needs_netns = pytest.mark.usefixtures("netns_required")
+needs_strace = needs_netns
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "iproute2 (ip, tc) is not installed; `make tools` installs it"
-    if subprocess.run(["ip", "netns", "list"], capture_output=True, check=False).returncode:
-        return "`ip netns` does not work here"
-    return None
-
-
-needs_netns = pytest.mark.skipif(_netns_unavailable() is not None, reason=str(_netns_unavailable()))
-needs_strace = pytest.mark.skipif(
-    shutil.which("strace") is None, reason="strace is not installed; `make tools` installs it"
-)
 
 PORT = 7000
 # A TCP echo server: one thread per connection, echoing each chunk back.

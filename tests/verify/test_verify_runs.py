@@ -5,7 +5,6 @@ ends normally, on Ctrl-C, or by a crash followed by `keel verify --cleanup`."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,9 +15,7 @@ from typing import Any
 import pytest
 from support import wait_for
 
-needs_root = pytest.mark.skipif(
-    sys.platform != "linux" or os.geteuid() != 0, reason="network namespaces need root on Linux"
-)
+needs_root = pytest.mark.usefixtures("netns_required")
 
 
 def keel(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
