@@ -345,9 +345,11 @@ _CROSS_FIELD_RULES = re.compile(
     r"invalid label key|port names must be unique|command: required for an exec check"
     r"|livenessCheck\.port: "
     r"|address: expected an IP address or a DNS name"
-    # a Deployment's selector must match its template's labels; the canary strategy is
-    # reserved (rejected by name until it acts)
-    r"|selector: does not match|selector\.matchLabels: must name|not supported yet"
+    # a Deployment's selector must match its template's labels; strategy combinations
+    # (canary with its type, waves naming clusters once, a step of one kind)
+    r"|selector: does not match|selector\.matchLabels: must name"
+    r"|canary: required with type|canary: only with type|waves: |a wave names its clusters"
+    r"|clusterSelector\.matchLabels|a canary step holds exactly one|probe\.command: required"
 )
 
 

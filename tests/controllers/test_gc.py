@@ -4,11 +4,16 @@ name is never deleted by a decision made about its predecessor."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
+import msgspec
+import pytest
 from support import wait_for_async
 
 from keel.api.resources import (
+    FOREGROUND_FINALIZER,
+    ORPHAN_FINALIZER,
     Deployment,
     DeploymentSpec,
     Instance,
@@ -18,8 +23,17 @@ from keel.api.resources import (
     ObjectMeta,
     OwnerReference,
 )
-from keel.client import KeelClient, NotFound
-from keel.controllers.gc import Delete, Unknown, execute, live_owners, plan
+from keel.client import ApiError, KeelClient, NotFound
+from keel.controllers.gc import (
+    Delete,
+    Release,
+    RemoveFinalizer,
+    Unknown,
+    execute,
+    live_owners,
+    plan,
+    plan_owner,
+)
 from keel.runtime.manager import ControllerManager
 
 NOW = "2026-01-01T00:00:00Z"
@@ -148,3 +162,133 @@ async def test_a_recreated_object_is_not_deleted_by_a_stale_decision(
     [again] = plan(second, await live_owners(client, second))
     await execute(client, again)
     assert not await exists(client, "x", name)
+
+
+# ------------------------------------------------------------------------- propagation
+
+
+def doomed(finalizer: str) -> Deployment:
+    owner = deployment("web", "owner-uid")
+    meta = msgspec.structs.replace(
+        owner.metadata, deletion_timestamp=NOW, finalizers=[finalizer], resource_version="7"
+    )
+    return msgspec.structs.replace(owner, metadata=meta)
+
+
+def blocking(name: str, uid: str = "owner-uid", deleting: bool = False) -> Instance:
+    meta = ObjectMeta(
+        name=name,
+        namespace="ns",
+        uid=f"uid-{name}",
+        owner_references=[OwnerReference("keel.dev/v1", "Deployment", "web", uid, True, True)],
+        deletion_timestamp=NOW if deleting else None,
+    )
+    return Instance(kind="Instance", metadata=meta, spec=InstanceSpec(command=["x"]))
+
+
+def test_foreground_deletes_dependents_and_waits_for_blocking_ones() -> None:
+    owner = doomed(FOREGROUND_FINALIZER)
+    plain = instance("plain", ref("web", "owner-uid"))
+    actions = plan_owner(owner, [blocking("b"), plain])
+    assert actions == [
+        Delete("Instance", "ns", "b", "uid-b"),
+        Delete("Instance", "ns", "plain", "uid-plain"),
+    ]
+    # A blocking dependent still terminating keeps the owner; only non-blocking ones: done.
+    assert plan_owner(owner, [blocking("b", deleting=True)]) == []
+    assert plan_owner(owner, [plain]) == [
+        Delete("Instance", "ns", "plain", "uid-plain"),
+        RemoveFinalizer("Deployment", "ns", "web", "7", ()),
+    ]
+    assert plan_owner(owner, []) == [RemoveFinalizer("Deployment", "ns", "web", "7", ())]
+
+
+def test_orphan_releases_dependents_then_removes_its_finalizer() -> None:
+    owner = doomed(ORPHAN_FINALIZER)
+    both = instance("both", ref("web", "owner-uid"), ref("other", "other-uid"))
+    [release] = plan_owner(owner, [both])
+    assert isinstance(release, Release) and release.name == "both"
+    assert [r.uid for r in release.owner_references] == ["other-uid"]
+    assert plan_owner(owner, [instance("unrelated", ref("other", "other-uid"))]) == [
+        RemoveFinalizer("Deployment", "ns", "web", "7", ())
+    ]
+
+
+def test_an_owner_not_being_deleted_needs_nothing() -> None:
+    assert plan_owner(deployment("web", "owner-uid"), [blocking("b")]) == []
+
+
+async def test_foreground_deletion_waits_for_blocking_dependents_on_a_real_server(
+    client: KeelClient, run_manager: RunManager, name: str
+) -> None:
+    await client.create(Namespace(metadata=ObjectMeta(name=name)))
+    owner = await client.create(deployment("web", "", namespace=name))
+    uid = owner.metadata.uid
+    held = msgspec.structs.replace(
+        blocking("blocker", uid=uid),
+        metadata=msgspec.structs.replace(
+            blocking("blocker", uid=uid).metadata,
+            namespace=name,
+            uid="",
+            finalizers=["test.keel.dev/hold"],
+        ),
+    )
+    await client.create(held)
+    await client.create(instance("plain", ref("web", uid), namespace=name, uid=""))
+    run_manager(["gc"])
+    marked = await client.delete(Deployment, "web", namespace=name, propagation_policy="Foreground")
+    assert marked is not None and marked.metadata.deletion_timestamp
+    assert FOREGROUND_FINALIZER in marked.metadata.finalizers
+
+    async def plain_gone() -> bool:
+        return not await exists(client, "plain", name)
+
+    await wait_for_async("the non-blocking dependent to go", plain_gone)
+    blocker = await client.get(Instance, "blocker", namespace=name)
+    assert blocker.metadata.deletion_timestamp  # terminating, held by its finalizer
+    await asyncio.sleep(1.0)
+    assert (await client.get(Deployment, "web", namespace=name)).metadata.deletion_timestamp
+    await client.patch(Instance, "blocker", {"metadata": {"finalizers": None}}, namespace=name)
+
+    async def owner_gone() -> bool:
+        try:
+            await client.get(Deployment, "web", namespace=name)
+        except NotFound:
+            return True
+        return False
+
+    await wait_for_async("the owner, once its blocking dependent is gone", owner_gone)
+
+
+async def test_orphan_deletion_keeps_dependents_without_the_owner_reference(
+    client: KeelClient, run_manager: RunManager, name: str
+) -> None:
+    await client.create(Namespace(metadata=ObjectMeta(name=name)))
+    owner = await client.create(deployment("web", "", namespace=name))
+    await client.create(instance("kept", ref("web", owner.metadata.uid), namespace=name, uid=""))
+    run_manager(["gc"])
+    await client.delete(Deployment, "web", namespace=name, propagation_policy="Orphan")
+
+    async def owner_gone() -> bool:
+        try:
+            await client.get(Deployment, "web", namespace=name)
+        except NotFound:
+            return True
+        return False
+
+    await wait_for_async("the owner, once its dependents are released", owner_gone)
+    await asyncio.sleep(0.5)  # and the collector does not take the orphan afterwards
+    kept = await client.get(Instance, "kept", namespace=name)
+    assert kept.metadata.owner_references == []
+
+
+async def test_an_unknown_propagation_policy_is_refused_by_name(
+    client: KeelClient, name: str
+) -> None:
+    await client.create(Namespace(metadata=ObjectMeta(name=name)))
+    await client.create(deployment("web", "", namespace=name))
+    with pytest.raises(ApiError) as raised:
+        await client.delete(Deployment, "web", namespace=name, propagation_policy="Sideways")
+    assert raised.value.status == 400
+    assert "DeleteOptions.propagationPolicy: 'Sideways' is not one of" in str(raised.value)
+    assert await client.get(Deployment, "web", namespace=name)

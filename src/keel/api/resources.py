@@ -681,8 +681,18 @@ class Precondition(Model, frozen=True, omit_defaults=True):
     resource_version: str = ""
 
 
+# DELETE's propagationPolicy (as Kubernetes'): Background deletes the owner now and lets the
+# garbage collector take its dependents; Foreground keeps the owner (finalizer
+# FOREGROUND_FINALIZER) until every dependent whose ownerReference sets blockOwnerDeletion
+# is gone; Orphan removes the owner's references from its dependents first (ORPHAN_FINALIZER).
+PropagationPolicy = Literal["Background", "Foreground", "Orphan"]
+FOREGROUND_FINALIZER = "foregroundDeletion"
+ORPHAN_FINALIZER = "orphan"
+
+
 class DeleteOptions(Model, frozen=True, omit_defaults=True):
     preconditions: Precondition | None = None
+    propagation_policy: PropagationPolicy | None = None
 
 
 class Eviction(Model, frozen=True):

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import Any, cast, get_args
 
 import msgspec
 from starlette.applications import Starlette
@@ -54,6 +54,7 @@ from keel.api.resources import (
     Lease,
     LeaseRenewal,
     ListMeta,
+    PropagationPolicy,
     Resource,
     Service,
     Status,
@@ -102,6 +103,8 @@ FENCING_HEADER = "keel-fencing-token"
 # about ten levels; the decoders and the patch code recurse once per level, and a thousand
 # levels exhaust Python's stack (Kubernetes, in Go, stops at 10,000).
 MAX_BODY_DEPTH = 100
+
+PROPAGATION_POLICIES: tuple[str, ...] = get_args(PropagationPolicy)
 
 
 # ------------------------------------------------------------------------- pure parsing
@@ -1206,6 +1209,7 @@ class ApiServer:
     async def delete(self, request: Request, target: Target) -> Response:
         body = await self._body(request)
         pre = Preconditions()
+        propagation: str | None = request.query_params.get("propagationPolicy")
         if body.strip():
             try:
                 options = json.loads(body)
@@ -1218,12 +1222,20 @@ class ApiServer:
                 pre = Preconditions(
                     uid=raw.get("uid") or None, resource_version=raw.get("resourceVersion") or None
                 )
+            if isinstance(options, dict) and options.get("propagationPolicy") is not None:
+                propagation = options["propagationPolicy"]
+        if propagation is not None and propagation not in PROPAGATION_POLICIES:
+            raise bad_request(
+                f"DeleteOptions.propagationPolicy: {propagation!r} is not one of "
+                + ", ".join(PROPAGATION_POLICIES)
+            )
         obj, _gone = await self.storage.delete(
             target.info,
             target.namespace or "",
             target.name or "",
             preconditions=pre,
             fencing=self._fencing(request),
+            propagation=cast("PropagationPolicy | None", propagation),
         )
         return self._object(obj)
 

@@ -21,7 +21,9 @@ from keel.api.disruption import EvictionDecision, controller_ref, decide_evictio
 from keel.api.registry import BY_KIND, KindInfo
 from keel.api.resources import (
     API_VERSION,
+    FOREGROUND_FINALIZER,
     NAME_RE,
+    ORPHAN_FINALIZER,
     STOP_CONFIRMED,
     Deployment,
     EndpointRegistration,
@@ -31,6 +33,7 @@ from keel.api.resources import (
     LeaseStatus,
     Namespace,
     ObjectMeta,
+    PropagationPolicy,
     Resource,
     Service,
     Status,
@@ -457,14 +460,24 @@ def registration_causes(
 DeleteAction = Literal["delete", "mark", "wait"]
 
 
-def plan_delete(obj: Resource, now: float) -> tuple[DeleteAction, Resource]:
+def plan_delete(
+    obj: Resource, now: float, propagation: PropagationPolicy | None = None
+) -> tuple[DeleteAction, Resource]:
     """DELETE honours finalizers: with some left, the object is only marked with a
-    deletionTimestamp (once) and stays until an update empties them."""
-    if not obj.metadata.finalizers:
+    deletionTimestamp (once) and stays until an update empties them. Foreground and Orphan
+    propagation add their finalizer (the garbage collector removes it once the dependents
+    are gone, or released), so the object is marked rather than deleted."""
+    finalizers = list(obj.metadata.finalizers)
+    wanted = {"Foreground": FOREGROUND_FINALIZER, "Orphan": ORPHAN_FINALIZER}.get(propagation or "")
+    if wanted is not None and wanted not in finalizers and not obj.metadata.deletion_timestamp:
+        finalizers.append(wanted)
+    if not finalizers:
         return "delete", obj
     if obj.metadata.deletion_timestamp:
         return "wait", obj
-    meta = msgspec.structs.replace(obj.metadata, deletion_timestamp=timestamp(now))
+    meta = msgspec.structs.replace(
+        obj.metadata, deletion_timestamp=timestamp(now), finalizers=finalizers
+    )
     marked = msgspec.structs.replace(obj, metadata=meta)
     if isinstance(marked, Namespace):
         marked = msgspec.structs.replace(
@@ -770,9 +783,10 @@ class Storage:
         *,
         preconditions: Preconditions = Preconditions(),
         fencing: Fencing | None = None,
+        propagation: PropagationPolicy | None = None,
     ) -> tuple[Resource, bool]:
-        """Delete, or mark for deletion when finalizers remain. Returns the object (its
-        last state) and whether it is gone."""
+        """Delete, or mark for deletion when finalizers remain (or `propagation` adds one).
+        Returns the object (its last state) and whether it is gone."""
         key = info.key(namespace, name)
         for _ in range(_UPDATE_ATTEMPTS):
             kv = await self.store.get(key)
@@ -780,7 +794,9 @@ class Storage:
                 raise not_found(info, name)
             current = from_kv(info, kv)
             check_preconditions(info, current, preconditions)
-            done = await self._delete_if_unchanged(info, kv, current, [], fencing)
+            done = await self._delete_if_unchanged(
+                info, kv, current, [], fencing, propagation=propagation
+            )
             if done is not None:
                 return done
         raise conflict(info, name, "too many concurrent writers; try again")
@@ -792,10 +808,12 @@ class Storage:
         current: Resource,
         compares: list[Compare],
         fencing: Fencing | None,
+        *,
+        propagation: PropagationPolicy | None = None,
     ) -> tuple[Resource, bool] | None:
         """Delete (or mark, with finalizers left) `current`, read as `kv`, if neither it nor
         what `compares` checks has changed since; None when something has (look again)."""
-        action, target = plan_delete(current, self.clock.wall())
+        action, target = plan_delete(current, self.clock.wall(), propagation)
         if action == "wait":
             return current, False
         fence_compares, fence_ops = self._guards(fencing)

@@ -38,6 +38,13 @@ def add_delete_command(commands: Any) -> None:
     parser.add_argument(
         "-f", "--filename", action="append", metavar="FILE|DIR", help="delete what it names"
     )
+    parser.add_argument(
+        "--cascade",
+        choices=("background", "foreground", "orphan"),
+        default="background",
+        help="dependents: deleted after the owner (background, the default), before it "
+        "(foreground: the owner waits for those that block it), or kept (orphan)",
+    )
     add_connection_args(parser)
     parser.set_defaults(run=command(_delete))
 
@@ -63,7 +70,14 @@ async def _delete(args: argparse.Namespace, session: Session) -> int:
     failed = 0
     for info, name, namespace in targets:
         try:
-            await session.client.delete(info, name, namespace=namespace)
+            await session.client.delete(
+                info,
+                name,
+                namespace=namespace,
+                propagation_policy=None
+                if args.cascade == "background"
+                else args.cascade.capitalize(),
+            )
         except ApiError as exc:
             failed += 1
             fail(describe_api_error(exc))

@@ -123,6 +123,7 @@ class _Preconditions(msgspec.Struct, omit_defaults=True, rename="camel"):
 
 class _DeleteOptions(msgspec.Struct, omit_defaults=True, rename="camel"):
     preconditions: _Preconditions | None = None
+    propagation_policy: str | None = None
     api_version: str = "v1"
     kind: str = "DeleteOptions"
 
@@ -578,6 +579,7 @@ class KeelClient:
         *,
         namespace: str | None = None,
         preconditions: Preconditions | None = None,
+        propagation_policy: str | None = None,
     ) -> R | None: ...
     @overload
     async def delete(
@@ -587,6 +589,7 @@ class KeelClient:
         *,
         namespace: str | None = None,
         preconditions: Preconditions | None = None,
+        propagation_policy: str | None = None,
     ) -> Resource | None: ...
     async def delete(
         self,
@@ -595,21 +598,26 @@ class KeelClient:
         *,
         namespace: str | None = None,
         preconditions: Preconditions | None = None,
+        propagation_policy: str | None = None,
     ) -> Resource | None:
         """DELETE an object; `NotFound` if absent, `Conflict` if a precondition fails.
+        `propagation_policy`: Background (the default), Foreground or Orphan.
 
         Returns the object when the server answers with it (for example still present with a
         `deletionTimestamp` because finalizers remain), None when it answers with a Status.
         """
         info = kind_info(kind)
         body: bytes | None = None
-        if preconditions is not None:
-            body = _encoder.encode(
-                _DeleteOptions(
-                    preconditions=_Preconditions(
-                        uid=preconditions.uid, resource_version=preconditions.resource_version
-                    )
+        if preconditions is not None or propagation_policy is not None:
+            pre = (
+                _Preconditions(
+                    uid=preconditions.uid, resource_version=preconditions.resource_version
                 )
+                if preconditions is not None
+                else None
+            )
+            body = _encoder.encode(
+                _DeleteOptions(preconditions=pre, propagation_policy=propagation_policy)
             )
         data = await self._write(
             "DELETE",

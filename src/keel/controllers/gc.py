@@ -1,6 +1,13 @@
 """Garbage collection: an object whose ownerReferences all name owners that no longer exist
 (absent, or present with another uid) is deleted. The cache proposes; a live GET confirms;
 the delete is conditional on the dependent's uid, so a recreated object is never collected.
+
+Owners deleted with propagationPolicy Foreground or Orphan carry a finalizer
+(`foregroundDeletion`, `orphan`) that the collector of their kind finishes (`plan_owner`):
+Foreground deletes every dependent and removes the finalizer once none whose reference sets
+`blockOwnerDeletion` is left; Orphan removes the owner's reference from each dependent, then
+the finalizer. Finalizer and reference edits are JSON patches tested against the
+resourceVersion read, so a concurrent change is never overwritten.
 """
 
 from __future__ import annotations
@@ -11,8 +18,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from keel.api.registry import BY_KIND, KINDS
-from keel.api.resources import OwnerReference, Resource
+from keel.api.resources import (
+    FOREGROUND_FINALIZER,
+    ORPHAN_FINALIZER,
+    OwnerReference,
+    Resource,
+)
 from keel.client import Conflict, KeelClient, NotFound, Preconditions
 from keel.runtime.controller import Context, Controller, Related, Result
 from keel.runtime.informer import Indexer, object_key
@@ -21,10 +35,13 @@ __all__ = [
     "COLLECTED_KINDS",
     "Delete",
     "GarbageCollector",
+    "Release",
+    "RemoveFinalizer",
     "Unknown",
     "execute",
     "garbage_collectors",
     "plan",
+    "plan_owner",
 ]
 
 # Leases expire by themselves; the controller-manager's own must never depend on an owner.
@@ -48,6 +65,70 @@ class Delete:
     uid: str
 
 
+@dataclass(frozen=True)
+class Release:
+    """Replace a dependent's ownerReferences with those left once the deleted owner's is
+    dropped (Orphan propagation)."""
+
+    kind: str
+    namespace: str
+    name: str
+    resource_version: str
+    owner_references: tuple[OwnerReference, ...]
+
+
+@dataclass(frozen=True)
+class RemoveFinalizer:
+    kind: str
+    namespace: str
+    name: str
+    resource_version: str
+    finalizers: tuple[str, ...]  # what remains
+
+
+OwnerAction = Delete | Release | RemoveFinalizer
+
+
+def plan_owner(owner: Resource, dependents: Sequence[Resource]) -> list[OwnerAction]:
+    """What finishes a Foreground or Orphan deletion of `owner`, given the objects that
+    reference it (any kind). Nothing for an owner not being deleted that way."""
+    meta = owner.metadata
+    if not meta.deletion_timestamp:
+        return []
+    uid = meta.uid
+    kind = owner.kind or type(owner).kind_name
+    refs = [
+        (d, next((r for r in d.metadata.owner_references if r.uid == uid), None))
+        for d in dependents
+    ]
+    mine = [(d, r) for d, r in refs if r is not None]
+    actions: list[OwnerAction] = []
+    remaining = list(meta.finalizers)
+    if ORPHAN_FINALIZER in remaining:
+        for dependent, _ in mine:
+            dm = dependent.metadata
+            kept = tuple(r for r in dm.owner_references if r.uid != uid)
+            dkind = dependent.kind or type(dependent).kind_name
+            actions.append(Release(dkind, dm.namespace, dm.name, dm.resource_version, kept))
+        if not mine:
+            remaining.remove(ORPHAN_FINALIZER)
+    elif FOREGROUND_FINALIZER in remaining:
+        for dependent, _ in mine:
+            dm = dependent.metadata
+            if not dm.deletion_timestamp:
+                dkind = dependent.kind or type(dependent).kind_name
+                actions.append(Delete(dkind, dm.namespace, dm.name, dm.uid))
+        if not any(r.block_owner_deletion for _, r in mine if r is not None):
+            remaining.remove(FOREGROUND_FINALIZER)
+    if remaining != list(meta.finalizers):
+        actions.append(
+            RemoveFinalizer(
+                kind, meta.namespace, meta.name, meta.resource_version, tuple(remaining)
+            )
+        )
+    return actions
+
+
 def plan(obj: Resource | None, owners: Sequence[OwnerState]) -> list[Delete]:
     """Delete `obj` iff it has owner references and every one is dangling.
 
@@ -69,15 +150,36 @@ def plan(obj: Resource | None, owners: Sequence[OwnerState]) -> list[Delete]:
     return [Delete(kind, obj.metadata.namespace, obj.metadata.name, obj.metadata.uid)]
 
 
-async def execute(client: KeelClient, action: Delete) -> None:
-    """Delete exactly the planned incarnation; gone already or recreated both mean done."""
-    with contextlib.suppress(NotFound, Conflict):
-        await client.delete(
-            BY_KIND[action.kind].model,
-            action.name,
-            namespace=action.namespace or None,
-            preconditions=Preconditions(uid=action.uid),
-        )
+async def execute(client: KeelClient, action: OwnerAction) -> None:
+    """Delete exactly the planned incarnation; gone already or recreated both mean done.
+    Patches test the resourceVersion read: a Conflict means look again (the next pass)."""
+    model = BY_KIND[action.kind].model
+    namespace = action.namespace or None
+    match action:
+        case Delete():
+            with contextlib.suppress(NotFound, Conflict):
+                await client.delete(
+                    model,
+                    action.name,
+                    namespace=namespace,
+                    preconditions=Preconditions(uid=action.uid),
+                )
+        case Release() | RemoveFinalizer():
+            if isinstance(action, Release):
+                path = "/metadata/ownerReferences"
+                value: list[Any] = [msgspec.to_builtins(r) for r in action.owner_references]
+            else:
+                path, value = "/metadata/finalizers", list(action.finalizers)
+            patch = [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": action.resource_version,
+                },
+                {"op": "add", "path": path, "value": value},
+            ]
+            with contextlib.suppress(NotFound, Conflict):
+                await client.patch(model, action.name, patch, namespace=namespace, type="json")
 
 
 def owner_location(obj: Resource, ref: OwnerReference) -> tuple[type[Resource], str | None] | None:
@@ -132,6 +234,11 @@ class GarbageCollector:
 
     async def reconcile(self, ctx: Context, key: str) -> Result:
         obj = ctx.cache(self.kind).get(key)
+        finalizers = obj.metadata.finalizers if obj is not None else []
+        if obj is not None and (
+            FOREGROUND_FINALIZER in finalizers or ORPHAN_FINALIZER in finalizers
+        ):
+            return await self._finish_owner(ctx, obj)
         if not plan(obj, cached_owners(ctx, obj) if obj is not None else []):
             return Result()
         assert obj is not None
@@ -145,6 +252,23 @@ class GarbageCollector:
             ctx.log.info("collecting %s %s: every owner is gone", action.kind, key)
             await execute(ctx.client, action)
         return Result()
+
+    async def _finish_owner(self, ctx: Context, owner: Resource) -> Result:
+        """Foreground or Orphan deletion of `owner`: act on its dependents (from the caches;
+        the deletes are conditional on uid, the patches on resourceVersion), and look again
+        until its finalizer is gone."""
+        meta = owner.metadata
+        dependents: list[Resource] = []
+        for kind in COLLECTED_KINDS:
+            for dependent in ctx.cache(kind).by_index("owner", meta.uid):
+                if not meta.namespace or dependent.metadata.namespace == meta.namespace:
+                    dependents.append(dependent)
+        actions = plan_owner(owner, dependents)
+        for action in actions:
+            ctx.log.info("%s %s: %s", meta.name, type(action).__name__, action.name)
+            await execute(ctx.client, action)
+        done = any(isinstance(a, RemoveFinalizer) for a in actions)
+        return Result() if done else Result(requeue_after=0.5)
 
 
 def garbage_collectors(cache: Callable[[type[Any]], Indexer[Any]]) -> list[Controller]:
