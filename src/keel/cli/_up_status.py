@@ -27,6 +27,7 @@ __all__ = [
 METRICS_TARGETS = "metrics-targets.json"
 LEADERS = (("keel-system", "controller-manager"), ("keel-system", "scheduler"))
 POLL = 0.25
+GIVE_UP = 120.0  # seconds: then say so and go on (the platform keeps trying by itself)
 
 
 def _previous_ports(state_dir: Path) -> dict[str, int]:
@@ -104,13 +105,21 @@ def _ready(node: Any) -> bool:
 
 
 async def wait_until_ready(
-    api: Any, nodes: Sequence[str], progress: Progress, logs: Path, started: float
-) -> None:
+    api: Any,
+    nodes: Sequence[str],
+    progress: Progress,
+    logs: Path,
+    started: float,
+    *,
+    give_up: float = GIVE_UP,
+) -> bool:
     """Wait (reading the store, never writing) until the controller-manager and the
-    scheduler hold their leases and every node is Ready, saying so step by step."""
+    scheduler hold their leases and every node is Ready, saying so step by step. After
+    `give_up` seconds, say what is missing and return False (nothing is stopped)."""
     from keel.api.registry import BY_KIND
 
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up
     lease_info, node_info = BY_KIND["Lease"], BY_KIND["Node"]
     progress.step("waiting for the controller-manager and the scheduler to take their leases")
     while True:
@@ -122,6 +131,9 @@ async def wait_until_ready(
             missing.append(name)
         if not missing:
             break
+        if loop.time() > deadline:
+            progress.done(f"{' and '.join(missing)} not leading yet; see the logs in {logs}")
+            return False
         progress.update(f"waiting for {' and '.join(missing)} to take a lease (logs in {logs})")
         await asyncio.sleep(POLL)
     progress.done("controller-manager and scheduler are leading")
@@ -139,9 +151,16 @@ async def wait_until_ready(
                 break
             waiting = [n for n in nodes if n not in ready]
             shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
+            if loop.time() > deadline:
+                progress.done(
+                    f"{len(ready)}/{total} node(s) Ready; not yet: {shown} (see the agents' "
+                    f"logs in {logs}); going on"
+                )
+                return False
             progress.update(
                 f"waiting for {total} node(s) Ready ({len(ready)}/{total}; not yet: {shown})"
             )
             await asyncio.sleep(POLL)
         progress.done(f"{total}/{total} node(s) Ready")
     progress.done(f"ready in {loop.time() - started:.1f} s")
+    return True
