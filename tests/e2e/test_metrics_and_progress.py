@@ -5,7 +5,10 @@ instance and why, when one cannot become ready."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -208,3 +211,27 @@ def test_a_bad_metrics_address_is_refused_naming_the_flag(tmp_path: Path) -> Non
         )  # fmt: skip
         assert result.returncode == 2
         assert "--metrics-listen 'nowhere': expected HOST:PORT" in result.stderr
+
+
+def test_on_a_terminal_wait_shows_one_live_line(platform: ApiServer) -> None:
+    manifest = GOOD.replace("sleeper", "sleeper-tty").replace("replicas: 2", "replicas: 1")
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keel", "apply", "-f", "-", "--wait", "--timeout", "60",
+             "--kubeconfig", str(platform.kubeconfig)],
+            stdin=subprocess.PIPE, stdout=secondary, stderr=subprocess.PIPE, cwd=platform.cwd,
+        )  # fmt: skip
+        os.close(secondary)
+        _, error = process.communicate(manifest.encode(), timeout=90)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer has gone
+            while chunk := os.read(primary, 4096):
+                output += chunk
+    finally:
+        os.close(primary)
+    assert process.returncode == 0, error.decode()
+    text = output.decode()
+    assert "\r\x1b[Kwaiting for 1 object(s) to become ready" in text, text
+    assert "1 object(s) ready in" in text.splitlines()[-1], text
+    assert text.count("\n") == 2, text  # "created" and the final line; the live line was erased

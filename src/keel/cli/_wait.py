@@ -112,20 +112,21 @@ def readiness(
     return Readiness(True, False, f"{name} exists")
 
 
-async def _look(client: KeelClient, info: KindInfo, obj: Resource) -> Readiness:
+async def _look(
+    client: KeelClient, info: KindInfo, obj: Resource, *, explain: bool = False
+) -> Readiness:
+    """The object's readiness now; with `explain`, a Deployment that is not ready lists its
+    Instances too, to say which are not Ready and why (one list, only when reporting)."""
     namespace = obj.metadata.namespace or None
     try:
         live = await client.get(info, obj.metadata.name, namespace=namespace)
     except NotFound:
         return readiness(info, None)
-    instances: list[Instance] = []
-    if isinstance(live, Deployment):
-        verdict = readiness(info, live)
-        if verdict.ready:
-            return verdict
+    verdict = readiness(info, live)
+    if explain and isinstance(live, Deployment) and not verdict.ready:
         listed = await client.list(Instance, namespace=live.metadata.namespace)
-        instances = list(listed.items)
-    return readiness(info, live, instances)
+        return readiness(info, live, listed.items)
+    return verdict
 
 
 async def wait_ready(
@@ -137,29 +138,31 @@ async def wait_ready(
     """Poll until every object is ready: None then, else the reason it is not (a failed
     rollout at once, anything else once `timeout` seconds have passed)."""
     started = time.monotonic()
-    pending = list(objects)
     verdicts: dict[int, Readiness] = {}
-    total = len(pending)
+    total = len(objects)
     progress.step(f"waiting for {total} object(s) to become ready")
     while True:
         for index, (info, obj) in enumerate(objects):
             if index in verdicts and verdicts[index].ready:
                 continue
             verdicts[index] = await _look(client, info, obj)
-        failed = [v for v in verdicts.values() if v.failed]
-        if failed:
-            progress.done("rollout failed")
-            return "; ".join(v.reason for v in failed)
-        waiting = [v for v in verdicts.values() if not v.ready]
         elapsed = time.monotonic() - started
+        failed = [i for i, v in verdicts.items() if v.failed]
+        waiting = [i for i, v in verdicts.items() if not v.ready]
         if not waiting:
             progress.done(f"{total} object(s) ready in {elapsed:.1f} s")
             return None
-        if elapsed >= timeout:
+        if failed or elapsed >= timeout:
+            culprits = failed or waiting
+            explained = [await _look(client, *objects[i], explain=True) for i in culprits]
+            reasons = [v.reason for v in explained if not v.ready] or ["it became ready just now"]
+            if failed:
+                progress.done("rollout failed")
+                return "; ".join(reasons)
             progress.done(f"{total - len(waiting)}/{total} object(s) ready")
-            reasons = "; ".join(v.reason for v in waiting)
-            return f"timed out after {timeout:g} s waiting for readiness: {reasons}"
-        shown = ", ".join(v.summary for v in waiting[:3])
+            return f"timed out after {timeout:g} s waiting for readiness: {'; '.join(reasons)}"
+        waiting_verdicts = [verdicts[i] for i in waiting]
+        shown = ", ".join(v.summary for v in waiting_verdicts[:3])
         if len(waiting) > 3:
             shown += f", and {len(waiting) - 3} more"
         progress.update(f"waiting: {total - len(waiting)}/{total} ready; {shown} ({elapsed:.0f} s)")
