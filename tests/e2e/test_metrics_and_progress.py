@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -235,3 +236,19 @@ def test_on_a_terminal_wait_shows_one_live_line(platform: ApiServer) -> None:
     assert "\r\x1b[Kwaiting for 1 object(s) to become ready" in text, text
     assert "1 object(s) ready in" in text.splitlines()[-1], text
     assert text.count("\n") == 2, text  # "created" and the final line; the live line was erased
+
+
+def test_a_metrics_port_in_use_is_refused_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "keel", "agent", "--node", "n", "--cluster", "c",
+             "--server", "http://127.0.0.1:9", "--token", "t", "--state-dir", str(tmp_path),
+             "--metrics-listen", listen],
+            capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"--metrics-listen {listen}: " in result.stderr
+    assert "in use" in result.stderr.lower(), result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -137,10 +138,12 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(client, config)
     metrics = AgentMetrics(agent)
-    try:
-        async with client, serving_metrics(args.metrics_listen, metrics.render):
-            await agent.run(stop)
-    except OSError as exc:
-        print(f"keel agent: {exc}", file=sys.stderr)
-        return 2
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(client)
+        try:
+            await stack.enter_async_context(serving_metrics(args.metrics_listen, metrics.render))
+        except OSError as exc:
+            print(f"keel agent: {exc}", file=sys.stderr)
+            return 2
+        await agent.run(stop)
     return 0
