@@ -5,6 +5,9 @@ when it is not, says why in words that name the culprit."""
 from __future__ import annotations
 
 import io
+import json
+import socket
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -12,6 +15,7 @@ import msgspec
 from keel.api.registry import BY_KIND
 from keel.api.resources import Deployment, Instance, Node, Service
 from keel.cli._progress import Progress
+from keel.cli._up_status import metrics_listens, write_metrics_targets
 from keel.cli._wait import readiness
 
 
@@ -161,3 +165,27 @@ def test_nodes_must_be_ready_and_other_kinds_only_exist() -> None:
     assert readiness(BY_KIND["Service"], service).ready
     missing = readiness(BY_KIND["Service"], None)
     assert not missing.ready and "does not exist" in missing.reason
+
+
+def test_keel_up_keeps_its_metrics_ports_across_runs(tmp_path: Path) -> None:
+    names = ["controller-manager", "scheduler", "agent/node-1-1"]
+    first = metrics_listens(tmp_path, names)
+    assert len(set(first.values())) == 3
+    assert all(listen.startswith("127.0.0.1:") for listen in first.values())
+    path = write_metrics_targets(tmp_path, first, "https://127.0.0.1:7070")
+    groups = json.loads(path.read_text())
+    assert groups[0] == {
+        "targets": ["127.0.0.1:7070"],
+        "labels": {"job": "keel-apiserver", "component": "apiserver", "__scheme__": "https"},
+    }
+    assert groups[3] == {
+        "targets": [first["agent/node-1-1"]],
+        "labels": {"job": "keel-agent", "component": "agent/node-1-1", "node": "node-1-1"},
+    }
+    assert metrics_listens(tmp_path, names) == first  # the next run: same ports
+    with socket.socket() as taken:  # unless one is taken meanwhile
+        host, port = first["scheduler"].split(":")
+        taken.bind((host, int(port)))
+        again = metrics_listens(tmp_path, names)
+    assert again["scheduler"] != first["scheduler"]
+    assert again["controller-manager"] == first["controller-manager"]
