@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
+from support.prometheus import parse, value_of
 
 from keel.api.metrics import (
     CONTENT_TYPE,
@@ -14,61 +14,6 @@ from keel.api.metrics import (
     Registry,
     escape_label_value,
 )
-
-# --------------------------------------------------------------------------- a small parser
-
-Sample = tuple[str, tuple[tuple[str, str], ...], float]
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)"(,|$)')
-_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
-
-
-def _unescape(text: str) -> str:
-    return re.sub(r'\\\\|\\"|\\n', lambda m: _UNESCAPE[m.group(0)], text)
-
-
-def parse(text: str) -> tuple[dict[str, str], dict[str, str], list[Sample]]:
-    """(help by name, type by name, samples); raises AssertionError on anything malformed."""
-    helps: dict[str, str] = {}
-    types: dict[str, str] = {}
-    samples: list[Sample] = []
-    assert text.endswith("\n")
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name, _, doc = line[len("# HELP ") :].partition(" ")
-            helps[name] = doc.replace("\\n", "\n").replace("\\\\", "\\")
-            continue
-        if line.startswith("# TYPE "):
-            name, _, kind = line[len("# TYPE ") :].partition(" ")
-            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
-            assert name not in types, f"second TYPE line for {name}"
-            types[name] = kind
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"malformed sample line {line!r}"
-        name, label_text, value = match.groups()
-        labels: list[tuple[str, str]] = []
-        if label_text:
-            body = label_text[1:-1]
-            pos = 0
-            while pos < len(body):
-                label = _LABEL.match(body, pos)
-                assert label, f"malformed labels in {line!r} at {body[pos:]!r}"
-                labels.append((label.group(1), _unescape(label.group(2))))
-                pos = label.end()
-        family = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in types or family in types, f"sample {name} before its TYPE line"
-        samples.append((name, tuple(labels), float(value)))
-    return helps, types, samples
-
-
-def value_of(samples: list[Sample], name: str, **labels: str) -> float:
-    wanted = tuple(sorted(labels.items()))
-    found = [v for n, ls, v in samples if n == name and tuple(sorted(ls)) == wanted]
-    assert len(found) == 1, f"{name}{labels}: {found}"
-    return found[0]
-
 
 # --------------------------------------------------------------------------- tests
 

@@ -7,6 +7,7 @@ phase and readiness transitions (fenced by the node lease) and their usage as te
 """
 
 from keel.agent._agent import Agent, AgentConfig
+from keel.agent._metrics import AgentMetrics, AgentStats
 from keel.agent._plan import (
     Action,
     Forget,
@@ -48,7 +49,9 @@ __all__ = [
     "Action",
     "Agent",
     "AgentConfig",
+    "AgentMetrics",
     "AgentState",
+    "AgentStats",
     "CheckResult",
     "Exited",
     "Forget",

@@ -19,6 +19,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
+from keel.agent._metrics import AgentStats
 from keel.agent._plan import (
     Action,
     Forget,
@@ -137,6 +138,7 @@ class Agent:
         self._log_path_accepted = True
         self._adopted_lease = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.stats = AgentStats()  # counts for /metrics (keel.agent._metrics)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -336,6 +338,8 @@ class Agent:
         after = observe_started(record, started.pid, started.proc_start, now)
         self.records[action.key] = after
         what = "Started" if after.starts == 1 else "Restarted"
+        if after.starts > 1:
+            self.stats.restarts += 1
         self._event(after, what, f"pid {started.pid}, ports {after.ports or {}}")
         log.info("%s: %s pid %d", action.key, what.lower(), started.pid)
 
@@ -390,6 +394,7 @@ class Agent:
             if check is None:
                 return
             result = await self.driver.check_health(self._workload(record), check)
+            self.stats.checks[probe.check, "success" if result.ok else "failure"] += 1
             current = self.records.get(key)
             if current is None or current.pid != record.pid or not current.running:
                 return
@@ -513,12 +518,14 @@ class Agent:
             try:
                 if lease is None:
                     self.lease = await within(self.clock, interval, self._acquire())
+                    self.stats.lease_acquisitions += 1
                     self.lease_ok_at = sent
                     self._publish_fence()
                     self._remember_lease(self.lease, sent)
                     log.info("node lease acquired (token %d)", self.lease.status.fencing_token)
                 else:
                     renewed = await within(self.clock, interval, self.client.renew_lease(lease))
+                    self.stats.lease_renewals += 1
                     if self._adopted_lease:
                         self._adopted_lease = False
                         log.info(
@@ -535,6 +542,7 @@ class Agent:
             except (NotFound, Conflict, _LeaseHeld):
                 self._adopted_lease = False
                 if lease is not None:
+                    self.stats.lease_losses += 1
                     log.warning("node lease lost; re-acquiring")
                     if self.lease is lease:
                         self.lease = None
@@ -544,6 +552,8 @@ class Agent:
                     attempt += 1
             except (KeelClientError, OSError, TimeoutError) as exc:
                 log.info("node lease: %s", exc)
+                if lease is not None:
+                    self.stats.lease_misses += 1
                 # A renewal failed: try again soon, the lease may still be saved.
                 await self.clock.sleep(
                     min(interval / 2, self.config.reconnect.delay(attempt, self.rng))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import msgspec
 
 from keel.api.resources import ResourceList
+from keel.cli._metrics import add_metrics_argument, serving_metrics
 
 # keel.agent's DEFAULT_LEASE_DURATION (not imported here: every `keel` command parses these
 # arguments, and the agent's modules are not cheap to import).
@@ -87,6 +89,7 @@ def add_agent_command(commands: Any) -> None:
         help="on SIGINT/SIGTERM leave workloads running (the next agent re-adopts them)",
     )  # fmt: skip
     agent.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_metrics_argument(agent)
     agent.set_defaults(run=cmd_agent)
 
 
@@ -103,7 +106,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from keel.agent import Agent, AgentConfig
+    from keel.agent import Agent, AgentConfig, AgentMetrics
     from keel.client import KeelClient, KubeconfigError
 
     try:
@@ -133,6 +136,14 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with client:
-        await Agent(client, config).run(stop)
+    agent = Agent(client, config)
+    metrics = AgentMetrics(agent)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(client)
+        try:
+            await stack.enter_async_context(serving_metrics(args.metrics_listen, metrics.render))
+        except OSError as exc:
+            print(f"keel agent: {exc}", file=sys.stderr)
+            return 2
+        await agent.run(stop)
     return 0

@@ -52,8 +52,30 @@ def add_apply_command(commands: Any) -> None:
         metavar="FILE|DIR",
         help="manifest file, directory, or - for standard input (repeatable)",
     )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait until every object is ready (Deployments rolled out, Nodes Ready)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=300.0,
+        metavar="S",
+        help="with --wait: give up after S seconds (default 300)",
+    )
     add_connection_args(parser)
     parser.set_defaults(run=command(_apply))
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
 
 
 async def _apply(args: argparse.Namespace, session: Session) -> int:
@@ -73,6 +95,7 @@ async def _apply(args: argparse.Namespace, session: Session) -> int:
     decoded.sort(key=lambda item: _FIRST.get(item[1].kind, 2))
 
     failed = 0
+    applied: list[tuple[KindInfo, Resource]] = []
     for document, info, obj in decoded:
         try:
             outcome = await apply_one(session.client, info, obj)
@@ -81,7 +104,17 @@ async def _apply(args: argparse.Namespace, session: Session) -> int:
             fail(f"{document.where}: {_write_error(info, obj, exc)}")
             continue
         print(f"{qualified(info, obj.metadata.name)} {outcome}", flush=True)
-    return 1 if failed else 0
+        applied.append((info, obj))
+    if failed:
+        return 1
+    if args.wait:
+        from keel.cli._progress import Progress
+        from keel.cli._wait import wait_ready
+
+        reason = await wait_ready(session.client, applied, args.timeout, Progress())
+        if reason is not None:
+            return fail(reason)
+    return 0
 
 
 def _with_namespace(obj: Resource, info: KindInfo, session: Session) -> Resource:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keel.cli._metrics import add_metrics_argument, serving_metrics
 from keel.client import KeelClient, KeelClientError
 from keel.clock import SystemClock
 
@@ -77,6 +79,7 @@ def add_controller_manager_command(commands: Any) -> None:
     parser.add_argument("--workers", type=int, default=4, help="workers per controller")
     parser.add_argument("--state-dir", type=Path, help="directory for cache checkpoints")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    add_metrics_argument(parser)
     parser.set_defaults(run=run_controller_manager)
 
 
@@ -97,7 +100,7 @@ def run_controller_manager(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_serve(args, names, factories))
-    except (ValueError, KeelClientError) as exc:
+    except (ValueError, KeelClientError, OSError) as exc:
         print(f"controller-manager: {exc}", file=sys.stderr)
         return 1
 
@@ -108,11 +111,15 @@ async def _serve(
     from keel.controllers import build
     from keel.runtime.controller import ControllerRunner
     from keel.runtime.manager import ControllerManager
+    from keel.runtime.metrics import ControllerManagerMetrics
 
     clock = SystemClock()
     if args.state_dir is not None:
         args.state_dir.mkdir(parents=True, exist_ok=True)
-    async with KeelClient.from_kubeconfig(args.kubeconfig) as client:
+    async with (
+        KeelClient.from_kubeconfig(args.kubeconfig) as client,
+        contextlib.AsyncExitStack() as exits,
+    ):
         runner = ControllerRunner(client, clock=clock, state_dir=args.state_dir)
         for controller in build(names, runner.cache):
             runner.register(controller, workers=args.workers)
@@ -123,6 +130,8 @@ async def _serve(
         for factory in factories:
             for controller in factory(manager):
                 runner.register(controller, workers=args.workers)
+        metrics = ControllerManagerMetrics(manager)  # after every controller is registered
+        await exits.enter_async_context(serving_metrics(args.metrics_listen, metrics.render))
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(manager.run(), name="manager")]
         stop = asyncio.Event()

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from typing import Any
 
+from keel.cli._metrics import add_metrics_argument, serving_metrics
 from keel.client import KeelClient, KeelClientError
 from keel.clock import SystemClock
 
@@ -37,6 +39,7 @@ def add_scheduler_command(commands: Any) -> None:
         help="seconds between looks at an unschedulable Instance",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    add_metrics_argument(parser)
     parser.set_defaults(run=run_scheduler)
 
 
@@ -51,16 +54,20 @@ def run_scheduler(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_serve(args))
-    except (ValueError, KeelClientError) as exc:
+    except (ValueError, KeelClientError, OSError) as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 1
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from keel.scheduler.metrics import SchedulerMetrics
     from keel.scheduler.service import new_scheduler
 
     clock = SystemClock()
-    async with KeelClient.from_kubeconfig(args.kubeconfig) as client:
+    async with (
+        KeelClient.from_kubeconfig(args.kubeconfig) as client,
+        contextlib.AsyncExitStack() as exits,
+    ):
         manager = new_scheduler(
             client,
             identity=args.identity,
@@ -68,6 +75,8 @@ async def _serve(args: argparse.Namespace) -> int:
             ttl=args.lease_ttl,
             retry_after=args.retry_interval,
         )
+        metrics = SchedulerMetrics(manager)
+        await exits.enter_async_context(serving_metrics(args.metrics_listen, metrics.render))
         loop = asyncio.get_running_loop()
         task = loop.create_task(manager.run(), name="scheduler")
         stop = asyncio.Event()

@@ -25,6 +25,7 @@ from typing import Any
 
 from keel.api.auth import TokenFile
 from keel.api.storage import ApiError
+from keel.cli._progress import Progress
 from keel.cli._state_dir import (
     KUBECONFIG,
     TOKEN_FILE,
@@ -32,6 +33,12 @@ from keel.cli._state_dir import (
     load_kubeconfig,
     read_tokens,
     write_kubeconfig,
+)
+from keel.cli._up_status import (
+    metrics_listens,
+    wait_until_ready,
+    with_metrics,
+    write_metrics_targets,
 )
 from keel.cli.apiserver import add_serve_arguments, guarded, run_server, serve, serve_options
 
@@ -336,6 +343,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     options = serve_options(args, "up")
     items = components(options.state_dir, options.clusters, args.nodes_per_cluster)
+    listens = metrics_listens(options.state_dir, [item.name for item in items])
+    items = with_metrics(items, listens)
     supervisor = Supervisor(items, options.state_dir / "logs")
     token_path = options.token_file or options.state_dir / TOKEN_FILE
     ensure_tokens(token_path)
@@ -346,6 +355,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         from keel.api.resources import Cluster, ObjectMeta
 
         await api.ready.wait()
+        started = asyncio.get_running_loop().time()
         info = BY_KIND["Cluster"]
         for i in range(1, options.clusters + 1):
             name = f"cluster-{i}"
@@ -363,6 +373,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"controller-manager and scheduler started (logs in {options.state_dir / 'logs'})",
             flush=True,
         )
+        targets = write_metrics_targets(options.state_dir, listens, url)
+        print(
+            f"keel up: metrics at http://{listens['controller-manager']}/metrics "
+            f"(controller-manager), http://{listens['scheduler']}/metrics (scheduler); "
+            f"every target in {targets}",
+            flush=True,
+        )
+        nodes = [node for _cluster, node in node_names(options.clusters, args.nodes_per_cluster)]
+        progress = Progress(prefix="keel up: ")
+        await wait_until_ready(api, nodes, progress, options.state_dir / "logs", started)
         if args.apply:
             await apply_and_report(args.apply, options.state_dir / KUBECONFIG)
 

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,7 +42,7 @@ from keel.client import Conflict, FencingTokenRejected, KeelClient
 from keel.clock import Clock
 from keel.runtime.checkpoint import Checkpoint
 from keel.runtime.informer import Indexer, Informer, object_key
-from keel.runtime.workqueue import WorkQueue
+from keel.runtime.workqueue import Histogram, WorkQueue
 
 __all__ = [
     "Context",
@@ -113,6 +113,7 @@ class ControllerMetrics:
     requeues: int = 0
     fenced: int = 0
     reconcile_seconds: float = 0.0  # total; divide by reconciles for the mean
+    latency: Histogram = field(default_factory=Histogram)  # each reconcile's duration
 
 
 def owner_keys(primary: type[Resource]) -> Callable[[Resource], Iterable[str]]:
@@ -246,7 +247,9 @@ class Partition:
                     metrics.requeues += 1
                     queue.add_after(key, result.requeue_after)
             finally:
-                metrics.reconcile_seconds += clock.now() - started
+                elapsed = clock.now() - started
+                metrics.reconcile_seconds += elapsed
+                metrics.latency.observe(elapsed)
                 queue.done(key)
 
     def _rejected(self, exc: FencingTokenRejected) -> None:
@@ -260,6 +263,7 @@ class Partition:
         if self.stopped:
             return
         self.stopped = True
+        self.runner._retire_queues(self.queues)
         for queue in self.queues.values():
             queue.drop_all()
             queue.shutdown()
@@ -312,6 +316,9 @@ class ControllerRunner:
         self.workers: dict[str, int] = {}
         self.metrics: dict[str, ControllerMetrics] = {}
         self.metrics_fenced = 0
+        # Queue counts of stopped partitions, per controller: [adds, retries] (the live
+        # queues' counts are added on top when metrics are read).
+        self.retired_queue_counts: dict[str, list[int]] = {}
         self.informers: dict[type[Resource], _Informer] = {}
         self._routes: dict[type[Resource], list[tuple[str, Callable[[Resource], Iterable[str]]]]]
         self._routes = {}
@@ -365,6 +372,24 @@ class ControllerRunner:
         if self._queue_factory is not None:
             return self._queue_factory()
         return WorkQueue(clock=self.clock, rng=random.Random(self.rng.random()))
+
+    def _retire_queues(self, queues: dict[str, WorkQueue]) -> None:
+        for name, queue in queues.items():
+            counts = self.retired_queue_counts.setdefault(name, [0, 0])
+            counts[0] += queue.metrics.adds
+            counts[1] += queue.metrics.retries
+
+    def queue_counts(self, controller: str) -> tuple[int, int, int]:
+        """(depth, adds, retries) of `controller`'s queues, adds and retries since start."""
+        adds, retries = self.retired_queue_counts.get(controller, (0, 0))
+        depth = 0
+        for partition in self._partitions.values():
+            queue = partition.queues.get(controller)
+            if queue is not None and not partition.stopped:
+                depth += len(queue)
+                adds += queue.metrics.adds
+                retries += queue.metrics.retries
+        return depth, adds, retries
 
     def cache(self, kind: type[R]) -> Indexer[R]:
         informer = self.informers.get(kind)

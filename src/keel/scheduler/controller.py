@@ -12,10 +12,11 @@ from typing import Any
 import msgspec
 
 from keel.api.resources import Condition, Deployment, Instance, Node, Resource
-from keel.client import NotFound
+from keel.client import Conflict, NotFound
 from keel.clock import rfc3339
 from keel.runtime.controller import Context, Related, Result
 from keel.runtime.informer import Indexer, object_key
+from keel.scheduler.metrics import SchedulerStats
 from keel.scheduler.policy import Decision, build_snapshot, schedule
 
 __all__ = [
@@ -55,6 +56,8 @@ class SchedulerController:
             Related(Deployment, self._unbound_of_deployment),
         )
         self._assumed: dict[str, tuple[str, str, float]] = {}  # key -> (node, uid, when)
+        self.stats = SchedulerStats()  # counts for /metrics (keel.scheduler.metrics)
+        self._pending_since: dict[str, tuple[str, float]] = {}  # key -> (uid, first seen)
 
     def _unbound(self, _node: Resource) -> Iterable[str]:
         instances: Indexer[Instance] = self._cache(Instance)
@@ -97,10 +100,15 @@ class SchedulerController:
             or instance.metadata.deletion_timestamp
             or instance.status.phase in TERMINAL
         ):
+            self._pending_since.pop(key, None)
             return Result()
         if instance.spec.node_name:
+            self._pending_since.pop(key, None)
             await self._mark_scheduled(ctx, instance)
             return Result()
+        since = self._pending_since.get(key)
+        if since is None or since[0] != instance.metadata.uid:
+            self._pending_since[key] = (instance.metadata.uid, now)
         if key in assumed:
             # Bound by us a moment ago: the cache will show it (look again if it never does).
             return Result(requeue_after=ASSUME_FOR)
@@ -109,6 +117,7 @@ class SchedulerController:
         )
         decision = schedule(instance, snapshot)
         if decision.node is None:
+            self.stats.unschedulable += 1
             await self._mark_unschedulable(ctx, instance, decision)
             return Result(requeue_after=self.retry_after)
         meta = instance.metadata
@@ -118,8 +127,14 @@ class SchedulerController:
             )
         except NotFound:
             return Result()
-        # A Conflict (stale resourceVersion, or bound meanwhile) propagates: the runner
-        # retries the key with backoff and the next look sees the newer Instance.
+        except Conflict:
+            # Stale resourceVersion, or bound meanwhile: the runner retries the key with
+            # backoff and the next look sees the newer Instance.
+            self.stats.conflicts += 1
+            raise
+        self.stats.placements += 1
+        _uid, first_seen = self._pending_since.pop(key, (meta.uid, now))
+        self.stats.pending_to_bound.observe(max(0.0, ctx.clock.now() - first_seen))
         self._assumed[key] = (decision.node, meta.uid, now)
         ctx.log.info("bound %s to %s", key, decision.node)
         return Result()

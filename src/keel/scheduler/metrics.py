@@ -1,0 +1,92 @@
+"""The scheduler's Prometheus metrics: its own counts (placements, pending-to-bound latency,
+binding conflicts, unschedulable decisions, preemptions) on top of the runtime's (work
+queue, reconciles, leadership, fencing). Counted as plain numbers by `SchedulerController`,
+copied into the registry only when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from keel.api.resources import Instance
+from keel.metrics import Registry
+from keel.runtime.informer import Indexer
+from keel.runtime.manager import ControllerManager
+from keel.runtime.metrics import ControllerManagerMetrics
+from keel.runtime.workqueue import Histogram
+
+__all__ = ["PENDING_BUCKETS", "SchedulerMetrics", "SchedulerStats"]
+
+# Pending to bound: from an immediate placement to one that waited for capacity.
+PENDING_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+
+
+@dataclass
+class SchedulerStats:
+    placements: int = 0  # bindings the API server accepted
+    conflicts: int = 0  # bindings refused with 409 (the Instance changed or was bound)
+    unschedulable: int = 0  # decisions that found no node
+    preemptions: int = 0  # instances evicted to make room (no preemption yet: stays 0)
+    pending_to_bound: Histogram = field(default_factory=lambda: Histogram(PENDING_BUCKETS))
+
+
+class SchedulerMetrics(ControllerManagerMetrics):
+    """The runtime's metrics of the scheduler's manager, plus `stats` and the pending count
+    read from the Instance cache at scrape time."""
+
+    def __init__(self, manager: ControllerManager, registry: Registry | None = None) -> None:
+        super().__init__(manager, registry)
+        stats = getattr(manager.runner.controllers.get("scheduler"), "stats", None)
+        if not isinstance(stats, SchedulerStats):
+            raise ValueError("SchedulerMetrics: the manager runs no scheduler controller")
+        self.stats = stats
+        r = self.registry
+        self.pending = r.gauge(
+            "keel_scheduler_pending_instances",
+            "Instances waiting for a node: unbound, not terminal, not being deleted.",
+        )
+        self.placements = r.counter(
+            "keel_scheduler_placements_total", "Instances bound to a node by this scheduler."
+        )
+        self.pending_latency = r.histogram(
+            "keel_scheduler_pending_to_bound_seconds",
+            "Time from this scheduler first seeing an Instance unbound to its binding.",
+            buckets=PENDING_BUCKETS,
+        )
+        self.conflicts = r.counter(
+            "keel_scheduler_binding_conflicts_total",
+            "Bindings refused with 409 Conflict (optimistic concurrency: retried).",
+        )
+        self.unschedulable = r.counter(
+            "keel_scheduler_unschedulable_total",
+            "Scheduling attempts that found no feasible node (retried later).",
+        )
+        self.preemptions = r.counter(
+            "keel_scheduler_preemptions_total",
+            "Instances preempted to make room for others (Keel does not preempt yet: 0).",
+        )
+        r.add_collector(self._collect_scheduler)
+
+    def _collect_scheduler(self) -> None:
+        stats = self.stats
+        self.placements.labels().set_total(stats.placements)
+        self.conflicts.labels().set_total(stats.conflicts)
+        self.unschedulable.labels().set_total(stats.unschedulable)
+        self.preemptions.labels().set_total(stats.preemptions)
+        hist = stats.pending_to_bound
+        self.pending_latency.labels().copy_from(hist.counts, hist.sum, hist.count)
+        try:
+            instances: Indexer[Instance] = self.manager.runner.cache(Instance)
+        except KeyError:
+            return
+        self.pending.set(
+            sum(
+                1
+                for i in instances
+                if not i.spec.node_name
+                and not i.metadata.deletion_timestamp
+                and i.status.phase not in ("Succeeded", "Failed")
+            )
+        )
