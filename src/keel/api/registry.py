@@ -42,6 +42,61 @@ class Owner(enum.Enum):
 
 
 @dataclass(frozen=True)
+class FieldOwner:
+    """The field managers that may write the fields under `path` (FieldsV1 keys from the
+    object's root; the most specific rule wins). Components are held to it; users are not."""
+
+    path: tuple[str, ...]
+    managers: frozenset[str]
+    why: str
+
+
+def _owner(path: tuple[str, ...], managers: set[str], why: str) -> FieldOwner:
+    return FieldOwner(path, frozenset(managers), why)
+
+
+# Which component owns which fields: two components never write the same field, except
+# where a row names several (and says why).
+FIELD_OWNERS: dict[str, tuple[FieldOwner, ...]] = {
+    "Deployment": (
+        _owner(("f:status",), {"deployment"}, "the deployment controller reports rollouts"),
+    ),
+    "Instance": (
+        _owner(("f:spec", "f:nodeName"), {"scheduler"}, "only the scheduler binds"),
+        _owner(("f:status",), {"agent"}, "the node's agent reports what it runs"),
+        _owner(
+            ("f:status", "f:conditions", 'k:{"type":"Scheduled"}'),
+            {"scheduler"},
+            "the scheduler says why an Instance is not placed",
+        ),
+    ),
+    "Node": (
+        _owner(("f:status",), {"agent"}, "a node's agent reports its node"),
+        _owner(
+            ("f:status", "f:conditions", 'k:{"type":"Ready"}'),
+            {"agent", "nodelifecycle"},
+            "the agent reports Ready; the node lifecycle controller marks a silent node "
+            "NotReady (Kubernetes' split, kept on purpose)",
+        ),
+    ),
+    "Cluster": (
+        _owner(("f:status",), {"cluster"}, "the cluster controller reports reachability"),
+        _owner(
+            ("f:status", "f:conditions", 'k:{"type":"NodeEvictions"}'),
+            {"cluster-evictions"},
+            "the eviction controller reports whether evictions are held back",
+        ),
+    ),
+    "Namespace": (
+        _owner(("f:status",), {"namespace"}, "the namespace controller finalizes namespaces"),
+    ),
+    "Endpoints": (
+        _owner(("f:subsets",), {"endpoints"}, "the endpoints controller lists ready addresses"),
+    ),
+}
+
+
+@dataclass(frozen=True)
 class KindInfo:
     kind: str
     plural: str

@@ -60,6 +60,18 @@ class OwnerReference(Model, frozen=True):
     block_owner_deletion: bool = False
 
 
+class ManagedFieldsEntry(Model, frozen=True, omit_defaults=True):
+    """Who owns which fields (Kubernetes' shape), written by the API server only."""
+
+    manager: str = ""
+    operation: Literal["Apply", "Update"] = "Update"
+    api_version: str = ""
+    time: Timestamp | None = None
+    fields_type: str = ""  # "FieldsV1", always written
+    fields_v1: dict[str, Any] = msgspec.field(default_factory=dict, name="fieldsV1")
+    subresource: str = ""
+
+
 class ObjectMeta(Model, frozen=True, omit_defaults=True):
     name: OptionalName = ""
     generate_name: str = ""
@@ -73,6 +85,7 @@ class ObjectMeta(Model, frozen=True, omit_defaults=True):
     annotations: dict[str, str] = {}
     owner_references: list[OwnerReference] = []
     finalizers: list[str] = []
+    managed_fields: list[ManagedFieldsEntry] = []
 
     def __post_init__(self) -> None:
         _check_labels("metadata.labels", self.labels)

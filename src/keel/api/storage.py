@@ -18,6 +18,7 @@ from typing import Any, Literal
 import msgspec
 
 from keel.api.disruption import EvictionDecision, controller_ref, decide_eviction
+from keel.api.ownership import FieldsOwnedElsewhere, Writer, track
 from keel.api.registry import BY_KIND, KindInfo
 from keel.api.resources import (
     API_VERSION,
@@ -339,6 +340,23 @@ def prepare_create(
     return created
 
 
+def owned(
+    info: KindInfo,
+    before: Resource | None,
+    after: Resource,
+    writer: Writer,
+    now: float,
+    *,
+    subresource: str = "",
+) -> Resource:
+    """`after` with managedFields moved on for `writer` (403 when a component writes a
+    field the registry gives another)."""
+    try:
+        return track(info.kind, before, after, writer, now=timestamp(now), subresource=subresource)
+    except FieldsOwnedElsewhere as exc:
+        raise ApiError(403, "Forbidden", exc.message, details=exc.details) from None
+
+
 def prepare_update(
     info: KindInfo, current: Resource, proposed: Resource, *, subresource: str | None
 ) -> Resource:
@@ -592,7 +610,13 @@ class Storage:
     # -- create
 
     async def create(
-        self, info: KindInfo, obj: Resource, *, namespace: str, fencing: Fencing | None = None
+        self,
+        info: KindInfo,
+        obj: Resource,
+        *,
+        namespace: str,
+        fencing: Fencing | None = None,
+        writer: Writer | None = None,
     ) -> Resource:
         meta = obj.metadata
         if not meta.name and not meta.generate_name:
@@ -622,7 +646,7 @@ class Storage:
                     ],
                 )
             try:
-                return await self._create_once_retrying(info, obj, namespace, name, fencing)
+                return await self._create_once_retrying(info, obj, namespace, name, fencing, writer)
             except ApiError as exc:
                 if meta.name or exc.reason != "AlreadyExists":
                     raise
@@ -631,17 +655,31 @@ class Storage:
         )
 
     async def _create_once_retrying(
-        self, info: KindInfo, obj: Resource, namespace: str, name: str, fencing: Fencing | None
+        self,
+        info: KindInfo,
+        obj: Resource,
+        namespace: str,
+        name: str,
+        fencing: Fencing | None,
+        *,
+        writer: Writer | None = None,
     ) -> Resource:
         for _ in range(5):
             try:
-                return await self._create_once(info, obj, namespace, name, fencing)
+                return await self._create_once(info, obj, namespace, name, fencing, writer=writer)
             except _NamespaceChanged:
                 continue  # the namespace was updated between our check and the txn
         raise ApiError(409, "Conflict", f'namespace "{namespace}" kept changing; retry the create')
 
     async def _create_once(
-        self, info: KindInfo, obj: Resource, namespace: str, name: str, fencing: Fencing | None
+        self,
+        info: KindInfo,
+        obj: Resource,
+        namespace: str,
+        name: str,
+        fencing: Fencing | None,
+        *,
+        writer: Writer | None = None,
     ) -> Resource:
         now = self.clock.wall()
         created = prepare_create(
@@ -652,6 +690,8 @@ class Storage:
             uid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
             now=now,
         )
+        if writer is not None:
+            created = owned(info, None, created, writer, now)
         data = self._encode_checked(created)
         key = info.key(namespace, name)
         compares = [Compare.create_revision(key, "==", 0)]
@@ -713,9 +753,11 @@ class Storage:
         subresource: str | None = None,
         fencing: Fencing | None = None,
         verb: str = "update",
+        writer: Writer | None = None,
     ) -> Resource:
         """Read, `mutate`, write back if unchanged meanwhile; retried on a lost race unless
-        the mutated object names a resourceVersion (then that is a precondition: 409)."""
+        the mutated object names a resourceVersion (then that is a precondition: 409).
+        `writer`: whose write it is, for managedFields and the registry's field owners."""
         key = info.key(namespace, name)
         for _ in range(_UPDATE_ATTEMPTS):
             kv = await self.store.get(key)
@@ -729,6 +771,10 @@ class Storage:
             updated = prepare_update(info, current, proposed, subresource=subresource)
             if updated == current:
                 return current  # nothing to write: an idle client writes nothing
+            if writer is not None:
+                updated = owned(
+                    info, current, updated, writer, self.clock.wall(), subresource=subresource or ""
+                )
             if finished_deleting(updated):
                 ops = [Op.delete(key)]
                 data = b""
@@ -763,6 +809,7 @@ class Storage:
         *,
         resource_version: str = "",
         fencing: Fencing | None = None,
+        writer: Writer | None = None,
     ) -> Resource:
         """Set spec.nodeName once (the scheduler's binding), with OCC."""
 
@@ -770,7 +817,14 @@ class Storage:
             return bind_instance(info, current, node, resource_version)
 
         return await self.update(
-            info, namespace, name, mutate, subresource="binding", fencing=fencing, verb="binding"
+            info,
+            namespace,
+            name,
+            mutate,
+            subresource="binding",
+            fencing=fencing,
+            verb="binding",
+            writer=writer,
         )
 
     # -- delete

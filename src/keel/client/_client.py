@@ -69,6 +69,7 @@ PatchType = Literal["merge", "json"]
 Selector = str | Mapping[str, str]
 
 FENCING_HEADER = "Keel-Fencing-Token"
+FIELD_MANAGER_HEADER = "Keel-Field-Manager"
 TELEMETRY_PREFIX = "/apis/telemetry.keel.dev/v1"
 _PATCH_CONTENT_TYPES: dict[str, str] = {
     "merge": "application/merge-patch+json",
@@ -225,7 +226,12 @@ class KeelClient:
         self._base = self._transport.server + "/apis/keel.dev/v1"
         self._write_headers: dict[str, str] = {}
         self._view_open = True
+        self._is_view = False
         self._guard: _FenceGuard | None = None
+        # Named on every write (header Keel-Field-Manager): the API server records the
+        # fields each manager owns (metadata.managedFields) and refuses a component's write
+        # to a field the registry gives another one. Empty: the server derives a name.
+        self.field_manager = ""
 
     @classmethod
     def from_kubeconfig(
@@ -258,8 +264,8 @@ class KeelClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session (a fenced view leaves it to the client it came from)."""
-        if self._write_headers:
+        """Close the session (a view leaves it to the client it came from)."""
+        if self._write_headers or self._is_view:
             self._view_open = False
             return
         await self._transport.close()
@@ -313,6 +319,9 @@ class KeelClient:
         guard = self._guard
         if guard is not None and guard.rejected is not None:
             raise guard.rejected
+        headers = self._write_headers
+        if self.field_manager:
+            headers = {**headers, FIELD_MANAGER_HEADER: self.field_manager}
         try:
             return await self._transport.request(
                 method,
@@ -320,7 +329,7 @@ class KeelClient:
                 params=params,
                 body=body,
                 content_type=content_type,
-                headers=self._write_headers,
+                headers=headers,
             )
         except FencingTokenRejected as exc:
             if guard is not None and guard.rejected is None:
@@ -821,6 +830,15 @@ class KeelClient:
             yield view
         finally:
             view._view_open = False
+
+    def as_manager(self, name: str) -> KeelClient:
+        """A view of this client (fenced or not) whose writes name `name` as their field
+        manager. It shares the connections; closing it leaves them open."""
+        view = KeelClient.__new__(KeelClient)
+        view.__dict__.update(self.__dict__)
+        view.field_manager = name
+        view._is_view = True
+        return view
 
     def guarded(self, on_rejected: Callable[[FencingTokenRejected], None]) -> KeelClient:
         """A view of this client (fenced or not) that reports the first write rejected with

@@ -198,7 +198,8 @@ class Partition:
         async with asyncio.TaskGroup() as group:
             for controller in runner.controllers.values():
                 ctx = Context(
-                    client=self.client,
+                    # Each controller writes as its own field manager: its fields are its.
+                    client=self.client.as_manager(controller.name),
                     cache=runner.cache,
                     clock=runner.clock,
                     log=runner.log.getChild(controller.name),
