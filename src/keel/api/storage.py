@@ -646,7 +646,9 @@ class Storage:
                     ],
                 )
             try:
-                return await self._create_once_retrying(info, obj, namespace, name, fencing, writer)
+                return await self._create_once_retrying(
+                    info, obj, namespace, name, fencing, writer=writer
+                )
             except ApiError as exc:
                 if meta.name or exc.reason != "AlreadyExists":
                     raise
