@@ -114,7 +114,8 @@ def _value_key(value: Any) -> str:
 
 
 def fields_of(document: Mapping[str, Any]) -> frozenset[Path]:
-    """The fields `document` sets (decoded JSON of a whole object)."""
+    """The fields `document` sets (decoded JSON of a whole object); null, empty objects
+    and empty lists are unset."""
     out: set[Path] = set()
     _walk(document, (), (), out)
     return frozenset(out)
@@ -125,11 +126,13 @@ def _walk(value: Mapping[str, Any], names: tuple[str, ...], path: Path, out: set
         here = (*names, name)
         if here in _UNOWNED:
             continue
+        if child is None or child == {} or child == []:
+            continue  # unset: a default, owned by nobody
         at = (*path, f"f:{name}")
         keys = LIST_KEYS.get(here)
-        if isinstance(child, dict) and child:
+        if isinstance(child, dict):
             _walk(child, here, at, out)
-        elif isinstance(child, list) and child and keys is not None:
+        elif isinstance(child, list) and keys is not None:
             for item in child:
                 if keys is _SET:
                     out.add((*at, _value_key(item)))
@@ -408,7 +411,7 @@ def encode_entries(entries: Sequence[Entry]) -> list[dict[str, Any]]:
 def decode_entries(items: Sequence[Mapping[str, Any]]) -> list[Entry]:
     entries: list[Entry] = []
     for item in items:
-        operation = item.get("operation")
+        operation = item.get("operation", UPDATE)  # the default, left out when encoded
         fields = item.get("fieldsV1")
         manager = item.get("manager")
         if operation not in (APPLY, UPDATE) or not isinstance(fields, dict):
