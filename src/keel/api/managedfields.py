@@ -126,7 +126,7 @@ def _walk(value: Mapping[str, Any], names: tuple[str, ...], path: Path, out: set
         here = (*names, name)
         if here in _UNOWNED:
             continue
-        if child is None or child == {} or child == []:
+        if child is None or child in ({}, []):
             continue  # unset: a default, owned by nobody
         at = (*path, f"f:{name}")
         keys = LIST_KEYS.get(here)

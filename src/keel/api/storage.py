@@ -18,7 +18,17 @@ from typing import Any, Literal
 import msgspec
 
 from keel.api.disruption import EvictionDecision, controller_ref, decide_eviction
-from keel.api.ownership import FieldsOwnedElsewhere, Writer, track
+from keel.api.managedfields import Conflict as FieldConflict
+from keel.api.managedfields import apply as apply_fields
+from keel.api.managedfields import readable
+from keel.api.ownership import (
+    FieldsOwnedElsewhere,
+    Writer,
+    builtins_of,
+    entries_of,
+    track,
+    with_entries,
+)
 from keel.api.registry import BY_KIND, KindInfo
 from keel.api.resources import (
     API_VERSION,
@@ -338,6 +348,24 @@ def prepare_create(
             created, status=LeaseStatus(acquire_time=timestamp(now, micro=True))
         )
     return created
+
+
+def apply_conflict(info: KindInfo, name: str, conflicts: list[FieldConflict]) -> ApiError:
+    """409 as kube-apiserver words it, each field with the manager that owns it."""
+    count = len(conflicts)
+    lines = "; ".join(f'conflict with "{c.manager}": {readable(c.path)}' for c in conflicts)
+    causes = [
+        StatusCause(readable(c.path), f'conflict with "{c.manager}"', "FieldManagerConflict")
+        for c in conflicts
+    ]
+    return ApiError(
+        409,
+        "Conflict",
+        f"Apply failed with {count} conflict{'s' if count != 1 else ''}: {lines} "
+        "(apply again with force, e.g. kubectl apply --server-side --force-conflicts, "
+        "to take them over)",
+        details=StatusDetails(name=name, kind=info.plural, causes=causes),
+    )
 
 
 def owned(
@@ -798,6 +826,75 @@ class Storage:
                     self.writes.add(info.kind, verb)
                 return with_revision(updated, result.revision, kv.create_revision)
             fenced = self._fencing_failed(fencing, result)
+            if fenced is not None:
+                raise fenced
+        raise conflict(info, name, "too many concurrent writers; try again")
+
+    async def apply(
+        self,
+        info: KindInfo,
+        namespace: str,
+        name: str,
+        applied: dict[str, Any],
+        *,
+        writer: Writer,
+        force: bool,
+        decode: Callable[[bytes], Resource],
+        fencing: Fencing | None = None,
+    ) -> tuple[Resource, bool]:
+        """Server-side apply of `applied` (the manager's whole intent for the object) by
+        `writer`: created if absent, else merged field by field with what other managers
+        own (`keel.api.managedfields.apply`); 409 naming each conflicting field and its
+        manager unless `force`. `decode` validates the merged object (422s). Returns the
+        object and whether it was created."""
+        intent = {k: v for k, v in applied.items() if k != "status"}  # status: a subresource
+        key = info.key(namespace, name)
+        for _ in range(_UPDATE_ATTEMPTS):
+            kv = await self.store.get(key)
+            current = from_kv(info, kv) if kv is not None else None
+            now = self.clock.wall()
+            result = apply_fields(
+                builtins_of(current) if current is not None else None,
+                intent,
+                entries_of(current) if current is not None else [],
+                manager=writer.manager,
+                force=force,
+                now=timestamp(now),
+                api_version=str(applied.get("apiVersion") or API_VERSION),
+            )
+            if result.conflicts:
+                raise apply_conflict(info, name, result.conflicts)
+            proposed = decode(msgspec.json.encode(result.object))
+            if current is None:
+                try:
+                    created = await self.create(
+                        info, with_entries(proposed, result.entries), namespace=namespace,
+                        fencing=fencing,
+                    )  # fmt: skip
+                except ApiError as exc:
+                    if exc.reason == "AlreadyExists":
+                        continue  # created meanwhile: apply onto it
+                    raise
+                return created, True
+            meta = msgspec.structs.replace(proposed.metadata, resource_version="")
+            updated = prepare_update(
+                info, current, msgspec.structs.replace(proposed, metadata=meta), subresource=None
+            )
+            if writer.enforced:
+                owned(info, current, updated, writer, now)  # refuses another's fields
+            updated = with_entries(updated, result.entries)
+            if updated == current:
+                return current, False
+            fence_compares, fence_ops = self._guards(fencing)
+            txn = await self.store.txn(
+                [Compare.mod_revision(key, "==", kv.mod_revision), *fence_compares],  # type: ignore[union-attr]
+                [Op.put(key, self._encode_checked(updated), (kv.lease if kv else 0) or None)],
+                fence_ops,
+            )
+            if txn.succeeded:
+                self.writes.add(info.kind, "patch")
+                return with_revision(updated, txn.revision, kv.create_revision), False  # type: ignore[union-attr]
+            fenced = self._fencing_failed(fencing, txn)
             if fenced is not None:
                 raise fenced
         raise conflict(info, name, "too many concurrent writers; try again")
