@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from keel.api.registry import lookup
-from keel.api.resources import Instance, InstanceSpec, InstanceStatus, ObjectMeta
 from keel.cli._common import age
 from keel.cli._manifests import ManifestError, decode, document_kind, parse_documents
 from keel.cli._units import cpu, memory, show_capacity, show_memory
-from keel.cli.apply import merged
 from keel.cli.logs import Follower
 
 
@@ -116,32 +114,3 @@ def test_follower_copies_appends_rotation_and_truncation(tmp_path: Path) -> None
             pass
         follower.close()
     assert out.getvalue() == b"two\nthree\nfour\nfive\n"
-
-
-def test_merge_takes_the_manifests_desire_and_keeps_what_the_system_owns() -> None:
-    live = Instance(
-        kind="Instance",
-        metadata=ObjectMeta(
-            name="web",
-            namespace="default",
-            uid="u-1",
-            resource_version="42",
-            labels={"app": "old", "keel.dev/deployment": "web"},
-            annotations={"note": "old"},
-        ),
-        spec=InstanceSpec(command=["old"], node_name="node-1"),
-        status=InstanceStatus(phase="Running"),
-    )
-    manifest = Instance(
-        metadata=ObjectMeta(name="web", namespace="default", labels={"app": "new"}),
-        spec=InstanceSpec(command=["new"]),
-    )
-    result = merged(live, manifest)
-    assert isinstance(result, Instance)
-    assert result.metadata.labels == {"app": "new", "keel.dev/deployment": "web"}
-    assert result.metadata.annotations == {}
-    assert (result.metadata.uid, result.metadata.resource_version) == ("u-1", "42")
-    assert result.spec.command == ["new"]
-    assert result.spec.node_name == "node-1"
-    assert result.status.phase == "Running"
-    assert merged(live, result) == result  # applying the same again changes nothing

@@ -16,6 +16,7 @@ from conftest import DEADLINE, Platform
 
 from keel.api.resources import (
     Condition,
+    Deployment,
     Instance,
     InstanceStatus,
     Node,
@@ -145,13 +146,13 @@ def test_apply_keeps_the_live_status_and_binding(platform: Platform, tmp_path: P
     ns = platform.namespace()
     node = f"host-{ns}"
     fake_node(platform, node)
-    pinned = instance("solo", ns)
-    pinned["spec"]["nodeName"] = node
-    platform.keel("apply", "-f", str(write(tmp_path / "pinned.yaml", pinned)))
+    manifest = write(tmp_path / "solo.yaml", instance("solo", ns))
+    platform.keel("apply", "-f", str(manifest))
+    with platform.client() as client:
+        client.bind(ns, "solo", node)  # the scheduler's field, bound by hand here
     set_status(platform, ns, "solo", InstanceStatus(phase="Running", host_ip="127.0.0.1"))
 
     # The binding and the agent's status are not the business of a manifest without them.
-    manifest = write(tmp_path / "solo.yaml", instance("solo", ns))
     assert (
         platform.keel("apply", "-f", str(manifest)).stdout == "instance.keel.dev/solo unchanged\n"
     )
@@ -325,8 +326,15 @@ def test_get_json_and_yaml_round_trip_through_apply(platform: Platform, tmp_path
     one.write_text(json.dumps(as_json))
     both = tmp_path / "list.yaml"
     both.write_text(platform.keel("get", "svc", "-n", ns, "-o", "yaml").stdout)
+    # Server-side apply: the full object names every field, so keel now owns them all (its
+    # managedFields change once); applied again, nothing changes.
+    assert platform.keel("apply", "-f", str(one)).stdout == "deployment.keel.dev/rt configured\n"
     assert platform.keel("apply", "-f", str(one)).stdout == "deployment.keel.dev/rt unchanged\n"
+    platform.keel("apply", "-f", str(both))
     assert platform.keel("apply", "-f", str(both)).stdout == "service.keel.dev/rt unchanged\n"
+    with platform.client() as client:
+        live = client.get(Deployment, "rt", namespace=ns)
+    assert [(m.manager, m.operation) for m in live.metadata.managed_fields] == [("keel", "Apply")]
 
     as_json["spec"]["replicas"] = 5
     one.write_text(json.dumps(as_json))

@@ -327,8 +327,11 @@ def apply(
     own = next((e for e in entries if e.manager == manager and e.operation == APPLY), None)
     stamp = own.time if own is not None and own.fields == wanted and own.time else now
     mine = Entry(manager, APPLY, wanted, stamp, api_version)
-    kept = [e for e in others if not (e.manager == manager and e.operation == APPLY)]
-    return ApplyResult(merged, _tidy([*kept, mine]))
+    # In place (an unchanged apply must leave the entries exactly as they were).
+    placed = [mine if e.manager == manager and e.operation == APPLY else e for e in others]
+    if own is None:
+        placed.append(mine)
+    return ApplyResult(merged, _tidy(placed))
 
 
 def record_update(

@@ -23,6 +23,7 @@ from itertools import accumulate
 from typing import Any, cast, get_args
 
 import msgspec
+import yaml
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -35,6 +36,7 @@ from keel.api.admission import TokenBucketAdmission
 from keel.api.compactor import Compactor
 from keel.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from keel.api.metrics import ApiMetrics
+from keel.api.ownership import Writer
 from keel.api.patch import PatchError, PatchTestFailed, json_patch, merge_patch
 from keel.api.registry import (
     BY_KIND,
@@ -98,6 +100,7 @@ VERSION = "0.1.0"
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = ("application/apply-patch+yaml", "application/apply-patch+json")
 FENCING_HEADER = "keel-fencing-token"
 # How deep the arrays and objects of a request body may nest. Keel's deepest object nests
 # about ten levels; the decoders and the patch code recurse once per level, and a thousand
@@ -284,6 +287,24 @@ def decode_record(model: type[Any], body: bytes, what: str) -> Any:
         ) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"{what}: request body is not valid JSON: {exc}") from None
+
+
+# Components write as themselves whatever they claim: a node's agent, the scheduler; each
+# controller names itself (Keel-Field-Manager). They are held to the registry's field
+# owners. Users name their manager (fieldManager, or the client's); they are recorded only.
+FIELD_MANAGER_HEADER = "keel-field-manager"
+_ROLE_MANAGERS = {"node": "agent", "scheduler": "scheduler"}
+
+
+def writer_of(request: Request, principal: auth.Principal) -> Writer:
+    fixed = _ROLE_MANAGERS.get(principal.role)
+    if fixed is not None:
+        return Writer(fixed, enforced=True)
+    named = request.query_params.get("fieldManager") or request.headers.get(FIELD_MANAGER_HEADER)
+    if principal.role == "controller":
+        return Writer(named or "controller", enforced=True)
+    agent = request.headers.get("user-agent", "").split("/")[0].strip()
+    return Writer(named or agent or principal.name)
 
 
 def full_builtins(value: Any) -> Any:
@@ -804,7 +825,7 @@ class ApiServer:
             if method != "POST":
                 raise ApiError(405, "MethodNotAllowed", "binding takes POST")
             self._authorize(principal, self._auth_request("create", target))
-            return await self.bind(request, target)
+            return await self.bind(request, target, writer=writer_of(request, principal))
         if target.subresource == "eviction":
             if method != "POST":
                 raise ApiError(405, "MethodNotAllowed", "eviction takes POST")
@@ -822,9 +843,9 @@ class ApiServer:
         if method == "GET":
             return await self.get(request, target)
         if method == "PUT":
-            return await self.replace(request, target)
+            return await self.replace(request, target, writer=writer_of(request, principal))
         if method == "PATCH":
-            return await self.patch(request, target)
+            return await self.patch(request, target, writer=writer_of(request, principal))
         if method == "DELETE":
             if target.subresource is not None:
                 raise ApiError(405, "MethodNotAllowed", "DELETE of a subresource")
@@ -1097,7 +1118,11 @@ class ApiServer:
             await self._check_registration(info, obj, obj.spec.registration, target)
         fencing = self._fencing(request)
         created = await self.storage.create(
-            info, obj, namespace=target.namespace or "", fencing=fencing
+            info,
+            obj,
+            namespace=target.namespace or "",
+            fencing=fencing,
+            writer=writer_of(request, principal),
         )
         return self._object(created, 201)
 
@@ -1112,7 +1137,9 @@ class ApiServer:
         if causes:
             raise invalid(info, lease.metadata.name or lease.metadata.generate_name, causes)
 
-    async def replace(self, request: Request, target: Target) -> Response:
+    async def replace(
+        self, request: Request, target: Target, *, writer: Writer | None = None
+    ) -> Response:
         info = target.info
         body = await self._body(request)
         obj = decode_body(
@@ -1130,18 +1157,23 @@ class ApiServer:
             subresource=target.subresource,
             fencing=self._fencing(request),
             verb="status" if target.subresource == "status" else "update",
+            writer=writer,
         )
         return self._object(updated)
 
-    async def patch(self, request: Request, target: Target) -> Response:
+    async def patch(
+        self, request: Request, target: Target, *, writer: Writer | None = None
+    ) -> Response:
         info = target.info
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type in APPLY_PATCH and writer is not None:
+            return await self.apply(request, target, writer)
         if content_type not in (MERGE_PATCH, JSON_PATCH):
             raise ApiError(
                 415,
                 "UnsupportedMediaType",
-                f"the body of a PATCH must be {MERGE_PATCH} or {JSON_PATCH}, "
-                f"not {content_type or 'unspecified'!r}",
+                f"the body of a PATCH must be {MERGE_PATCH}, {JSON_PATCH} or "
+                f"{APPLY_PATCH[0]}, not {content_type or 'unspecified'!r}",
             )
         body = await self._body(request)
         try:
@@ -1203,8 +1235,52 @@ class ApiServer:
             subresource=target.subresource,
             fencing=self._fencing(request),
             verb="status" if target.subresource == "status" else "patch",
+            writer=writer,
         )
         return self._object(updated)
+
+    async def apply(self, request: Request, target: Target, writer: Writer) -> Response:
+        """Server-side apply (`application/apply-patch+yaml`): the body is the field
+        manager's whole intent for the object (YAML or JSON); `fieldManager` is required,
+        `force=true` takes conflicting fields over. 201 when it created the object."""
+        info = target.info
+        if target.subresource is not None:
+            raise ApiError(405, "MethodNotAllowed", "server-side apply of a subresource")
+        manager = request.query_params.get("fieldManager", "")
+        if not manager:
+            raise bad_request("fieldManager: required for apply requests (e.g. ?fieldManager=me)")
+        force = request.query_params.get("force", "").lower()
+        if force not in ("", "true", "false"):
+            raise bad_request(f"force: expected true or false, not {force!r}")
+        body = await self._body(request)
+        try:
+            document = yaml.safe_load(body.decode("utf-8")) if body.strip() else None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise bad_request(f"the apply body is not valid YAML or JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise bad_request("the apply body must be an object (a manifest)")
+
+        def decode(encoded: bytes) -> Resource:
+            return decode_body(
+                info,
+                encoded,
+                namespace=target.namespace,
+                name=target.name,
+                max_bytes=self.max_object_bytes,
+            )
+
+        decode(msgspec.json.encode(document))  # the intent alone must be valid: 422s name it
+        obj, created = await self.storage.apply(
+            info,
+            target.namespace or "",
+            target.name or "",
+            document,
+            writer=Writer(manager if not writer.enforced else writer.manager, writer.enforced),
+            force=force == "true",
+            decode=decode,
+            fencing=self._fencing(request),
+        )
+        return self._object(obj, 201 if created else 200)
 
     async def delete(self, request: Request, target: Target) -> Response:
         body = await self._body(request)
@@ -1239,7 +1315,9 @@ class ApiServer:
         )
         return self._object(obj)
 
-    async def bind(self, request: Request, target: Target) -> Response:
+    async def bind(
+        self, request: Request, target: Target, *, writer: Writer | None = None
+    ) -> Response:
         binding: Binding = decode_record(Binding, await self._body(request), "Binding")
         if binding.metadata.name and binding.metadata.name != target.name:
             raise bad_request(
@@ -1253,6 +1331,7 @@ class ApiServer:
             binding.target.name,
             resource_version=binding.metadata.resource_version,
             fencing=self._fencing(request),
+            writer=writer,
         )
         return self._object(bound, 201)
 

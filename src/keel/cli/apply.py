@@ -1,7 +1,12 @@
-"""`keel apply -f FILE|DIR`: create each manifest's object, or bring the live one in line.
+"""`keel apply -f FILE|DIR`: server-side apply of each manifest's object, as field manager
+`keel` (`--field-manager` to change it): the object is created, or the fields the manifest
+sets are merged into it (labels and annotations key by key); fields `keel` applied before
+and the manifest no longer sets are removed; a field another manager (a controller, kubectl
+scale, kubectl edit) set to another value is a conflict, reported with its owner, unless
+`--force-conflicts` takes it over.
 
-Every document is validated before anything is sent; each object is one write (a create, or
-a replace on the live resourceVersion keeping the live status), so none is half-applied.
+Every document is validated before anything is sent; each object is one write, so none is
+half-applied.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 import msgspec
 
 from keel.api.registry import KindInfo
-from keel.api.resources import Instance, Resource
+from keel.api.resources import API_VERSION, Resource
 from keel.cli._common import (
     CommandError,
     Session,
@@ -29,12 +34,11 @@ from keel.cli._manifests import (
     document_kind,
     read_documents,
 )
-from keel.client import AlreadyExists, ApiError, Conflict, Invalid, KeelClient, NotFound
+from keel.client import ApiError, Invalid, KeelClient, NotFound
 
 # Kinds other objects live in go first, so one apply can create a namespace and its contents.
 _FIRST = {"Namespace": 0, "Cluster": 1}
-_CONFLICT_RETRIES = 5
-SYSTEM_PREFIX = "keel.dev/"
+FIELD_MANAGER = "keel"
 
 
 def add_apply_command(commands: Any) -> None:
@@ -51,6 +55,17 @@ def add_apply_command(commands: Any) -> None:
         required=True,
         metavar="FILE|DIR",
         help="manifest file, directory, or - for standard input (repeatable)",
+    )
+    parser.add_argument(
+        "--field-manager",
+        default=FIELD_MANAGER,
+        metavar="NAME",
+        help=f"the field manager the applied fields belong to (default {FIELD_MANAGER})",
+    )
+    parser.add_argument(
+        "--force-conflicts",
+        action="store_true",
+        help="take over fields another manager set to another value, instead of failing",
     )
     parser.add_argument(
         "--wait",
@@ -98,7 +113,14 @@ async def _apply(args: argparse.Namespace, session: Session) -> int:
     applied: list[tuple[KindInfo, Resource]] = []
     for document, info, obj in decoded:
         try:
-            outcome = await apply_one(session.client, info, obj)
+            outcome = await apply_one(
+                session.client,
+                info,
+                obj,
+                document.body,
+                field_manager=args.field_manager,
+                force=args.force_conflicts,
+            )
         except ApiError as exc:
             failed += 1
             fail(f"{document.where}: {_write_error(info, obj, exc)}")
@@ -142,68 +164,32 @@ def _write_error(info: KindInfo, obj: Resource, exc: ApiError) -> str:
     return f"{qualified(info, obj.metadata.name)}: {describe_api_error(exc)}"
 
 
-async def apply_one(client: KeelClient, info: KindInfo, obj: Resource) -> str:
-    """Create `obj`, or replace the live object with it; "created", "configured" or
-    "unchanged". A replace that races another writer is retried on the new version."""
+async def apply_one(
+    client: KeelClient,
+    info: KindInfo,
+    obj: Resource,
+    body: dict[str, Any],
+    *,
+    field_manager: str = FIELD_MANAGER,
+    force: bool = False,
+) -> str:
+    """Server-side apply of the manifest `body` (`obj` is it validated, with its namespace
+    settled); "created", "configured" or "unchanged"."""
     name, namespace = obj.metadata.name, obj.metadata.namespace or None
+    document = dict(body)
+    metadata = dict(document.get("metadata") or {})
+    if namespace:
+        metadata["namespace"] = namespace
+    document["metadata"] = metadata
+    document.setdefault("apiVersion", API_VERSION)
+    document.setdefault("kind", info.kind)
     try:
-        await client.create(obj)
+        before: str | None = (
+            await client.get(info, name, namespace=namespace)
+        ).metadata.resource_version
+    except NotFound:
+        before = None
+    applied = await client.apply(info, document, field_manager=field_manager, force=force)
+    if before is None:
         return "created"
-    except AlreadyExists:
-        pass
-    for _ in range(_CONFLICT_RETRIES):
-        try:
-            live = await client.get(info, name, namespace=namespace)
-        except NotFound:  # deleted meanwhile: create it again
-            try:
-                await client.create(obj)
-                return "created"
-            except AlreadyExists:
-                continue
-        desired = merged(live, obj)
-        if _same(desired, live):
-            return "unchanged"
-        try:
-            await client.replace(desired)
-            return "configured"
-        except Conflict:
-            continue
-    raise CommandError(
-        f"{qualified(info, name)}: changed by another writer {_CONFLICT_RETRIES} times "
-        "in a row; try again"
-    )
-
-
-def merged(live: Resource, manifest: Resource) -> Resource:
-    """The manifest's object on top of the live one: the manifest's spec (and every other
-    desired field), labels and annotations; the live identity, resourceVersion, status,
-    owners and finalizers unless the manifest names its own, and the live `keel.dev/`
-    labels and annotations the manifest does not mention (those belong to the system)."""
-    meta = manifest.metadata
-    metadata = msgspec.structs.replace(
-        live.metadata,
-        labels=_system_keys(live.metadata.labels) | meta.labels,
-        annotations=_system_keys(live.metadata.annotations) | meta.annotations,
-        owner_references=meta.owner_references or live.metadata.owner_references,
-        finalizers=meta.finalizers or live.metadata.finalizers,
-    )
-    changes: dict[str, Any] = {"metadata": metadata, "kind": live.kind or manifest.kind}
-    if "status" in live.__struct_fields__:
-        changes["status"] = live.status  # type: ignore[attr-defined]
-    if (
-        isinstance(live, Instance)
-        and isinstance(manifest, Instance)
-        and live.spec.node_name
-        and not manifest.spec.node_name
-    ):
-        # The binding is the scheduler's: a manifest without a node keeps it.
-        changes["spec"] = msgspec.structs.replace(manifest.spec, node_name=live.spec.node_name)
-    return msgspec.structs.replace(manifest, **changes)
-
-
-def _system_keys(values: dict[str, str]) -> dict[str, str]:
-    return {key: value for key, value in values.items() if key.startswith(SYSTEM_PREFIX)}
-
-
-def _same(desired: Resource, live: Resource) -> bool:
-    return bool(msgspec.to_builtins(desired) == msgspec.to_builtins(live))
+    return "unchanged" if applied.metadata.resource_version == before else "configured"

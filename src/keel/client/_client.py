@@ -71,6 +71,7 @@ Selector = str | Mapping[str, str]
 FENCING_HEADER = "Keel-Fencing-Token"
 FIELD_MANAGER_HEADER = "Keel-Field-Manager"
 TELEMETRY_PREFIX = "/apis/telemetry.keel.dev/v1"
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 _PATCH_CONTENT_TYPES: dict[str, str] = {
     "merge": "application/merge-patch+json",
     "json": "application/json-patch+json",
@@ -577,6 +578,34 @@ class KeelClient:
             self._path(info, self._namespace_for(info, namespace), name, subresource),
             body=body,
             content_type=content_type,
+        )
+        return _decoder(info.model).decode(data)
+
+    async def apply(
+        self,
+        kind: KindRef,
+        document: Mapping[str, Any],
+        *,
+        field_manager: str,
+        force: bool = False,
+    ) -> Resource:
+        """Server-side apply of `document` (a manifest as decoded JSON/YAML: only the
+        fields it sets count) as this field manager's whole intent for the object; created
+        if absent. `Conflict` names the fields other managers own with another value,
+        unless `force` takes them over."""
+        info = kind_info(kind)
+        metadata = document.get("metadata") or {}
+        name = str(metadata.get("name") or "")
+        namespace = str(metadata.get("namespace") or "") or None
+        params = {"fieldManager": field_manager}
+        if force:
+            params["force"] = "true"
+        data = await self._write(
+            "PATCH",
+            self._path(info, self._namespace_for(info, namespace), name),
+            body=_encoder.encode(dict(document)),
+            content_type=APPLY_CONTENT_TYPE,
+            params=params,
         )
         return _decoder(info.model).decode(data)
 
