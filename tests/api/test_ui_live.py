@@ -50,4 +50,4 @@ def test_only_an_instances_own_log_file_is_served() -> None:
     assert not log_file_allowed("/etc/shadow", "default", "web-0")
     assert not log_file_allowed("/s/agents/n1/logs/default_other.log", "default", "web-0")
     assert not log_file_allowed("/s/x/default_web-0.log", "default", "web-0")
-    assert not log_file_allowed("logs/default_web-0.log", "default", "web-0")
+    assert log_file_allowed(".keel/agents/n1/logs/default_web-0.log", "default", "web-0")

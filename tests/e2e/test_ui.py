@@ -117,13 +117,29 @@ def browser() -> Iterator[Any]:
         yield context
 
 
-def logged_in(browser: Any, platform: Platform, token: str | None = None) -> Any:
+@pytest.fixture
+def tabs(browser: Any) -> Iterator[list[Any]]:
+    """The tabs a test opens, closed after it (their streams hold the browser's six
+    connections to the server)."""
+    opened: list[Any] = []
+    yield opened
+    for page in opened:
+        page.close()
+
+
+def logged_in(tabs: list[Any], browser: Any, platform: Platform, token: str | None = None) -> Any:
     """A new tab logged in with `token` typed into the login page (admin's by default)."""
-    page = browser.new_page()
+    page = new_tab(tabs, browser)
     page.goto(f"{platform.up.url}/ui/")
     page.fill("#token", token or platform.up.token("admin"))
     page.click("#login-form button")
     page.locator("#who").filter(has_text="(").wait_for(timeout=UI_TIMEOUT)
+    return page
+
+
+def new_tab(tabs: list[Any], browser: Any) -> Any:
+    page = browser.new_page()
+    tabs.append(page)
     return page
 
 
@@ -133,28 +149,26 @@ def rows(page: Any, table: str) -> list[list[str]]:
     return [re.split(r"[\t\n]", text) for text in texts]
 
 
-def test_the_one_time_link_logs_in_once(platform: Platform, browser: Any) -> None:
+def test_the_one_time_link_logs_in_once(platform: Platform, browser: Any, tabs: list[Any]) -> None:
     link = platform.link()
-    page = browser.new_page()
+    page = new_tab(tabs, browser)
     page.goto(link)
     page.locator("#who").filter(has_text="admin (admin)").wait_for(timeout=UI_TIMEOUT)
     assert "login=" not in page.url, "the code is dropped from the address bar"
     page.locator('[data-card="nodes"] .big').filter(has_text="4").wait_for(timeout=UI_TIMEOUT)
 
-    again = browser.new_page()
+    again = new_tab(tabs, browser)
     again.goto(link)
     error = again.locator("#login-error")
     error.filter(has_text="used already").wait_for(timeout=UI_TIMEOUT)
     assert again.locator("#login").is_visible()
-    page.close()
-    again.close()
 
 
 def test_a_viewer_sees_everything_but_its_actions_are_refused(
-    platform: Platform, browser: Any
+    platform: Platform, browser: Any, tabs: list[Any]
 ) -> None:
     wait_for("3 ready hello instances", lambda: len(platform.ready_hello()) == 3, timeout=60)
-    page = logged_in(browser, platform, platform.up.token("viewer"))
+    page = logged_in(tabs, browser, platform, platform.up.token("viewer"))
     assert "read-only" in page.inner_text("#who")
     page.goto(f"{platform.up.url}/ui/#/deployments")
     page.locator("[data-deployment='default/hello']").wait_for(timeout=UI_TIMEOUT)
@@ -167,17 +181,44 @@ def test_a_viewer_sees_everything_but_its_actions_are_refused(
     assert "may only get, list and watch" in refused.inner_text()
     deployment = platform.api("GET", f"{V1}/namespaces/default/deployments/hello")
     assert deployment["spec"]["replicas"] == 3
-    page.close()
+
+
+def test_an_instances_log_tail_and_events_filtered_by_type(
+    platform: Platform, browser: Any, tabs: list[Any]
+) -> None:
+    ready = wait_for("3 ready instances", lambda: len(h := platform.ready_hello()) == 3 and h)
+    name = sorted(ready)[0]
+    page = logged_in(tabs, browser, platform)
+    page.goto(f"{platform.up.url}/ui/#/instances")
+    page.fill("#filter", name)
+    page.locator(f'.vt-row[data-key="default/{name}"]').click()
+    # python's http.server logs each health check it answers
+    page.locator("#log").filter(has_text="GET / HTTP/1.").wait_for(timeout=UI_TIMEOUT)
+
+    page.goto(f"{platform.up.url}/ui/#/events")
+    page.locator('[data-table="events"] .vt-row').first.wait_for(timeout=UI_TIMEOUT)
+    page.select_option("#kind", "Instance")
+    page.fill("#filter", name)
+    shown = wait_for(
+        "only the instance's events, its start among them",
+        lambda: (
+            (r := rows(page, "events"))
+            and all(f"Instance/default/{name}" == e[2] for e in r)
+            and any(e[3] == "Started" for e in r)
+            and r
+        ),
+    )
+    assert all(e[1] in ("Normal", "Warning") for e in shown)
 
 
 def test_a_node_going_not_ready_and_its_instances_moving_are_seen_live(
-    platform: Platform, browser: Any
+    platform: Platform, browser: Any, tabs: list[Any]
 ) -> None:
     placed = wait_for(
         "3 ready hello instances", lambda: len(h := platform.ready_hello()) == 3 and h
     )
     victim_instance, node = sorted(placed.items())[0]
-    page = logged_in(browser, platform)
+    page = logged_in(tabs, browser, platform)
     page.goto(f"{platform.up.url}/ui/#/overview")
     row = page.locator(f'[data-table="nodes"] .vt-row[data-key="{node}"]')
     row.filter(has_text="Ready").wait_for(timeout=UI_TIMEOUT)
@@ -200,12 +241,13 @@ def test_a_node_going_not_ready_and_its_instances_moving_are_seen_live(
     platform.resume_all()
     page.goto(f"{platform.up.url}/ui/#/overview")
     row.filter(has_text="Ready").wait_for(timeout=UI_TIMEOUT)
-    page.close()
 
 
-def test_a_rollout_is_followed_to_completion(platform: Platform, browser: Any) -> None:
+def test_a_rollout_is_followed_to_completion(
+    platform: Platform, browser: Any, tabs: list[Any]
+) -> None:
     wait_for("3 ready hello instances", lambda: len(platform.ready_hello()) == 3, timeout=60)
-    page = logged_in(browser, platform)
+    page = logged_in(tabs, browser, platform)
     page.goto(f"{platform.up.url}/ui/#/deployments")
     page.locator("[data-deployment='default/hello']").wait_for(timeout=UI_TIMEOUT)
     revisions = len(platform.api("GET", f"{V1}/namespaces/default/revisions")["items"])
@@ -230,13 +272,12 @@ def test_a_rollout_is_followed_to_completion(platform: Platform, browser: Any) -
     page.click("#confirm-ok")
     page.locator(".toast.ok").filter(has_text="resumed").wait_for(timeout=UI_TIMEOUT)
     assert not platform.api("GET", f"{V1}/namespaces/default/deployments/hello")["spec"]["paused"]
-    page.close()
 
 
 def test_a_new_leader_and_fencing_token_show_after_the_leader_stops(
-    platform: Platform, browser: Any
+    platform: Platform, browser: Any, tabs: list[Any]
 ) -> None:
-    page = logged_in(browser, platform)
+    page = logged_in(tabs, browser, platform)
     page.goto(f"{platform.up.url}/ui/#/leases")
     row = page.locator('[data-table="leases"] .vt-row[data-key="keel-system/controller-manager"]')
     row.filter(has_text="keel-up").wait_for(timeout=UI_TIMEOUT)
@@ -258,4 +299,3 @@ def test_a_new_leader_and_fencing_token_show_after_the_leader_stops(
     finally:
         platform.resume_all()
         standby.stop()
-    page.close()

@@ -98,8 +98,8 @@ def tail_lines(data: bytes, lines: int) -> bytes:
 def log_file_allowed(path: str, namespace: str, name: str) -> bool:
     """Only an instance's own log file (`.../logs/NS_NAME.log`) is served, whatever path a
     node published: a node token must not make the API server read other files."""
-    p = Path(path)
-    return p.is_absolute() and p.name == f"{namespace}_{name}.log" and p.parent.name == "logs"
+    p = Path(path)  # relative: to the working directory agents and `keel up` share
+    return p.name == f"{namespace}_{name}.log" and p.parent.name == "logs"
 
 
 class Dashboard:

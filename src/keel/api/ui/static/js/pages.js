@@ -314,13 +314,14 @@ const instances = {
       detail(false);
     };
     let logFor = null;
+    let logMissing = false;
     async function detail(loadLog) {
       const inst = selected && insts.items.get(selected);
       if (!inst) { detailEl.innerHTML = `<p class="dim">select an instance</p>`; return; }
       const s = inst.status || {};
       const body = `<h2>${esc(selected)}</h2><table class="plain">
         <tr><td>phase</td><td>${esc(s.phase || "Pending")}</td></tr><tr><td>node</td><td>${esc(inst.spec.nodeName || "–")}</td></tr>
-        <tr><td>host</td><td>${esc(s.hostIP || "")} ${esc((s.ports || []).map((p) => `${p.name}:${p.port}`).join(" "))}</td></tr>
+        <tr><td>ports</td><td>${esc((s.ports || []).map((p) => `${p.name} ${s.hostIP || ""}:${p.port}`).join(", ") || "–")}</td></tr>
         <tr><td>started</td><td>${esc(age(s.startedAt))}</td></tr><tr><td>message</td><td>${esc(s.message || "")}</td></tr></table>
         <h3>conditions</h3>${condRows(s.conditions)}
         <h3>log <button class="link" id="reload-log">reload</button></h3><pre class="log" id="log">${logFor === selected ? "" : "…"}</pre>`;
@@ -337,16 +338,22 @@ const instances = {
       const key = selected;
       logFor = key;
       let text;
+      logMissing = false;
       try {
         text = await request("GET", `ui/api/logs/${encodeURIComponent(inst.metadata.namespace)}/${encodeURIComponent(inst.metadata.name)}?tail=200`);
-      } catch (err) { text = `(${err.message})`; }
+      } catch (err) { text = `(${err.message})`; logMissing = err.code === 404; }
       const pre = detailEl.querySelector("#log");
       if (pre && logFor === key) { pre.textContent = text || "(empty)"; pre.scrollTop = pre.scrollHeight; }
     }
     const redraw = throttled(draw, 200);
     filter.addEventListener("input", redraw);
     const off = watchAll([insts], redraw);
-    const offLive = live.on((m) => { if (m.type === "usages") redraw(); });
+    const offLive = live.on((m) => {
+      if (m.type !== "usages") return;
+      redraw();
+      // The agent publishes where the log is with the instance's usage: try again then.
+      if (logMissing && m.items.some((u) => `${u.namespace}/${u.instance || u.name}` === selected)) loadTail();
+    });
     draw();
     return () => { off(); offLive(); };
   },
@@ -513,7 +520,7 @@ const eventsPage = {
     const table = new VTable(main.querySelector("#list"), [
       { title: "age", width: 55, text: (r) => age(r.time) },
       { title: "type", width: 70, text: (r) => r.type, cls: (r) => (r.type === "Warning" ? "warn" : "") },
-      { title: "object", width: 240, text: (r) => r.object },
+      { title: "object", width: 320, text: (r) => r.object },
       { title: "reason", width: 150, text: (r) => r.reason },
       { title: "message", width: 420, text: (r) => r.message },
       { title: "source", width: 140, text: (r) => r.source },
