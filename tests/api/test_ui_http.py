@@ -87,3 +87,23 @@ def test_the_live_stream_pushes_the_boundary_and_names_bad_topics(apiserver: Api
         assert stream.until(lambda m: m["type"] == "tick")["now"] > 0
     finally:
         stream.close()
+
+
+def test_keel_ui_prints_a_link_whose_code_logs_in(apiserver: ApiServer) -> None:
+    import subprocess
+    import sys
+
+    printed = subprocess.run(
+        [sys.executable, "-m", "keel", "ui", "--kubeconfig", str(apiserver.kubeconfig)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    link = printed.stdout.strip()
+    assert link.startswith(f"{apiserver.url}/ui/#login=kl1."), link
+    status, answer = session_for(apiserver, {"code": link.split("#login=")[1]}, None)
+    assert status == 200 and answer["role"] == "admin"
+    missing = subprocess.run(
+        [sys.executable, "-m", "keel", "ui", "--kubeconfig", "/nonexistent/kubeconfig"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "no kubeconfig at /nonexistent/kubeconfig" in missing.stderr
