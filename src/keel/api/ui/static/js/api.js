@@ -109,21 +109,23 @@ export class Collection {
     this.running = false;
     this.connected = false;
     this.synced = false;
+    this.generation = 0; // a stopped loop must not go on after a quick stop and start
   }
   subscribe(fn) { this.subscribers.add(fn); return () => this.subscribers.delete(fn); }
   changed() { this.version++; for (const fn of this.subscribers) fn(this); }
   start() {
     if (this.running) return;
     this.running = true;
-    this.loop();
+    this.loop(++this.generation);
   }
   stop() {
     this.running = false;
     if (this.abort) this.abort.abort();
   }
-  async loop() {
+  async loop(generation) {
     let delay = 250;
-    while (this.running) {
+    const mine = () => this.running && this.generation === generation;
+    while (mine()) {
       this.abort = new AbortController();
       const params = new URLSearchParams({ watch: "1", allowWatchBookmarks: "true" });
       if (this.rv) params.set("resourceVersion", this.rv);
@@ -157,13 +159,13 @@ export class Collection {
         });
         delay = 250;
       } catch (err) {
-        if (!this.running) break;
+        if (!mine()) break;
         if (err instanceof ApiError && err.code === 401) { this.running = false; break; }
         if (err instanceof ApiError && err.code === 410) this.rv = "";
       }
+      if (!mine()) break;
       this.connected = false;
       status.update();
-      if (!this.running) break;
       await new Promise((r) => setTimeout(r, delay)); // resume from this.rv
       delay = Math.min(delay * 2, 5000);
     }
@@ -187,6 +189,7 @@ export function watchOnly(plurals) {
 export const live = {
   topics: "",
   abort: null,
+  generation: 0,
   handlers: new Set(),
   connected: false,
   serverOffset: 0, // server wall time minus ours, in seconds
@@ -196,12 +199,12 @@ export const live = {
     if (wanted === this.topics) return;
     this.close();
     this.topics = wanted;
-    if (wanted) this.loop(wanted);
+    if (wanted) this.loop(wanted, ++this.generation);
   },
   close() { this.topics = ""; if (this.abort) this.abort.abort(); this.abort = null; },
-  async loop(topics) {
+  async loop(topics, generation) {
     let delay = 500;
-    while (this.topics === topics) {
+    while (this.topics === topics && this.generation === generation) {
       const abort = (this.abort = new AbortController());
       try {
         const response = await fetch(url(`ui/api/live?topics=${topics}`), {

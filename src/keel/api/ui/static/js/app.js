@@ -64,6 +64,14 @@ async function start() {
     if (await useCode()) { current = null; route(); }
     else route();
   });
+  // A browser gives one server six HTTP/1.1 connections, shared by all its tabs: a tab in
+  // the background gives its streams back, and resumes them (from the resourceVersions it
+  // saw) when it is looked at again.
+  document.addEventListener("visibilitychange", () => {
+    if (!session.token) return;
+    if (document.visibilityState === "hidden") { watchOnly([]); live.close(); }
+    else if (current) { watchOnly(current.kinds); live.open(current.topics); status.update(); }
+  });
   const used = await useCode();
   if (used === false) return;
   if (used === null && session.token) {

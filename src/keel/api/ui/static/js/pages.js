@@ -113,7 +113,18 @@ function condRows(conds) {
   return `<table class="plain"><tr><th>type</th><th>status</th><th>reason</th><th>message</th></tr>${
     conds.map((c) => `<tr><td>${esc(c.type)}</td><td class="${c.status === "True" ? "ok" : "warn"}">${esc(c.status)}</td><td>${esc(c.reason)}</td><td>${esc(c.message)}</td></tr>`).join("")}</table>`;
 }
-const bar = (used, total) => `<span class="bar"><span style="width:${total ? Math.min(100, (100 * used) / total) : 0}%"></span></span>`;
+// Every plain field of a rollout's status (steps and waves included, whatever the
+// controller reports), so a new status field shows without a change here.
+function statusRows(status) {
+  const rows = Object.entries(status || {}).filter(([k, v]) => k !== "conditions" && v !== "" && (typeof v !== "object" || v === null));
+  if (!rows.length) return `<p class="dim">not reported yet</p>`;
+  return `<table class="plain">${rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="mono" data-status="${esc(k)}">${esc(v)}</td></tr>`).join("")}</table>`;
+}
+function steps(dep) {
+  const canary = dep.spec.strategy.canary;
+  if (!canary || !(canary.steps || []).length) return "";
+  return `<h3>canary steps</h3><p class="mono">${canary.steps.map((st, i) => `${i + 1}: ${st.weight || 0}%${st.pauseSeconds ? ` then ${st.pauseSeconds}s` : ""}`).map(esc).join(" → ")}</p>`;
+}
 
 // ----------------------------------------------------------------------------- overview
 
@@ -252,6 +263,8 @@ const deployments = {
           <button data-act="promote"${disabled}>Promote</button>
           <button data-act="abort"${disabled}>Abort</button>
         </div>
+        ${steps(dep)}
+        <h3>status</h3>${statusRows(s)}
         <h3>revisions</h3><table class="plain"><tr><th>#</th><th>hash</th><th></th><th>instances</th><th>command</th></tr>${revRows}</table>
         <h3>conditions</h3>${condRows(s.conditions)}
         <h3>events</h3>${eventRows(eventsOf("Deployment", dep.metadata.namespace, dep.metadata.name))}`;
