@@ -164,6 +164,19 @@ def measure(context: Any, server: ApiServer, counts: dict[str, int], runs: int) 
                 ).json_value()
             )
         results[name] = (min(first), min(loaded))
+    # Virtual scrolling: jump to the end of the instances and time the frame that draws it.
+    table = '[data-table="instances"] .vt-scroll'
+    scroll_ms = page.evaluate(
+        """(sel) => new Promise((done) => {
+            const el = document.querySelector(sel);
+            const t0 = performance.now();
+            el.scrollTop = el.scrollHeight;
+            requestAnimationFrame(() => requestAnimationFrame(() => done(performance.now() - t0)));
+        })""",
+        table,
+    )
+    drawn = page.locator('[data-table="instances"] .vt-row').count()
+    results["scroll"] = (scroll_ms, drawn)
     page.close()
     return results
 
@@ -193,8 +206,13 @@ def benchmark(args: argparse.Namespace) -> int:
         print(f"{'store':<36} {'page':<10} {'first rows':>11} {'all loaded':>11}")
         for label, results in rows:
             for page, (first, loaded) in results.items():
-                print(f"{label:<36} {page:<10} {first:>9.0f}ms {loaded:>9.0f}ms")
-        worst = max(first for _, r in rows for first, _ in r.values())
+                if page != "scroll":
+                    print(f"{label:<36} {page:<10} {first:>9.0f}ms {loaded:>9.0f}ms")
+        print("\nscrolling the instances to the end (until the frame after it is drawn)")
+        for label, results in rows:
+            scroll_ms, drawn = results["scroll"]
+            print(f"{label:<36} {scroll_ms:>6.0f}ms, {drawn} rows in the page")
+        worst = max(v[0] for _, r in rows for k, v in r.items() if k != "scroll")
         print(f"\nworst first paint: {worst:.0f}ms (goal: under 1000ms)")
     return 0
 
