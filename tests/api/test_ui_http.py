@@ -107,3 +107,25 @@ def test_keel_ui_prints_a_link_whose_code_logs_in(apiserver: ApiServer) -> None:
     )  # fmt: skip
     assert missing.returncode != 0
     assert "no kubeconfig at /nonexistent/kubeconfig" in missing.stderr
+
+
+def test_the_live_stream_pushes_lease_renewals_as_they_happen(apiserver: ApiServer) -> None:
+    admin = apiserver.http("admin")
+    path = f"{V1}/namespaces/default/leases"
+    lease = {"metadata": {"name": "ui-lease"}, "spec": {"holderIdentity": "me",
+             "leaseDurationSeconds": 30}}  # fmt: skip
+    created = admin.post(path, lease)
+    assert created.status == 201, created.body
+    token = created.json["status"]["fencingToken"]
+    stream = admin.watch("/ui/api/live?topics=leases")
+    try:
+        assert stream.next()["type"] == "renewals"  # what was renewed before, maybe nothing
+        before = time.time()
+        renewal = {"holderIdentity": "me", "fencingToken": token}
+        assert admin.post(f"{path}/ui-lease/renew", renewal).status == 200
+        pushed = stream.until(
+            lambda m: m["type"] == "renewals" and "default/ui-lease" in m["items"]
+        )
+        assert pushed["items"]["default/ui-lease"] >= before - 1
+    finally:
+        stream.close()

@@ -267,11 +267,17 @@ class Dashboard:
                 if sent.get("boundary") != key or int(now) % 10 == 0:
                     sent["boundary"] = key
                     out.append({"type": "boundary", **snap})
-            if "leases" in topics:
-                renewals = {f"{ns}/{n}": t for (ns, n), t in server.storage.renewals.items()}
-                if sent.get("leases") != renewals:
-                    sent["leases"] = dict(renewals)
-                    out.append({"type": "renewals", "items": renewals})
+            if "leases" in topics:  # what changed since the last push (all, the first time)
+                known: dict[str, float] = sent.setdefault("leases", {})
+                renewed = {
+                    f"{ns}/{n}": t
+                    for (ns, n), t in list(server.storage.renewals.items())
+                    if known.get(f"{ns}/{n}") != t
+                }
+                if renewed or "renewals" not in sent:
+                    sent["renewals"] = True
+                    known.update(renewed)
+                    out.append({"type": "renewals", "items": renewed})
             if "events" in topics:
                 fresh, event_seq = server.telemetry.events_since(event_seq)
                 if fresh:

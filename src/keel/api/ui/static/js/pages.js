@@ -88,7 +88,7 @@ live.on((msg) => {
   events.version++;
 });
 const renewals = { items: {} };
-live.on((msg) => { if (msg.type === "renewals") renewals.items = msg.items; });
+live.on((msg) => { if (msg.type === "renewals") Object.assign(renewals.items, msg.items); });
 const telemetry = { heartbeats: new Map(), usages: new Map() };
 live.on((msg) => {
   if (msg.type !== "heartbeats" && msg.type !== "usages") return;
