@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout soak verify verify-smoke clean
+.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-ui screenshots soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,8 @@ setup: $(STAMP) etcd tools
 tools:
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
 	@(command -v ip && command -v tc && command -v strace) >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 strace)
+	@# the dashboard's browser tests: Debian's headless Chromium (Playwright drives it)
+	@(test -x /usr/bin/chromium && test -x /usr/bin/chromedriver) || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 # etcd >= 3.5 from PATH, or Debian's newest etcd-server unpacked into .cache/etcd.
 etcd: $(STAMP)
@@ -68,7 +70,15 @@ bench-failover: setup
 bench-rollout: setup
 	$(PY) benchmarks/rollout.py
 
-bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout
+# The dashboard's first paint with 5,000 nodes and 50,000 instances, in headless Chromium.
+bench-ui: setup
+	$(PY) benchmarks/ui.py
+
+# docs/screenshots/*.png: every dashboard page, from a fresh `keel up` running examples/hello.yaml.
+screenshots: setup
+	$(PY) benchmarks/ui.py --screenshots docs/screenshots
+
+bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-ui
 
 # `keel verify` (root): the smoke schedule (one partition, one kill, one pause; all checkers;
 # under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full

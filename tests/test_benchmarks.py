@@ -144,3 +144,20 @@ def test_rollout_benchmark_quick_run_prints_every_figure() -> None:
         "bad release, 6 replicas: first failure to stable restored: median",
     ):
         assert line in out, out
+
+
+@pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (make setup)"
+)
+def test_ui_benchmark_quick_run_prints_first_paint_against_an_empty_store() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ui.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    out = proc.stdout
+    for line in ("empty store                          overview", "2,000 instances"):
+        assert line in out, out
+    assert "worst first paint:" in out, out

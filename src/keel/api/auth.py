@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol, get_args, runtime_checkable
 
+from keel.api import sessions
 from keel.api.registry import KINDS, KindInfo
 
 Role = Literal["admin", "viewer", "controller", "scheduler", "node"]
@@ -91,6 +92,7 @@ class TokenFile:
 
     def __init__(self, entries: dict[bytes, Principal]) -> None:
         self._by_digest = entries
+        self._by_kid = {sessions.key_id(digest): digest for digest in entries}
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -153,24 +155,70 @@ class TokenFile:
         _write_private(Path(path), f"{token},{name},{role}\n", exclusive=False)
         return token
 
-    def authenticate(self, authorization: str | None) -> Principal | None:
-        """The principal of an `Authorization: Bearer T` header value, or None."""
-        if not authorization:
+    def authenticate(self, authorization: str | None, now: float | None = None) -> Principal | None:
+        """The principal of an `Authorization: Bearer T` header value, or None. T is a token
+        of the file or a dashboard session minted from one (keel.api.sessions), valid at the
+        Unix time `now` (default: the current time)."""
+        found = self.lookup(bearer(authorization), now)
+        return found[0] if found else None
+
+    def lookup(self, token: str, now: float | None = None) -> tuple[Principal, bytes] | None:
+        """The principal of a token or session token, and the digest of the token it is."""
+        if not token:
             return None
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return None
-        # The lookup compares SHA-256 digests, never tokens: how long it takes can tell an
-        # attacker at most how many leading bytes of a digest matched, which says nothing
-        # about any token, so it is as good as a constant-time comparison.
-        return self._by_digest.get(_digest(token))
+        parsed = sessions.parse(token) if token.startswith("ks1.") else None
+        if parsed is not None and parsed.purpose == "session":
+            digest = self._by_kid.get(parsed.kid)
+            wall = time.time() if now is None else now
+            if digest is None or sessions.verify(parsed, digest, wall) is not None:
+                return None
+        else:
+            # The lookup compares SHA-256 digests, never tokens: how long it takes can tell
+            # an attacker at most how many leading bytes of a digest matched, which says
+            # nothing about any token, so it is as good as a constant-time comparison.
+            digest = _digest(token)
+        principal = self._by_digest.get(digest)
+        return (principal, digest) if principal is not None else None
+
+    def check_login_code(self, code: str, now: float) -> tuple[Principal, bytes, sessions.Parsed]:
+        """The principal a login code was minted for; ValueError saying why it is refused.
+        (Whether it was used before is the caller's to know: `sessions.OneTimeCodes`.)"""
+        parsed = sessions.parse(code.strip())
+        if parsed is None or parsed.purpose != "login":
+            raise ValueError("not a login code (expected kl1.…, as in the link keel up prints)")
+        digest = self._by_kid.get(parsed.kid)
+        principal = self._by_digest.get(digest) if digest is not None else None
+        if digest is None or principal is None:
+            raise ValueError("its token is not (or no longer) in the token file")
+        reason = sessions.verify(parsed, digest, now)
+        if reason is not None:
+            raise ValueError(reason)
+        return principal, digest, parsed
+
+
+def bearer(authorization: str | None) -> str:
+    """T of an `Authorization: Bearer T` header value, or "" for anything else."""
+    if not authorization:
+        return ""
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 class Authenticator(Protocol):
     """What the API server asks of its tokens."""
 
     def authenticate(self, authorization: str | None) -> Principal | None: ...
+
+
+@runtime_checkable
+class SessionTokens(Protocol):
+    """Tokens that can stand behind dashboard sessions and login codes (the /ui)."""
+
+    def lookup(self, token: str, now: float | None = None) -> tuple[Principal, bytes] | None: ...
+
+    def check_login_code(
+        self, code: str, now: float
+    ) -> tuple[Principal, bytes, sessions.Parsed]: ...
 
 
 class WatchedTokenFile:
@@ -225,10 +273,19 @@ class WatchedTokenFile:
         log.info("token file %s reloaded: %d token(s)", self.path, len(fresh))
         return True
 
-    def authenticate(self, authorization: str | None) -> Principal | None:
+    def _fresh(self) -> TokenFile:
         if self._clock() - self._checked >= self.interval:
             self.reload_if_changed()
-        return self.current.authenticate(authorization)
+        return self.current
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        return self._fresh().authenticate(authorization)
+
+    def lookup(self, token: str, now: float | None = None) -> tuple[Principal, bytes] | None:
+        return self._fresh().lookup(token, now)
+
+    def check_login_code(self, code: str, now: float) -> tuple[Principal, bytes, sessions.Parsed]:
+        return self._fresh().check_login_code(code, now)
 
 
 def revoke_role(text: str, role: str) -> tuple[str, int]:

@@ -83,6 +83,7 @@ from keel.api.storage import (
     registration_causes,
     too_large,
 )
+from keel.api.ui import ui_routes
 from keel.api.watchcache import CachedObject, Expired, WatchCache, encode_object, expired_line
 from keel.clock import Clock, SystemClock
 from keel.store import (
@@ -615,6 +616,7 @@ class ApiServer:
             ),
             Route("/metrics", self.guarded(self.metrics_endpoint), methods=["GET"]),
             Route("/openapi/v3", self.guarded(self.openapi), methods=["GET"]),
+            *ui_routes(self),  # the web dashboard, /ui (keel.api.ui)
         ]
 
         async def http_error(request: Request, exc: Exception) -> Response:

@@ -594,6 +594,9 @@ class Storage:
         self.max_object_bytes = max_object_bytes
         self.clock: Clock = clock or SystemClock()
         self.writes = writes if writes is not None else WriteCounter()
+        # (namespace, name) -> wall time of a Lease's last renewal here: keep-alives are no
+        # store writes, so only this shows how long a lease has left (the /ui leases page).
+        self.renewals: dict[tuple[str, str], float] = {}
         # Generated names and uids; a seeded one makes a simulation replay exactly.
         self._rng = rng or random.Random()
 
@@ -1064,6 +1067,7 @@ class Storage:
             await self.store.keepalive(kv.lease)
         except LeaseNotFound:
             raise not_found(info, name) from None
+        self.renewals[(namespace, name)] = self.clock.wall()
         return lease
 
     # -- bootstrap

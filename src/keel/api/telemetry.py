@@ -296,6 +296,28 @@ class TelemetryStore:
             if not oldest:
                 del self._events[oldest_key]
 
+    def events_since(self, seq: int) -> tuple[list[dict[str, Any]], int]:
+        """Live events recorded after sequence number `seq` (oldest first), and the newest
+        sequence number: what a dashboard streams on."""
+        if seq >= self._seq:
+            return [], self._seq
+        now = self._clock.now()
+        found = [
+            (s, body)
+            for events in self._events.values()
+            for s, expires, body in events
+            if s > seq and expires > now
+        ]
+        found.sort(key=lambda item: item[0])
+        return [body for _, body in found], self._seq
+
+    def latest(self, kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """(namespace, name) -> live entry of a heartbeat or usage kind (bodies are replaced,
+        never changed in place, so a caller may tell a new entry by its identity)."""
+        self._check_kind(kind)
+        now = self._clock.now()
+        return {key: body for key, (expires, body) in self._latest[kind].items() if expires > now}
+
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The latest live entry (for events: the newest event of the object), or None."""
         self._check_kind(kind)

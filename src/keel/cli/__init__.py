@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keel.cli.scheduler import add_scheduler_command
     from keel.cli.store import add_store_commands
     from keel.cli.top import add_top_command
+    from keel.cli.ui import add_ui_command
     from keel.cli.up import add_up_command
     from keel.cli.verify import add_verify_command
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_apiserver_command(commands)
     add_up_command(commands)
     add_boundary_command(commands)
+    add_ui_command(commands)
     add_controller_manager_command(commands)
     add_scheduler_command(commands)
     add_agent_command(commands)

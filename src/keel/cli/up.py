@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from keel.api.auth import TokenFile
+from keel.api.sessions import login_link
 from keel.api.storage import ApiError
 from keel.cli._progress import Progress
 from keel.cli._state_dir import (
@@ -365,7 +366,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 await api.storage.create(
                     info, Cluster(metadata=ObjectMeta(name=name)), namespace=""
                 )
-        url = load_kubeconfig(options.state_dir / KUBECONFIG)[0]
+        url, admin_token, _ = load_kubeconfig(options.state_dir / KUBECONFIG)
+        print(f"keel up: dashboard {login_link(url, admin_token, time.time())}", flush=True)
         component_kubeconfigs(options.state_dir, url, tokens, options.tls_cert)
         await supervisor.start()
         print(
