@@ -96,3 +96,11 @@ def test_a_write_that_changes_nothing_keeps_the_entries() -> None:
     before = track("Deployment", None, deployment(), Writer("kubectl"), now=NOW)
     again = track("Deployment", before, before, Writer("someone"), now="2030-01-01T00:00:00Z")
     assert again.metadata.managed_fields == before.metadata.managed_fields
+
+
+def test_a_component_creating_an_object_leaves_its_status_defaults_to_the_owner() -> None:
+    fresh = instance()  # status phase Pending: a default, not a write of the agent's field
+    created = track("Instance", None, fresh, Writer("deployment", enforced=True), now=NOW)
+    assert entries_of(created)[0].manager == "deployment"
+    with pytest.raises(FieldsOwnedElsewhere, match="only the scheduler binds"):
+        track("Instance", None, instance(node="n1"), Writer("deployment", enforced=True), now=NOW)

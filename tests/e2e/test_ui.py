@@ -299,3 +299,54 @@ def test_a_new_leader_and_fencing_token_show_after_the_leader_stops(
     finally:
         platform.resume_all()
         standby.stop()
+
+
+def test_a_canary_waiting_at_its_pause_is_promoted_from_the_dashboard(
+    platform: Platform, browser: Any, tabs: list[Any]
+) -> None:
+    command = ["python3", "-c", "import time; time.sleep(1e6)"]
+    body = {
+        "apiVersion": "keel.dev/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "canary-ui", "namespace": "default"},
+        "spec": {
+            "replicas": 2,
+            "bakeSeconds": 1,
+            "strategy": {
+                "type": "Canary",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                "canary": {"steps": [{"setWeight": 50}, {"pause": {}}]},
+            },
+            "template": {
+                "metadata": {"labels": {"app": "canary-ui"}},
+                "spec": {"command": command, "terminationGracePeriodSeconds": 1},
+            },
+        },
+    }
+    path = f"{V1}/namespaces/default/deployments"
+    platform.api("POST", path, body)
+
+    def status() -> dict[str, Any]:
+        found: dict[str, Any] = platform.api("GET", f"{path}/canary-ui").get("status", {})
+        return found
+
+    wait_for("canary-ui stable", lambda: status().get("stableRevision", "") != "", timeout=60)
+    platform.api(
+        "PATCH",
+        f"{path}/canary-ui",
+        {"spec": {"template": {"spec": {"env": {"RELEASE": "2"}}}}},
+        content_type="application/merge-patch+json",
+    )
+    wait_for("canary-ui at its pause", lambda: status().get("currentStep") == 1, timeout=60)
+    page = logged_in(tabs, browser, platform)
+    page.goto(f"{platform.up.url}/ui/#/deployments")
+    page.get_by_text("default/canary-ui", exact=True).first.click()
+    page.locator("[data-deployment='default/canary-ui']").wait_for(timeout=UI_TIMEOUT)
+    page.locator("[data-current-step='1'] .step.current").filter(
+        has_text="pause (promote)"
+    ).wait_for(timeout=UI_TIMEOUT)
+    page.click("button[data-act='promote']")
+    page.click("#confirm-ok")
+    page.locator(".toast.ok").filter(has_text="promoted").wait_for(timeout=UI_TIMEOUT)
+    page.locator(".phase[data-phase='Complete']").wait_for(timeout=60_000)
+    assert status()["phase"] == "Complete"

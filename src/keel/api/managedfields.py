@@ -114,8 +114,8 @@ def _value_key(value: Any) -> str:
 
 
 def fields_of(document: Mapping[str, Any]) -> frozenset[Path]:
-    """The fields `document` sets (decoded JSON of a whole object); null, empty objects
-    and empty lists are unset."""
+    """The fields `document` sets (decoded JSON of a whole object); null, empty strings,
+    objects and lists are unset."""
     out: set[Path] = set()
     _walk(document, (), (), out)
     return frozenset(out)
@@ -126,7 +126,7 @@ def _walk(value: Mapping[str, Any], names: tuple[str, ...], path: Path, out: set
         here = (*names, name)
         if here in _UNOWNED:
             continue
-        if child is None or child in ({}, []):
+        if child is None or child in ({}, [], ""):
             continue  # unset: a default, owned by nobody
         at = (*path, f"f:{name}")
         keys = LIST_KEYS.get(here)

@@ -106,6 +106,9 @@ def track(
     )
     if writer.enforced:
         changed = _changed(old, new)
+        if before is None:
+            # A create: its status is the kind's defaults, for its owner to fill in.
+            changed = [p for p in changed if p[:1] != ("f:status",)]
         refused = _refused(kind, changed, writer.manager)
         if refused:
             raise _forbidden(kind, after.metadata.name, refused, writer.manager)

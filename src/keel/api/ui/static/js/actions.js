@@ -5,6 +5,8 @@ import { request, objectPath } from "./api.js";
 const MERGE = "application/merge-patch+json";
 const JSON_PATCH = "application/json-patch+json";
 const HASH_LABEL = "keel.dev/template-hash";
+const PROMOTE = "keel.dev/promote";
+const ABORT = "keel.dev/abort";
 
 function deploymentPath(dep) {
   return objectPath("deployments", dep.metadata.namespace, dep.metadata.name);
@@ -42,12 +44,33 @@ export const actions = {
       [{ op: "replace", path: "/spec/template", value: chosen.spec.template }], JSON_PATCH);
     return `${dep.metadata.name} rolled back to revision ${chosen.spec.revision}`;
   },
-  // Canary steps: `keel rollout promote|abort`. Wired to the CLI's requests once they exist;
-  // until then the buttons say so instead of guessing at an API.
-  async promote(dep) { return rolloutVerb(dep, "promote"); },
-  async abort(dep) { return rolloutVerb(dep, "abort"); },
+  // keel rollout promote [--full]: annotate the step (and wave) the rollout stands at, or
+  // "full"; the deployment controller moves on. Stale values never act on a later rollout.
+  async promote(dep, full = false) {
+    const status = dep.status || {};
+    const strategy = (dep.spec || {}).strategy || {};
+    if (!strategy.canary && !(strategy.waves || []).length) {
+      throw new Error(`${dep.metadata.name} has no canary steps or waves to promote`);
+    }
+    if (!["Progressing", "Paused"].includes(status.phase)) {
+      throw new Error(`${dep.metadata.name} has no rollout to promote (phase ${status.phase || "none"})`);
+    }
+    const at = full ? "full" : `${status.currentStep || 0}.${status.currentWave || 0}`;
+    const value = `${status.updateRevision}/${at}`;
+    await request("PATCH", deploymentPath(dep), { metadata: { annotations: { [PROMOTE]: value } } }, MERGE);
+    return `${dep.metadata.name} ${full ? "fully promoted" : "promoted"}`;
+  },
+  // keel rollout abort: back to the stable revision; this template is not retried.
+  async abort(dep) {
+    const status = dep.status || {};
+    if (!["Progressing", "Paused", "Failed"].includes(status.phase)) {
+      throw new Error(`${dep.metadata.name} has no rollout to abort (phase ${status.phase || "none"})`);
+    }
+    if (!status.stableRevision || status.stableRevision === status.updateRevision) {
+      throw new Error(`${dep.metadata.name} has no stable revision to return to`);
+    }
+    await request("PATCH", deploymentPath(dep),
+      { metadata: { annotations: { [ABORT]: status.updateRevision } } }, MERGE);
+    return `${dep.metadata.name} aborted: returning to the stable revision`;
+  },
 };
-
-async function rolloutVerb(dep, verb) {
-  throw new Error(`rollout ${verb} is not available from the dashboard yet (use keel rollout ${verb} deployment/${dep.metadata.name})`);
-}

@@ -121,9 +121,32 @@ function statusRows(status) {
   return `<table class="plain">${rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="mono" data-status="${esc(k)}">${esc(v)}</td></tr>`).join("")}</table>`;
 }
 function steps(dep) {
-  const canary = dep.spec.strategy.canary;
-  if (!canary || !(canary.steps || []).length) return "";
-  return `<h3>canary steps</h3><p class="mono">${canary.steps.map((st, i) => `${i + 1}: ${st.weight || 0}%${st.pauseSeconds ? ` then ${st.pauseSeconds}s` : ""}`).map(esc).join(" → ")}</p>`;
+  // Canary steps and waves, the current one marked (status.currentStep / currentWave).
+  const strategy = dep.spec.strategy || {};
+  const s = dep.status || {};
+  const stepping = s.stableRevision && s.stableRevision !== s.updateRevision;
+  const parts = [];
+  const list = (strategy.canary || {}).steps || [];
+  if (list.length) {
+    const text = list.map((st, i) => {
+      let what = "analysis";
+      if (st.setWeight !== undefined && st.setWeight !== null) what = `setWeight ${st.setWeight}%`;
+      else if (st.pause) what = st.pause.duration == null ? "pause (promote)" : `pause ${st.pause.duration}s`;
+      const here = stepping && i === (s.currentStep || 0);
+      return `<span class="step${here ? " current" : ""}" data-step="${i}">${i + 1}: ${esc(what)}</span>`;
+    }).join(" → ");
+    parts.push(`<h3>canary steps</h3><p class="mono" data-current-step="${stepping ? s.currentStep || 0 : ""}">${text}</p>`);
+  }
+  const waves = strategy.waves || [];
+  if (waves.length) {
+    const text = waves.map((w, i) => {
+      const label = w.name || (w.clusters || []).join(",") || "selected clusters";
+      const here = stepping && i === (s.currentWave || 0);
+      return `<span class="step${here ? " current" : ""}" data-wave="${i}">${i + 1}: ${esc(label)}</span>`;
+    }).join(" → ");
+    parts.push(`<h3>waves</h3><p class="mono">${text}</p>`);
+  }
+  return parts.join("");
 }
 
 // ----------------------------------------------------------------------------- overview
