@@ -50,7 +50,12 @@ def show(resource: str, value: int) -> str:
     if resource == "cpu":
         return format_cpu(value)
     if resource == "memory":
-        return format_memory(value)
+        shown = format_memory(value)
+        if shown != str(value) or value == 0:
+            return shown
+        for suffix, factor in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
+            if value % factor == 0:
+                return f"{value // factor}{suffix}"
     return str(value)
 
 
