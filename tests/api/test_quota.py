@@ -65,8 +65,7 @@ DECISIONS: list[tuple[dict[str, str], dict[str, str], str, str, str | None]] = [
         {"memory": "768Mi"},
         "0",
         "512Mi",
-        'exceeded quota "team-a": requested memory=512Mi, used memory=768Mi, '
-        "limited memory=1Gi",
+        'exceeded quota "team-a": requested memory=512Mi, used memory=768Mi, limited memory=1Gi',
     ),
     (
         {"instances": "3"},

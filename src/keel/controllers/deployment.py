@@ -49,7 +49,7 @@ from keel.client import (
     NotFound,
     Preconditions,
 )
-from keel.clock import rfc3339
+from keel.clock import SystemClock, rfc3339
 from keel.controllers.analysis import AnalysisRuns
 from keel.controllers.progressive import Group, Split, Verdict, resolve_waves, split
 from keel.controllers.rollout import (
@@ -1256,7 +1256,9 @@ def _wake(
 # --------------------------------------------------------------------------- the shell
 
 
-async def execute(client: KeelClient, deployment: Deployment, action: Action) -> None:
+async def execute(
+    client: KeelClient, deployment: Deployment, action: Action, *, now: float | None = None
+) -> None:
     """Apply one action idempotently: a create finding the name taken, or a delete finding
     the object gone (or replaced by another incarnation), is done. A status write is
     conditional on the resourceVersion planned on (`Conflict`: look again)."""
@@ -1290,12 +1292,14 @@ async def execute(client: KeelClient, deployment: Deployment, action: Action) ->
                     "kind": "Deployment",
                     "namespace": meta.namespace,
                     "name": meta.name,
-                    "uid": meta.uid,
                 },
                 "reason": reason,
                 "message": message,
                 "type": "Warning" if warning else "Normal",
                 "source": "keel-controller-manager/deployment",
+                # the events endpoint requires it (and refuses involvedObject.uid): without
+                # both fixes every Deployment event was refused with 422 and lost
+                "time": rfc3339(SystemClock().wall() if now is None else now),
             }
             try:
                 await client.record_event(event)
@@ -1392,12 +1396,12 @@ class DeploymentController:
             if not isinstance(action, UpdateStatus):
                 ctx.log.info("deployment %s: %s", key, _describe(action))
             try:
-                await execute(ctx.client, deployment, action)
+                await execute(ctx.client, deployment, action, now=ctx.clock.wall())
             except Forbidden as exc:
                 if not isinstance(action, CreateInstance):
                     raise
                 refused = exc
-                await execute(ctx.client, deployment, failed_create(exc))
+                await execute(ctx.client, deployment, failed_create(exc), now=ctx.clock.wall())
         if refused is not None:
             # Everything else is done; failing the reconcile backs this key off
             # (exponentially) instead of retrying hot. A quota change brings it back early.
