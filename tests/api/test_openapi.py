@@ -350,6 +350,8 @@ _CROSS_FIELD_RULES = re.compile(
     r"|selector: does not match|selector\.matchLabels: must name"
     r"|canary: required with type|canary: only with type|waves: |a wave names its clusters"
     r"|clusterSelector\.matchLabels|a canary step holds exactly one|probe\.command: required"
+    # a quota's resource names (label-key syntax) and counts (whole numbers)
+    r"|spec\.hard: invalid resource name|spec\.hard\.[^:]+: expected a whole number"
 )
 
 

@@ -115,6 +115,7 @@ def test_registry_covers_every_kind_once_with_a_reason() -> None:
         "Service",
         "Endpoints",
         "Lease",
+        "ResourceQuota",
     }
     assert len(BY_PLURAL) == len(KINDS)
     assert all(info.why for info in KINDS)
@@ -122,6 +123,7 @@ def test_registry_covers_every_kind_once_with_a_reason() -> None:
     assert lookup("deploy") is BY_PLURAL["deployments"]
     assert lookup("Instance") is BY_PLURAL["instances"]
     assert lookup("nope") is None
+    assert lookup("quota") is BY_PLURAL["resourcequotas"]
     assert BY_PLURAL["instances"].key("default", "web-1") == b"/registry/instances/default/web-1"
     assert BY_PLURAL["nodes"].key("", "n1") == b"/registry/nodes/n1"
 

@@ -441,6 +441,37 @@ def test_describe_names_the_owner(platform: Platform, tmp_path: Path) -> None:
     assert re.search(r"^Command:\s+sleep 1000$", deploy, re.M)
 
 
+def test_get_and_describe_quota_show_used_against_hard(platform: Platform, tmp_path: Path) -> None:
+    ns = platform.namespace()
+    quota = {
+        "apiVersion": "keel.dev/v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "team", "namespace": ns},
+        "spec": {"hard": {"cpu": "2", "instances": "2", "gpu": "4"}},
+    }
+    sized = instance("sized", ns)
+    sized["spec"]["resources"] = {"cpu": "1500m"}
+    platform.keel("apply", "-f", str(write(tmp_path / "q.yaml", quota, sized)))
+    rows = table(platform.keel("get", "quota", "-n", ns).stdout)
+    assert list(rows[0]) == ["NAME", "CPU", "MEMORY", "INSTANCES", "AGE"]
+    assert (rows[0]["NAME"], rows[0]["CPU"], rows[0]["MEMORY"], rows[0]["INSTANCES"]) == (
+        "team", "1500m/2", "-", "1/2",
+    )  # fmt: skip
+    wide = table(platform.keel("get", "resourcequotas", "-n", ns, "-o", "wide").stdout)
+    assert wide[0]["OTHER"] == "gpu=0/4"
+    text = platform.keel("describe", "quota", "team", "-n", ns).stdout
+    assert re.search(r"^cpu\s+1500m\s+2$", text, re.M), text
+    assert re.search(r"^instances\s+1\s+2$", text, re.M), text
+
+    over = instance("over", ns)
+    over["spec"]["resources"] = {"cpu": "1"}
+    refused = platform.keel("apply", "-f", str(write(tmp_path / "o.yaml", over)), check=False)
+    assert refused.returncode != 0
+    assert 'exceeded quota "team": requested cpu=1, used cpu=1500m, limited cpu=2' in (
+        refused.stderr
+    )
+
+
 # --------------------------------------------------------------------------- delete
 
 

@@ -27,7 +27,7 @@ TELEMETRY_KINDS = (telemetry.NODEHEARTBEATS, telemetry.INSTANCEUSAGES, telemetry
 ERRORS: dict[str, str] = {
     "400": "Bad request (malformed query, header or body)",
     "401": "No valid bearer token",
-    "403": "The principal's role does not allow this",
+    "403": "The principal's role does not allow this, or a ResourceQuota refuses the Instance",
     "404": "Not found",
     "409": "AlreadyExists, Conflict (stale resourceVersion) or FencingTokenRejected",
     "410": "Expired: the resourceVersion is older than the retained history",

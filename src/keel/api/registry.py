@@ -17,6 +17,7 @@ from keel.api.resources import (
     Namespace,
     Node,
     Resource,
+    ResourceQuota,
     Revision,
     Service,
 )
@@ -92,6 +93,9 @@ FIELD_OWNERS: dict[str, tuple[FieldOwner, ...]] = {
     ),
     "Endpoints": (
         _owner(("f:subsets",), {"endpoints"}, "the endpoints controller lists ready addresses"),
+    ),
+    "ResourceQuota": (
+        _owner(("f:status",), {"quota"}, "admission and the quota controller keep the ledger"),
     ),
 }
 
@@ -226,6 +230,19 @@ KINDS: tuple[KindInfo, ...] = (
         status_owner=Owner.CONTROLLER,
         short_names=("ep",),
         why="authoritative endpoints: clients must not route to a stale set",
+    ),
+    KindInfo(
+        "ResourceQuota",
+        "resourcequotas",
+        True,
+        ResourceQuota,
+        StorageClass.CONSENSUS,
+        spec_owner=Owner.USER,
+        status_owner=Owner.CONTROLLER,
+        subresources=("status",),
+        short_names=("quota",),
+        why="admission ledger: status.used is compared and raised in the same transaction "
+        "as every Instance create, so concurrent creates never exceed spec.hard together",
     ),
     KindInfo(
         "Lease",

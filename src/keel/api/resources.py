@@ -672,6 +672,49 @@ class LeaseRenewal(Model, frozen=True):
     fencing_token: int
 
 
+# --------------------------------------------------------------------------- quotas
+
+
+# A resource a quota limits: cpu, memory, instances, or an extended resource
+# (`gpu`, `example.com/fpga`), spelled as a label key.
+RESOURCE_NAME_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$"
+)
+
+
+class ResourceQuotaSpec(Model, frozen=True):
+    """Hard limits on what a namespace's Instances may request in total (see
+    `keel.api.quota`): `cpu` and `memory` are quantities, `instances` a count, any other
+    name an extended resource (a whole number)."""
+
+    hard: dict[str, Quantity] = {}
+
+    def __post_init__(self) -> None:
+        for name, value in self.hard.items():
+            if not RESOURCE_NAME_RE.match(name):
+                raise ValueError(
+                    f"spec.hard: invalid resource name {name!r} (cpu, memory, instances or "
+                    "an extended resource such as gpu or example.com/fpga)"
+                )
+            if name not in ("cpu", "memory") and ("." in value or value.endswith(("m", "i"))):
+                raise ValueError(f"spec.hard.{name}: expected a whole number, got {value!r}")
+
+
+class ResourceQuotaStatus(Model, frozen=True):
+    """`hard`: the limits enforced (spec.hard as last seen); `used`: what the namespace's
+    Instances request, the admission ledger (raised by every admitted create, recomputed
+    by the quota controller after deletions)."""
+
+    hard: dict[str, Quantity] = {}
+    used: dict[str, Quantity] = {}
+
+
+class ResourceQuota(Resource, frozen=True, kw_only=True):
+    kind_name: ClassVar[str] = "ResourceQuota"
+    spec: ResourceQuotaSpec = ResourceQuotaSpec()
+    status: ResourceQuotaStatus = ResourceQuotaStatus()
+
+
 # --------------------------------------------------------------------------- API records
 
 
@@ -761,4 +804,5 @@ KINDS: tuple[type[Resource], ...] = (
     Service,
     Endpoints,
     Lease,
+    ResourceQuota,
 )

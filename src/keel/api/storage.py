@@ -29,6 +29,7 @@ from keel.api.ownership import (
     track,
     with_entries,
 )
+from keel.api.quota import Usage, charged, ledger, quota_decision, raised, requests_of, usage_of
 from keel.api.registry import BY_KIND, KindInfo
 from keel.api.resources import (
     API_VERSION,
@@ -46,6 +47,7 @@ from keel.api.resources import (
     ObjectMeta,
     PropagationPolicy,
     Resource,
+    ResourceQuota,
     Service,
     Status,
     StatusCause,
@@ -57,6 +59,8 @@ from keel.store import Compare, KeyValue, LeaseNotFound, Op, RangeResult, Store,
 DEFAULT_MAX_OBJECT_BYTES = 1024 * 1024
 SYSTEM_NAMESPACES = ("default", "keel-system", "keel-node-lease")
 _UPDATE_ATTEMPTS = 16
+# Creates racing for one quota's ledger: each round admits at least one of them.
+_CREATE_ATTEMPTS = 256
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _NAME = re.compile(NAME_RE)
 
@@ -113,7 +117,22 @@ def not_found(info: KindInfo, name: str) -> ApiError:
 
 
 class _NamespaceChanged(Exception):
-    """The namespace's mod_revision moved between the check and the create txn."""
+    """The namespace's (or a quota's) mod_revision moved between the check and the txn."""
+
+
+def quota_exceeded(info: KindInfo, name: str, reason: str) -> ApiError:
+    """403 for a write that would take its namespace over a ResourceQuota: nothing stored."""
+    return ApiError(
+        403,
+        "Forbidden",
+        f'{info.plural} "{name}" is forbidden: {reason}',
+        details=StatusDetails(
+            name=name, kind=info.plural, causes=[StatusCause("", reason, QUOTA_EXCEEDED)]
+        ),
+    )
+
+
+QUOTA_EXCEEDED = "QuotaExceeded"  # the cause reason of a create refused by a quota
 
 
 def bind_instance(
@@ -697,12 +716,16 @@ class Storage:
         *,
         writer: Writer | None = None,
     ) -> Resource:
-        for _ in range(5):
+        for _ in range(_CREATE_ATTEMPTS):
             try:
                 return await self._create_once(info, obj, namespace, name, fencing, writer=writer)
             except _NamespaceChanged:
-                continue  # the namespace was updated between our check and the txn
-        raise ApiError(409, "Conflict", f'namespace "{namespace}" kept changing; retry the create')
+                continue  # the namespace or a quota was updated between our check and the txn
+        raise ApiError(
+            409,
+            "Conflict",
+            f'namespace "{namespace}" (or its quota) kept changing; retry the create',
+        )
 
     async def _create_once(
         self,
@@ -740,6 +763,12 @@ class Storage:
                 raise namespace_terminating(namespace)
             compares.append(Compare.mod_revision(ns_key, "==", ns_kv.mod_revision))
             failure.append(Op.get(ns_key))
+        quota_compares: list[Compare] = []
+        quota_ops: list[Op] = []
+        if isinstance(created, Instance):
+            quota_compares, quota_ops = await self._charge_quotas(
+                info, namespace, name, requests_of(created.spec)
+            )
         fence_compares, fence_ops = self._guards(fencing)
         lease_id = 0
         if isinstance(created, Lease):
@@ -747,7 +776,9 @@ class Storage:
             self.writes.add(info.kind, "grant")
         try:
             result = await self.store.txn(
-                compares + fence_compares, [Op.put(key, data, lease_id)], failure + fence_ops
+                compares + quota_compares + fence_compares,
+                [Op.put(key, data, lease_id), *quota_ops],
+                failure + fence_ops,
             )
         except BaseException:
             if lease_id:
@@ -765,7 +796,47 @@ class Storage:
                 raise already_exists(info, name)
             raise _NamespaceChanged(namespace)
         self.writes.add(info.kind, "create")
+        for _ in quota_ops:
+            self.writes.add("ResourceQuota", "admission")
         return with_revision(created, result.revision, result.revision)
+
+    async def _charge_quotas(
+        self, info: KindInfo, namespace: str, name: str, request: Usage
+    ) -> tuple[list[Compare], list[Op]]:
+        """Admission against the namespace's ResourceQuotas: 403 when `request` does not fit
+        one, else the compares and writes that raise each ledger (`status.used`) in the
+        same transaction as the Instance. A compare failing means a concurrent write moved
+        a ledger: the caller looks again, so admitted requests never exceed a quota."""
+        quotas_info = BY_KIND["ResourceQuota"]
+        kvs = (await self.store.range(quotas_info.key_prefix(namespace))).kvs
+        if not kvs:
+            return [], []
+        live: Usage | None = None
+        entries: list[tuple[KeyValue, ResourceQuota, Usage]] = []
+        for kv in kvs:
+            quota = from_kv(quotas_info, kv)
+            assert isinstance(quota, ResourceQuota)
+            used = ledger(quota)
+            if used is None:  # not recorded yet: count the Instances that exist
+                if live is None:
+                    instances = BY_KIND["Instance"]
+                    listed = await self.store.range(instances.key_prefix(namespace))
+                    objs = [from_kv(instances, i) for i in listed.kvs]
+                    live = usage_of(o for o in objs if isinstance(o, Instance))
+                used = live
+            entries.append((kv, quota, used))
+        reason = quota_decision([(quota, used) for _, quota, used in entries], request)
+        if reason is not None:
+            raise quota_exceeded(info, name, reason)
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        for kv, quota, used in entries:
+            updated = charged(quota, used, request)
+            if updated.status == quota.status:
+                continue  # nothing it limits is requested: neither read nor written
+            compares.append(Compare.mod_revision(kv.key, "==", kv.mod_revision))
+            ops.append(Op.put(kv.key, self._encode_checked(updated)))
+        return compares, ops
 
     async def _revoke_quietly(self, info: KindInfo, lease_id: int) -> None:
         try:
@@ -808,19 +879,33 @@ class Storage:
                 updated = owned(
                     info, current, updated, writer, self.clock.wall(), subresource=subresource or ""
                 )
+            quota_compares: list[Compare] = []
+            quota_ops: list[Op] = []
             if finished_deleting(updated):
                 ops = [Op.delete(key)]
                 data = b""
             else:
                 data = self._encode_checked(updated)
                 ops = [Op.put(key, data, kv.lease or None)]
+                if isinstance(current, Instance) and isinstance(updated, Instance):
+                    more = raised(requests_of(current.spec), requests_of(updated.spec))
+                    if more:  # raising requests is admitted as a create of the difference
+                        quota_compares, quota_ops = await self._charge_quotas(
+                            info, namespace, name, more
+                        )
             fence_compares, fence_ops = self._guards(fencing)
             result = await self.store.txn(
-                [Compare.mod_revision(key, "==", kv.mod_revision), *fence_compares],
-                ops,
+                [
+                    Compare.mod_revision(key, "==", kv.mod_revision),
+                    *quota_compares,
+                    *fence_compares,
+                ],
+                [*ops, *quota_ops],
                 fence_ops,
             )
             if result.succeeded:
+                for _ in quota_ops:
+                    self.writes.add("ResourceQuota", "admission")
                 if not data:
                     self.writes.add(info.kind, "delete")
                     if kv.lease:
@@ -888,13 +973,30 @@ class Storage:
             updated = with_entries(updated, result.entries)
             if updated == current:
                 return current, False
+            quota_compares: list[Compare] = []
+            quota_ops: list[Op] = []
+            if isinstance(current, Instance) and isinstance(updated, Instance):
+                more = raised(requests_of(current.spec), requests_of(updated.spec))
+                if more:  # raising requests is admitted as a create of the difference
+                    quota_compares, quota_ops = await self._charge_quotas(
+                        info, namespace, name, more
+                    )
             fence_compares, fence_ops = self._guards(fencing)
             txn = await self.store.txn(
-                [Compare.mod_revision(key, "==", kv.mod_revision), *fence_compares],  # type: ignore[union-attr]
-                [Op.put(key, self._encode_checked(updated), (kv.lease if kv else 0) or None)],
+                [
+                    Compare.mod_revision(key, "==", kv.mod_revision),  # type: ignore[union-attr]
+                    *quota_compares,
+                    *fence_compares,
+                ],
+                [
+                    Op.put(key, self._encode_checked(updated), (kv.lease if kv else 0) or None),
+                    *quota_ops,
+                ],
                 fence_ops,
             )
             if txn.succeeded:
+                for _ in quota_ops:
+                    self.writes.add("ResourceQuota", "admission")
                 self.writes.add(info.kind, "patch")
                 return with_revision(updated, txn.revision, kv.create_revision), False  # type: ignore[union-attr]
             fenced = self._fencing_failed(fencing, txn)

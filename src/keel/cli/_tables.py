@@ -21,6 +21,7 @@ from keel.api.resources import (
     Namespace,
     Node,
     Resource,
+    ResourceQuota,
     Revision,
     Service,
 )
@@ -221,6 +222,31 @@ def _revision(obj: Revision, extras: Extras) -> list[str]:
     ]
 
 
+def quota_cell(obj: ResourceQuota, resource: str) -> str:
+    """`used/hard` of one resource ("-" when the quota does not limit it; used "?" until
+    it is first counted)."""
+    hard = obj.spec.hard.get(resource)
+    if hard is None:
+        return "-"
+    return f"{obj.status.used.get(resource, '?')}/{hard}"
+
+
+_QUOTA_COLUMNS = ("cpu", "memory", "instances")
+
+
+def _quota(obj: ResourceQuota, extras: Extras) -> list[str]:
+    return [
+        obj.metadata.name,
+        *(quota_cell(obj, resource) for resource in _QUOTA_COLUMNS),
+        age(obj.metadata.creation_timestamp, extras.now),
+    ]
+
+
+def _quota_wide(obj: ResourceQuota, extras: Extras) -> list[str]:
+    others = [f"{r}={quota_cell(obj, r)}" for r in sorted(obj.spec.hard) if r not in _QUOTA_COLUMNS]
+    return [_join(others, 4)]
+
+
 def _generic(obj: Resource, extras: Extras) -> list[str]:
     return [obj.metadata.name, age(obj.metadata.creation_timestamp, extras.now)]
 
@@ -252,6 +278,9 @@ TABLES: dict[str, Table] = {
     "Cluster": Table(["NAME", "STATUS", "REGION", "ZONE", "NODES", "AGE"], _cluster),
     "Namespace": Table(["NAME", "STATUS", "AGE"], _namespace),
     "Revision": Table(["NAME", "DEPLOYMENT", "REVISION", "AGE"], _revision),
+    "ResourceQuota": Table(
+        ["NAME", "CPU", "MEMORY", "INSTANCES", "AGE"], _quota, ["OTHER"], _quota_wide
+    ),
 }
 
 

@@ -66,7 +66,7 @@ def add_controller_manager_command(commands: Any) -> None:
     parser.add_argument(
         "--controllers",
         default="namespace,gc",
-        help="comma-separated: namespace, gc, deployment, endpoints, nodelifecycle, cluster",
+        help="comma-separated: namespace, gc, deployment, endpoints, nodelifecycle, cluster, quota",
     )
     parser.add_argument(
         "--controller",

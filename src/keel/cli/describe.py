@@ -21,6 +21,7 @@ from keel.api.resources import (
     Lease,
     Node,
     Resource,
+    ResourceQuota,
     Service,
 )
 from keel.cli._common import (
@@ -102,6 +103,8 @@ async def describe(session: Session, info: KindInfo, obj: Resource) -> str:
         lines += await _service(client, obj)
     elif isinstance(obj, Lease):
         lines += _lease(obj, now)
+    elif isinstance(obj, ResourceQuota):
+        blocks.append(_quota(obj))
     else:
         data = to_builtins(obj)
         assert isinstance(data, dict)
@@ -278,6 +281,16 @@ def _lease(obj: Lease, now: datetime) -> Lines:
             f"{obj.status.acquire_time or '<unknown>'} ({age(obj.status.acquire_time, now)} ago)",
         ),
     ]
+
+
+def _quota(obj: ResourceQuota) -> str:
+    """As `kubectl describe quota`: one row per limited resource, used beside hard."""
+    rows = [("Resource", "Used", "Hard"), ("--------", "----", "----")]
+    rows += [(r, obj.status.used.get(r, "?"), obj.spec.hard[r]) for r in sorted(obj.spec.hard)]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(
+        f"{row[0].ljust(widths[0])}   {row[1].ljust(widths[1])}   {row[2]}".rstrip() for row in rows
+    )
 
 
 # --------------------------------------------------------------------------- sections

@@ -43,7 +43,7 @@ from keel.cli._up_status import (
 )
 from keel.cli.apiserver import add_serve_arguments, guarded, run_server, serve, serve_options
 
-CONTROLLERS = "namespace,gc,deployment,endpoints,nodelifecycle,cluster"
+CONTROLLERS = "namespace,gc,deployment,endpoints,nodelifecycle,cluster,quota"
 # Failover of an ordinary instance within 10 s: what is left of the node lease (at most 4 s)
 # plus the node lifecycle grace (2 s) plus rescheduling, a start and a health check.
 NODE_LEASE_SECONDS = 4

@@ -14,10 +14,17 @@ from keel.controllers.endpoints import EndpointsController
 from keel.controllers.gc import GarbageCollector, garbage_collectors
 from keel.controllers.namespace import NamespaceController
 from keel.controllers.nodelifecycle import ClusterEvictionsController, NodeLifecycleController
+from keel.controllers.quota import QuotaController
 from keel.runtime.controller import Controller
 from keel.runtime.informer import Indexer
 
-__all__ = ["CONTROLLERS", "GarbageCollector", "NamespaceController", "build"]
+__all__ = [
+    "CONTROLLERS",
+    "GarbageCollector",
+    "NamespaceController",
+    "QuotaController",
+    "build",
+]
 
 CacheOf = Callable[[type[Any]], Indexer[Any]]
 
@@ -25,11 +32,13 @@ CacheOf = Callable[[type[Any]], Indexer[Any]]
 CONTROLLERS: dict[str, Callable[[CacheOf], list[Controller]]] = {
     "namespace": lambda cache: [NamespaceController(cache)],
     "gc": garbage_collectors,
-    "deployment": lambda cache: [DeploymentController()],
+    "deployment": lambda cache: [DeploymentController(cache)],
     "endpoints": lambda cache: [EndpointsController(cache)],
     "nodelifecycle": lambda cache: [NodeLifecycleController(), ClusterEvictionsController(cache)],
     # Cluster status, and cluster failover of Deployments (placement.clusterFailover)
     "cluster": lambda cache: [ClusterController(), FailoverController(cache)],
+    # ResourceQuota status: usage recomputed from the Instances that exist (after deletions)
+    "quota": lambda cache: [QuotaController(cache)],
 }
 
 

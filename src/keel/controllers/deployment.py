@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -35,18 +35,21 @@ from keel.api.resources import (
     Node,
     ObjectMeta,
     OwnerReference,
+    Resource,
+    ResourceQuota,
     Revision,
     RevisionSpec,
 )
 from keel.client import (
     AlreadyExists,
     Conflict,
+    Forbidden,
     KeelClient,
     KeelClientError,
     NotFound,
     Preconditions,
 )
-from keel.clock import rfc3339
+from keel.clock import SystemClock, rfc3339
 from keel.controllers.analysis import AnalysisRuns
 from keel.controllers.progressive import Group, Split, Verdict, resolve_waves, split
 from keel.controllers.rollout import (
@@ -58,6 +61,7 @@ from keel.controllers.rollout import (
     step,
 )
 from keel.runtime.controller import Context, Related, Result
+from keel.runtime.informer import Indexer
 
 __all__ = [
     "DEPLOYMENT_LABEL",
@@ -1252,7 +1256,9 @@ def _wake(
 # --------------------------------------------------------------------------- the shell
 
 
-async def execute(client: KeelClient, deployment: Deployment, action: Action) -> None:
+async def execute(
+    client: KeelClient, deployment: Deployment, action: Action, *, now: float | None = None
+) -> None:
     """Apply one action idempotently: a create finding the name taken, or a delete finding
     the object gone (or replaced by another incarnation), is done. A status write is
     conditional on the resourceVersion planned on (`Conflict`: look again)."""
@@ -1286,12 +1292,14 @@ async def execute(client: KeelClient, deployment: Deployment, action: Action) ->
                     "kind": "Deployment",
                     "namespace": meta.namespace,
                     "name": meta.name,
-                    "uid": meta.uid,
                 },
                 "reason": reason,
                 "message": message,
                 "type": "Warning" if warning else "Normal",
                 "source": "keel-controller-manager/deployment",
+                # the events endpoint requires it (and refuses involvedObject.uid): without
+                # both fixes every Deployment event was refused with 422 and lost
+                "time": rfc3339(SystemClock().wall() if now is None else now),
             }
             try:
                 await client.record_event(event)
@@ -1317,16 +1325,31 @@ class DeploymentController:
 
     name = "deployment"
     primary = Deployment
-    # Nodes and Clusters: read by wave rollouts (which cluster runs what), no keys of their own.
-    related = (
-        Related(Instance),
-        Related(Revision),
-        Related(Node, to_keys=lambda _obj: ()),
-        Related(Cluster, to_keys=lambda _obj: ()),
-    )
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Callable[[type[Any]], Indexer[Any]] | None = None) -> None:
         self.analyses = AnalysisRuns()
+        self._cache = cache
+        # Nodes and Clusters: read by wave rollouts (which cluster runs what), no keys of
+        # their own. A ResourceQuota's change (capacity freed, limits raised) concerns the
+        # Deployments of its namespace still short of Instances: a create refused by the
+        # quota is retried then, not only when its backoff ends.
+        self.related = (
+            Related(Instance),
+            Related(Revision),
+            Related(Node, to_keys=lambda _obj: ()),
+            Related(Cluster, to_keys=lambda _obj: ()),
+            Related(ResourceQuota, to_keys=self._short_of_instances),
+        )
+
+    def _short_of_instances(self, quota: Resource) -> Iterable[str]:
+        if self._cache is None:
+            return ()
+        namespace = quota.metadata.namespace
+        return [
+            f"{namespace}/{d.metadata.name}"
+            for d in self._cache(Deployment).by_index("namespace", namespace)
+            if d.status.replicas < d.spec.replicas
+        ]
 
     async def reconcile(self, ctx: Context, key: str) -> Result:
         deployment: Deployment | None = ctx.cache(Deployment).get(key)
@@ -1363,13 +1386,26 @@ class DeploymentController:
             ]
             actions = confirm(actions, plan(deployment, revisions, live, now, restarts, **inputs))
         requeue: float | None = None
+        refused: Forbidden | None = None
         for action in actions:
             if isinstance(action, RequeueAfter):
                 requeue = action.seconds if requeue is None else min(requeue, action.seconds)
                 continue
+            if isinstance(action, CreateInstance) and refused is not None:
+                continue  # the namespace's quota refused one: the others would fail alike
             if not isinstance(action, UpdateStatus):
                 ctx.log.info("deployment %s: %s", key, _describe(action))
-            await execute(ctx.client, deployment, action)
+            try:
+                await execute(ctx.client, deployment, action, now=ctx.clock.wall())
+            except Forbidden as exc:
+                if not isinstance(action, CreateInstance):
+                    raise
+                refused = exc
+                await execute(ctx.client, deployment, failed_create(exc), now=ctx.clock.wall())
+        if refused is not None:
+            # Everything else is done; failing the reconcile backs this key off
+            # (exponentially) instead of retrying hot. A quota change brings it back early.
+            raise refused
         return Result(requeue_after=requeue)
 
     async def _analysis(
@@ -1399,6 +1435,11 @@ class DeploymentController:
             and not i.metadata.deletion_timestamp
         ]
         return await self.analyses.verdict(ctx, deployment, analysis, canaries, now)
+
+
+def failed_create(error: Forbidden) -> RecordEvent:
+    """The Warning event of a create the API server refused (a quota, most often)."""
+    return RecordEvent("FailedCreate", f"Error creating: {error.message or error}", True)
 
 
 def needs_confirmation(actions: Sequence[Action]) -> bool:
