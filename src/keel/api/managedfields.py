@@ -414,7 +414,7 @@ def encode_entries(entries: Sequence[Entry]) -> list[dict[str, Any]]:
 def decode_entries(items: Sequence[Mapping[str, Any]]) -> list[Entry]:
     entries: list[Entry] = []
     for item in items:
-        operation = item.get("operation", UPDATE)  # the default, left out when encoded
+        operation = item.get("operation") or UPDATE
         fields = item.get("fieldsV1")
         manager = item.get("manager")
         if operation not in (APPLY, UPDATE) or not isinstance(fields, dict):

@@ -64,7 +64,7 @@ class ManagedFieldsEntry(Model, frozen=True, omit_defaults=True):
     """Who owns which fields (Kubernetes' shape), written by the API server only."""
 
     manager: str = ""
-    operation: Literal["Apply", "Update"] = "Update"
+    operation: Literal["Apply", "Update", ""] = ""  # always written ("Apply" or "Update")
     api_version: str = ""
     time: Timestamp | None = None
     fields_type: str = ""  # "FieldsV1", always written
