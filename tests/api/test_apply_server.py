@@ -136,3 +136,14 @@ def test_components_are_held_to_the_registrys_owners_and_users_are_not(
         f"{DEPLOYMENTS}/a5/status", {"status": {"readyReplicas": 2}}, MERGE
     )
     assert by_hand.status == 200
+
+
+def test_defaults_a_create_did_not_send_are_nobodys(server: ApiServer) -> None:
+    created = server.http().post(f"{DEPLOYMENTS}?fieldManager=kubectl-create", manifest("a6"))
+    assert created.status == 201
+    owned = created.json["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]
+    assert "f:replicas" in owned and "f:bakeSeconds" not in owned  # a default
+    later = manifest("a6")
+    later["spec"]["bakeSeconds"] = 3
+    applied = apply(server, later, "alice")
+    assert applied.status == 200 and applied.json["spec"]["bakeSeconds"] == 3

@@ -12,7 +12,7 @@ an operator may always repair an object by hand.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -52,10 +52,13 @@ class FieldsOwnedElsewhere(Exception):
 
 @dataclass(frozen=True)
 class Writer:
-    """Who writes: the field manager, and whether the registry's field owners bind it."""
+    """Who writes: the field manager, and whether the registry's field owners bind it.
+    `sent`: on a create, the fields the request itself set (the rest are the kind's
+    defaults, which nobody owns, as in Kubernetes); None: every field of the object."""
 
     manager: str
     enforced: bool = False
+    sent: frozenset[Path] | None = None
 
 
 def builtins_of(obj: Resource) -> dict[str, Any]:
@@ -104,6 +107,13 @@ def track(
     updated = record_update(
         old, new, entries, manager=writer.manager, now=now, subresource=subresource
     )
+    if before is None and writer.sent is not None and updated:
+        [entry] = updated
+        updated = (
+            [replace(entry, fields=entry.fields & writer.sent)]
+            if entry.fields & writer.sent
+            else []
+        )
     if writer.enforced:
         changed = _changed(old, new)
         if before is None:

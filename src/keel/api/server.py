@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from keel.api import auth
 from keel.api import telemetry as telemetry_mod
 from keel.api.admission import TokenBucketAdmission
 from keel.api.compactor import Compactor
+from keel.api.managedfields import fields_of
 from keel.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from keel.api.metrics import ApiMetrics
 from keel.api.ownership import Writer
@@ -1119,12 +1121,13 @@ class ApiServer:
         if isinstance(obj, Lease) and obj.spec.registration is not None:
             await self._check_registration(info, obj, obj.spec.registration, target)
         fencing = self._fencing(request)
+        writer = writer_of(request, principal)
+        with contextlib.suppress(ValueError):  # decoded above: it is JSON
+            sent = json.loads(body)
+            if isinstance(sent, dict):
+                writer = dataclasses.replace(writer, sent=fields_of(sent))
         created = await self.storage.create(
-            info,
-            obj,
-            namespace=target.namespace or "",
-            fencing=fencing,
-            writer=writer_of(request, principal),
+            info, obj, namespace=target.namespace or "", fencing=fencing, writer=writer
         )
         return self._object(created, 201)
 
