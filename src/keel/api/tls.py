@@ -1,5 +1,6 @@
-"""The listen-address policy: bearer tokens must not cross a network in clear text, so a
-non-loopback address needs a TLS certificate and key unless `--insecure` says otherwise.
+"""The listen-address policy: bearer tokens must not cross a network in clear text. The
+serving commands use TLS by default (their own CA's certificate, `keel.api.certs`, or the
+`--tls-cert-file`/`--tls-key-file` given); plain HTTP needs an explicit `--insecure`.
 Pure checks plus the uvicorn keyword arguments; `load_context` is the one function doing I/O.
 """
 
@@ -46,13 +47,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_pair(certfile: str | Path | None, keyfile: str | Path | None) -> None:
+    """Both TLS files or neither."""
+    if bool(certfile) != bool(keyfile):
+        given, missing = (CERT_FLAG, KEY_FLAG) if certfile else (KEY_FLAG, CERT_FLAG)
+        raise ValueError(f"{given} was given without {missing}: TLS needs both")
+
+
 def check_listen(
     host: str, certfile: str | Path | None, keyfile: str | Path | None, insecure: bool
 ) -> None:
     """Raise ValueError with a clear message when `host` may not be served this way."""
-    if bool(certfile) != bool(keyfile):
-        given, missing = (CERT_FLAG, KEY_FLAG) if certfile else (KEY_FLAG, CERT_FLAG)
-        raise ValueError(f"{given} was given without {missing}: TLS needs both")
+    check_pair(certfile, keyfile)
     if certfile or insecure or is_loopback(host):
         return
     shown = host or "all interfaces"
