@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any
 
@@ -29,9 +30,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from keel.api import auth
+from keel.api import auth, core, discovery, tables
+from keel.api import scale as scale_mod
 from keel.api import telemetry as telemetry_mod
 from keel.api.admission import TokenBucketAdmission
+from keel.api.columns import Extras
 from keel.api.compactor import Compactor
 from keel.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from keel.api.metrics import ApiMetrics
@@ -42,13 +45,13 @@ from keel.api.registry import (
     KINDS,
     REGISTRY_PREFIX,
     TELEMETRY_GROUP,
-    TELEMETRY_KINDS,
     KindInfo,
 )
 from keel.api.resources import (
     API_GROUP,
     API_VERSION,
     Binding,
+    Deployment,
     EndpointRegistration,
     Eviction,
     Lease,
@@ -214,6 +217,26 @@ def validation_cause(message: str) -> StatusCause:
     return StatusCause(path, text, "FieldValueInvalid")
 
 
+def strict_decoding_error(kind: str, exc: ApiError) -> ApiError:
+    """Under `fieldValidation=Strict` (what kubectl sends), unknown fields are answered as
+    kube-apiserver does: 400 `strict decoding error: unknown field "spec.x"`, so kubectl
+    reports them in its own words. Other errors are left as they are."""
+    causes = exc.details.causes if exc.details is not None else []
+    if exc.code != 422 or not causes:
+        return exc
+    if any(
+        c.reason != "FieldValueNotSupported" or "unknown field" not in c.message for c in causes
+    ):
+        return exc
+    fields = ", ".join(f'unknown field "{c.field}"' for c in causes)
+    return ApiError(
+        400,
+        "BadRequest",
+        f'{kind} in version "v1" cannot be handled as a {kind}: strict decoding error: {fields}',
+        details=exc.details,
+    )
+
+
 _decoders: dict[type[Resource], msgspec.json.Decoder[Any]] = {}
 
 
@@ -361,52 +384,15 @@ def verb_of(method: str, target: Target, watch: bool) -> str:
     )
 
 
-# ------------------------------------------------------------------------- discovery
-
-
-def discovery_resources() -> list[dict[str, Any]]:
-    resources: list[dict[str, Any]] = []
-    for info in KINDS:
-        resources.append(
-            {
-                "name": info.plural,
-                "singularName": info.singular,
-                "namespaced": info.namespaced,
-                "kind": info.kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                "shortNames": list(info.short_names),
-                "storageClass": info.storage.value,
-            }
-        )
-        for sub in subresources(info):
-            kind, verbs = {
-                "status": (info.kind, ["get", "patch", "update"]),
-                "binding": ("Binding", ["create"]),
-                "eviction": ("Eviction", ["create"]),
-                "renew": ("LeaseRenewal", ["create"]),
-            }[sub]
-            resources.append(
-                {
-                    "name": f"{info.plural}/{sub}",
-                    "singularName": "",
-                    "namespaced": info.namespaced,
-                    "kind": kind,
-                    "verbs": verbs,
-                }
-            )
-    return resources
-
-
-def _group(name: str) -> dict[str, Any]:
-    version = {"groupVersion": f"{name}/v1", "version": "v1"}
-    return {"name": name, "versions": [version], "preferredVersion": version}
-
-
 # ------------------------------------------------------------------------- the server
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status_code=status, media_type=JSON)
+
+
+def _json_as(data: Any, media_type: str, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type=media_type)
 
 
 def _error(exc: ApiError) -> Response:
@@ -491,6 +477,7 @@ class ApiServer:
         self.ready = asyncio.Event()
         self.boot_error: BaseException | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._openapi_docs: dict[str, tuple[bytes, str]] | None = None
         self._compactor: Compactor | None = None
         self._predicates: dict[
             tuple[str, str | None, str | None], Callable[[CachedObject], bool] | None
@@ -575,6 +562,7 @@ class ApiServer:
             Route("/version", self.version, methods=["GET"]),
             Route("/api", self.guarded(self.api_versions), methods=["GET"]),
             Route("/api/v1", self.guarded(self.api_core), methods=["GET"]),
+            Route("/api/v1/{rest:path}", self.core_endpoint, methods=methods),
             Route("/apis", self.guarded(self.api_groups), methods=["GET"]),
             Route(f"/apis/{API_GROUP}", self.guarded(self.api_group), methods=["GET"]),
             Route(f"/apis/{API_GROUP}/v1", self.guarded(self.api_resources), methods=["GET"]),
@@ -591,6 +579,7 @@ class ApiServer:
             ),
             Route("/metrics", self.guarded(self.metrics_endpoint), methods=["GET"]),
             Route("/openapi/v3", self.guarded(self.openapi), methods=["GET"]),
+            Route("/openapi/v3/{rest:path}", self.guarded(self.openapi_document), methods=["GET"]),
         ]
 
         async def http_error(request: Request, exc: Exception) -> Response:
@@ -683,76 +672,73 @@ class ApiServer:
         )
 
     async def api_versions(self, request: Request) -> Response:
-        return _json(
-            {
-                "kind": "APIVersions",
-                "apiVersion": "v1",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": request.url.netloc}
-                ],
-            }
-        )
+        aggregated = discovery.aggregated_version(request.headers.get("accept", ""))
+        if aggregated is not None:
+            return _json_as(
+                discovery.aggregated_core(aggregated), discovery.content_type(aggregated)
+            )
+        return _json(discovery.api_versions(request.url.netloc))
 
     async def api_core(self, request: Request) -> Response:
-        return _json(
-            {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": []}
-        )
+        return _json(discovery.resource_list("v1", discovery.core_resources()))
 
     async def api_groups(self, request: Request) -> Response:
-        return _json(
-            {
-                "kind": "APIGroupList",
-                "apiVersion": "v1",
-                "groups": [_group(API_GROUP), _group(TELEMETRY_GROUP)],
-            }
-        )
+        aggregated = discovery.aggregated_version(request.headers.get("accept", ""))
+        if aggregated is not None:
+            return _json_as(
+                discovery.aggregated_groups(aggregated), discovery.content_type(aggregated)
+            )
+        return _json(discovery.group_list())
 
     async def api_group(self, request: Request) -> Response:
-        return _json({"kind": "APIGroup", "apiVersion": "v1", **_group(API_GROUP)})
+        return _json({"kind": "APIGroup", "apiVersion": "v1", **discovery.group(API_GROUP)})
 
     async def telemetry_group(self, request: Request) -> Response:
-        return _json({"kind": "APIGroup", "apiVersion": "v1", **_group(TELEMETRY_GROUP)})
+        return _json({"kind": "APIGroup", "apiVersion": "v1", **discovery.group(TELEMETRY_GROUP)})
 
     async def api_resources(self, request: Request) -> Response:
-        return _json(
-            {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": API_VERSION,
-                "resources": discovery_resources(),
-            }
-        )
+        return _json(discovery.resource_list(API_VERSION, discovery.keel_resources()))
 
     async def telemetry_resources(self, request: Request) -> Response:
-        resources = [
-            {
-                "name": name,
-                "singularName": "",
-                "namespaced": name != "nodeheartbeats",
-                "kind": name,
-                "verbs": ["create", "get", "list", "update"],
-                "storageClass": "memory",
-                "description": why,
-            }
-            for name, why in TELEMETRY_KINDS.items()
-        ]
         return _json(
-            {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": f"{TELEMETRY_GROUP}/v1",
-                "resources": resources,
-            }
+            discovery.resource_list(f"{TELEMETRY_GROUP}/v1", discovery.telemetry_resources())
         )
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render().encode(), media_type=METRICS_CONTENT_TYPE)
 
-    async def openapi(self, request: Request) -> Response:
-        from keel.api.openapi import build_openapi
+    def _openapi_documents(self) -> dict[str, tuple[bytes, str]]:
+        """Group-version -> (encoded document, hash), built once."""
+        if self._openapi_docs is None:
+            import hashlib
 
-        return _json(build_openapi(KINDS))
+            from keel.api.openapi import build_openapi, core_openapi
+
+            keel_doc = build_openapi(KINDS)
+            docs = {f"apis/{API_VERSION}": keel_doc, "api/v1": core_openapi(keel_doc)}
+            self._openapi_docs = {}
+            for gv, doc in docs.items():
+                data = msgspec.json.encode(doc)
+                self._openapi_docs[gv] = (data, hashlib.sha512(data).hexdigest()[:64].upper())
+        return self._openapi_docs
+
+    async def openapi(self, request: Request) -> Response:
+        """`/openapi/v3`: the index of group-version documents, as kube-apiserver serves it."""
+        from keel.api.openapi import openapi_index
+
+        docs = self._openapi_documents()
+        return _json(openapi_index({gv: digest for gv, (_, digest) in docs.items()}))
+
+    async def openapi_document(self, request: Request) -> Response:
+        """`/openapi/v3/apis/keel.dev/v1` and `/openapi/v3/api/v1`."""
+        found = self._openapi_documents().get(request.path_params["rest"].strip("/"))
+        if found is None:
+            raise _no_route(request.url.path)
+        data, digest = found
+        headers = {"Etag": f'"{digest}"'}
+        if request.query_params.get("hash") == digest:
+            headers["Cache-Control"] = "public, immutable"
+        return Response(data, media_type=JSON, headers=headers)
 
     # -- resources
 
@@ -767,6 +753,8 @@ class ApiServer:
             principal = self._authenticate(request)
             response = await self._dispatch(request, principal, target, verb)
         except ApiError as exc:
+            if request.query_params.get("fieldValidation") == "Strict":
+                exc = strict_decoding_error(kind, exc)
             response = _error(exc)
         except StoreError as exc:
             response = _error(store_error(exc))
@@ -812,6 +800,11 @@ class ApiServer:
                 raise ApiError(405, "MethodNotAllowed", "renew takes POST")
             self._authorize(principal, self._auth_request("renew", target))
             return await self.renew(request, target)
+        if target.subresource == "scale":
+            # Scaling is writing the Deployment's spec.replicas: the Deployment's own rules.
+            scale_target = Target(info, target.namespace, target.name, None)
+            self._authorize(principal, self._auth_request(verb, scale_target))
+            return await self.scale(request, target)
         node_name = None
         if target.subresource == "status" and info.kind == "Instance":
             node_name = await self._stored_node_name(target)
@@ -868,11 +861,85 @@ class ApiServer:
             cached = self.cache.get(info, namespace, name)
             if cached is None:
                 raise not_found(info, name)
+            if self._table_version(request):
+                return self._table(request, info, namespace, [(cached.obj, cached.data)], None)
             return Response(cached.data, media_type=JSON)
         stored = await self.storage.read(info, namespace, name)
         if stored is None:
             raise not_found(info, name)
+        if self._table_version(request):
+            return self._table(request, info, namespace, [(stored, None)], None)
         return self._object(stored)
+
+    # -- Tables (kubectl get): the columns of `keel get`, from keel.api.columns
+
+    @staticmethod
+    def _table_version(request: Request) -> str | None:
+        return tables.table_version(request.headers.get("accept", ""))
+
+    def _extras(self, info: KindInfo, namespace: str | None) -> Extras:
+        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        if info.kind != "Instance":
+            return Extras(now=now)
+        usages = self.telemetry.list(telemetry_mod.INSTANCEUSAGES, namespace or None)
+        return Extras(now=now, restarts=tables.restarts_from_usage(usages))
+
+    def _table_body(
+        self,
+        request: Request,
+        info: KindInfo,
+        namespace: str | None,
+        objects: list[tuple[Resource, bytes | None]],
+        meta: ListMeta | None,
+    ) -> tuple[dict[str, Any], str]:
+        version = self._table_version(request) or "v1"
+        include = request.query_params.get("includeObject", "") or "Metadata"
+        if include not in tables.INCLUDE_OBJECT:
+            raise bad_request(
+                f"includeObject: expected one of {', '.join(tables.INCLUDE_OBJECT)}, "
+                f"got {include!r}"
+            )
+        body = tables.table(
+            info.kind,
+            objects,
+            self._extras(info, namespace),
+            version=version,
+            include=include,
+            list_meta=msgspec.to_builtins(meta) if meta is not None else None,
+        )
+        return body, version
+
+    def _table(
+        self,
+        request: Request,
+        info: KindInfo,
+        namespace: str | None,
+        objects: list[tuple[Resource, bytes | None]],
+        meta: ListMeta | None,
+    ) -> Response:
+        body, version = self._table_body(request, info, namespace, objects, meta)
+        return _json_as(body, tables.content_type(version))
+
+    def _table_lines(
+        self, request: Request, info: KindInfo, namespace: str | None, chunk: bytes
+    ) -> bytes:
+        """Watch lines with each event's object as a one-row Table (bookmarks and errors
+        pass as they are)."""
+        out: list[bytes] = []
+        for line in chunk.splitlines():
+            if not line.strip():
+                continue
+            event = msgspec.json.decode(line)
+            kind = event.get("type")
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                data = msgspec.json.encode(event["object"])
+                obj = msgspec.json.decode(data, type=info.model)
+                table, _ = self._table_body(request, info, namespace, [(obj, data)], None)
+                event = {"type": kind, "object": table}
+                out.append(msgspec.json.encode(event) + b"\n")
+            else:
+                out.append(line + b"\n")
+        return b"".join(out)
 
     def _predicate(self, request: Request, info: KindInfo) -> Callable[[Resource], bool] | None:
         try:
@@ -928,9 +995,13 @@ class ApiServer:
         token = params.get("continue", "")
         if token:
             revision, after = decode_continue(token)
-            return await self._list_from_store(target, predicate, limit, revision, after)
+            return await self._list_from_store(
+                request, target, predicate=predicate, limit=limit, revision=revision, after=after
+            )
         if params.get("resourceVersion") != "0" and not await self._fresh():
-            return await self._list_from_store(target, predicate, limit, None, b"")
+            return await self._list_from_store(
+                request, target, predicate=predicate, limit=limit, revision=None, after=b""
+            )
         objects, revision = self.cache.list(
             info, target.namespace, self._cached_predicate(predicate)
         )
@@ -943,11 +1014,17 @@ class ApiServer:
                 remaining_item_count=len(objects) - limit,
             )
             objects = page
+        if self._table_version(request):
+            return self._table(
+                request, info, target.namespace, [(c.obj, c.data) for c in objects], meta
+            )
         return Response(list_body(info, [c.data for c in objects], meta), media_type=JSON)
 
     async def _list_from_store(
         self,
+        request: Request,
         target: Target,
+        *,
         predicate: Callable[[Resource], bool] | None,
         limit: int,
         revision: int | None,
@@ -989,6 +1066,8 @@ class ApiServer:
         meta = ListMeta(resource_version=str(at))
         if more:
             meta = ListMeta(resource_version=str(at), continue_=encode_continue(at, last_key))
+        if self._table_version(request):
+            return self._table(request, info, target.namespace, [(o, None) for o in items], meta)
         return Response(list_body(info, [encode_object(o) for o in items], meta), media_type=JSON)
 
     async def watch(self, request: Request, target: Target) -> Response:
@@ -1033,6 +1112,14 @@ class ApiServer:
             return Response(expired_line(message), media_type=JSON)
 
         authorization = request.headers.get("authorization")
+        if self._table_version(request):
+            self._table_body(request, info, target.namespace, [], None)  # check the query
+            initial = [self._table_lines(request, info, target.namespace, line) for line in initial]
+
+        def table_lines(chunk: bytes) -> bytes:
+            return self._table_lines(request, info, target.namespace, chunk)
+
+        convert = table_lines if self._table_version(request) else None
 
         async def body() -> AsyncIterator[bytes]:
             deadline = self.clock.now() + timeout if timeout else None
@@ -1053,7 +1140,7 @@ class ApiServer:
                             return
                     if self.tokens.authenticate(authorization) is None:
                         return  # its token was revoked: the next request gets 401
-                    yield line
+                    yield line if convert is None else convert(line)
             except StopAsyncIteration:
                 return
             finally:
@@ -1203,6 +1290,64 @@ class ApiServer:
         )
         return self._object(updated)
 
+    async def scale(self, request: Request, target: Target) -> Response:
+        """GET/PUT/PATCH `deployments/NAME/scale` (autoscaling/v1 Scale)."""
+        info, namespace, name = target.info, target.namespace or "", target.name or ""
+        if request.method == "GET":
+            await self._ensure_ready()
+            current = await self.storage.read(info, namespace, name)
+            if not isinstance(current, Deployment):
+                raise not_found(info, name)
+            return _json(scale_mod.scale_of(current))
+        if request.method not in ("PUT", "PATCH"):
+            raise ApiError(405, "MethodNotAllowed", "scale takes GET, PUT or PATCH")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "PATCH" and content_type not in (MERGE_PATCH, JSON_PATCH):
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of a PATCH must be {MERGE_PATCH} or {JSON_PATCH}, "
+                f"not {content_type or 'unspecified'!r}",
+            )
+        body = await self._body(request)
+
+        def decode(document: bytes) -> scale_mod.Scale:
+            scale: scale_mod.Scale = decode_record(scale_mod.Scale, document, "Scale")
+            problem = scale_mod.check_identity(scale, name, namespace)
+            if problem is not None:
+                raise bad_request(problem)
+            return scale
+
+        wanted = decode(body) if request.method == "PUT" else None
+        if request.method == "PATCH":
+            try:
+                patch_doc = json.loads(body)
+            except ValueError as exc:
+                raise bad_request(f"the patch is not valid JSON: {exc}") from None
+
+        def mutate(current: Resource) -> Resource:
+            assert isinstance(current, Deployment)
+            scale = wanted
+            if scale is None:
+                document = scale_mod.scale_of(current)
+                try:
+                    if content_type == MERGE_PATCH:
+                        patched = merge_patch(document, patch_doc)
+                    else:
+                        patched = json_patch(document, patch_doc)
+                except PatchTestFailed as exc:
+                    raise ApiError(409, "Conflict", f"the patch's test failed: {exc}") from None
+                except PatchError as exc:
+                    raise bad_request(f"the patch cannot be applied: {exc}") from None
+                scale = decode(msgspec.json.encode(patched))
+            return scale_mod.scaled(current, scale)
+
+        updated = await self.storage.update(
+            info, namespace, name, mutate, fencing=self._fencing(request), verb="update"
+        )
+        assert isinstance(updated, Deployment)
+        return _json(scale_mod.scale_of(updated))
+
     async def delete(self, request: Request, target: Target) -> Response:
         body = await self._body(request)
         pre = Preconditions()
@@ -1289,6 +1434,73 @@ class ApiServer:
             renewal.fencing_token,
         )
         return self._object(lease)
+
+    # -- the core group: Namespaces (keel.dev's, one source of truth) and Events (telemetry)
+
+    async def core_endpoint(self, request: Request) -> Response:
+        """`/api/v1/namespaces[/NAME[/status]]` served by the keel.dev handler with
+        `apiVersion: v1`; `/api/v1/namespaces/NS/events` and `/api/v1/events` from telemetry."""
+        rest = request.path_params["rest"]
+        segments = [s for s in rest.split("/") if s]
+        if segments == ["events"] or (
+            len(segments) == 3 and segments[0] == "namespaces" and segments[2] == "events"
+        ):
+            started = time.perf_counter()
+            try:
+                principal = self._authenticate(request)
+                response = self._core_events(
+                    request, principal, segments[1] if len(segments) == 3 else None
+                )
+            except ApiError as exc:
+                response = _error(exc)
+            self.metrics.observe_request(
+                "list", "Event", response.status_code, time.perf_counter() - started
+            )
+            return response
+        if not segments or segments[0] != "namespaces" or len(segments) > 3:
+            return _error(_no_route(request.url.path))
+        body = b""
+        if request.method != "GET":
+            try:
+                body = await self._body(request)
+            except ApiError as exc:
+                return _error(exc)
+            if request.method in ("POST", "PUT"):
+                body = core.to_keel_body(body)
+        scope = dict(request.scope)
+        scope["path_params"] = {"rest": rest}
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        response = await self.resource_endpoint(Request(scope, receive))
+        return core.to_core_response(response)
+
+    def _core_events(
+        self, request: Request, principal: auth.Principal, namespace: str | None
+    ) -> Response:
+        if request.method != "GET":
+            raise ApiError(405, "MethodNotAllowed", "events are read-only here (telemetry)")
+        self._authorize(
+            principal,
+            auth.Request(verb="list", kind=None, namespace=namespace, name=None, subresource=None),
+        )
+        try:
+            wanted = core.event_filter(request.query_params.get("fieldSelector", ""))
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        records = self.telemetry.list(telemetry_mod.EVENTS, namespace)
+        events = [e for e in core.core_events(records) if wanted(e)]
+        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        version = self._table_version(request)
+        if version:
+            return _json_as(core.event_table(events, now, version), tables.content_type(version))
+        return _json(core.event_list(events))
 
     # -- telemetry
 
