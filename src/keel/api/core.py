@@ -50,8 +50,12 @@ def to_keel_body(body: bytes) -> bytes:
     return body
 
 
+_KEEL_BOOKMARK = b'"kind":"Namespace","apiVersion":"' + API_VERSION.encode() + b'"'
+_CORE_BOOKMARK = b'"kind":"Namespace","apiVersion":"v1"'
+
+
 def to_core_bytes(data: bytes) -> bytes:
-    return data.replace(_KEEL_NAMESPACE, _CORE_NAMESPACE)
+    return data.replace(_KEEL_NAMESPACE, _CORE_NAMESPACE).replace(_KEEL_BOOKMARK, _CORE_BOOKMARK)
 
 
 def to_core_response(response: Response) -> Response:

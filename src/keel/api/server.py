@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from keel.api import auth, core, discovery, tables
+from keel.api import auth, core, discovery, protobuf, tables
 from keel.api import scale as scale_mod
 from keel.api import telemetry as telemetry_mod
 from keel.api.admission import TokenBucketAdmission
@@ -101,6 +101,9 @@ JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 FENCING_HEADER = "keel-fencing-token"
+BINARY_MEDIA_TYPES = frozenset(
+    {"application/vnd.kubernetes.protobuf", "application/cbor", "application/apply-patch+cbor"}
+)
 # How deep the arrays and objects of a request body may nest. Keel's deepest object nests
 # about ten levels; the decoders and the patch code recurse once per level, and a thousand
 # levels exhaust Python's stack (Kubernetes, in Go, stops at 10,000).
@@ -368,6 +371,22 @@ def list_body(info: KindInfo, items: list[bytes], meta: ListMeta) -> bytes:
         + b',"items":['
     )
     return head + b",".join(items) + b"]}"
+
+
+def initial_events_end_line(kind: str, revision: int) -> bytes:
+    """The bookmark that ends a watch-list's initial events (`k8s.io/initial-events-end`)."""
+    event = {
+        "type": "BOOKMARK",
+        "object": {
+            "apiVersion": API_VERSION,
+            "kind": kind,
+            "metadata": {
+                "resourceVersion": str(revision),
+                "annotations": {"k8s.io/initial-events-end": "true"},
+            },
+        },
+    }
+    return msgspec.json.encode(event) + b"\n"
 
 
 def verb_of(method: str, target: Target, watch: bool) -> str:
@@ -1083,8 +1102,11 @@ class ApiServer:
             raise bad_request(f"timeoutSeconds: expected a number, got {timeout_text!r}") from None
         rv_text = params.get("resourceVersion", "")
         initial: list[bytes] = []
-        if rv_text in ("", "0"):
-            if rv_text == "" and not await self._fresh():
+        # A watch-list (client-go's WatchListClient): the current state as ADDED events, then
+        # a bookmark saying the initial events are complete, then the changes.
+        send_initial = params.get("sendInitialEvents", "").lower() == "true"
+        if rv_text in ("", "0") or send_initial:
+            if rv_text != "0" and not await self._fresh():
                 raise ApiError(
                     504,
                     "Timeout",
@@ -1093,6 +1115,8 @@ class ApiServer:
                 )
             objects, start = self.cache.list(info, target.namespace, predicate)
             initial = [watch_line("ADDED", c.data) for c in objects]
+            if send_initial:
+                initial.append(initial_events_end_line(info.kind, start))
         else:
             try:
                 start = int(rv_text)
@@ -1151,6 +1175,15 @@ class ApiServer:
     # -- writes
 
     async def _body(self, request: Request) -> bytes:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media in BINARY_MEDIA_TYPES:
+            # client-go sends built-in kinds as protobuf (or CBOR) first and, told 415,
+            # sends them again as JSON.
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the server speaks JSON: {media} is not supported; send application/json",
+            )
         length = request.headers.get("content-length")
         limit = 3 * self.max_object_bytes
         if length is not None and length.isdigit() and int(length) > limit:
@@ -1460,15 +1493,15 @@ class ApiServer:
         if not segments or segments[0] != "namespaces" or len(segments) > 3:
             return _error(_no_route(request.url.path))
         body = b""
+        scope = dict(request.scope)
+        scope["path_params"] = {"rest": rest}
         if request.method != "GET":
             try:
-                body = await self._body(request)
+                body = await self._core_body(request, scope)
             except ApiError as exc:
                 return _error(exc)
             if request.method in ("POST", "PUT"):
                 body = core.to_keel_body(body)
-        scope = dict(request.scope)
-        scope["path_params"] = {"rest": rest}
         sent = False
 
         async def receive() -> dict[str, Any]:
@@ -1480,6 +1513,24 @@ class ApiServer:
 
         response = await self.resource_endpoint(Request(scope, receive))
         return core.to_core_response(response)
+
+    async def _core_body(self, request: Request, scope: dict[str, Any]) -> bytes:
+        """The body of a core-group write; a protobuf Namespace (what client-go sends) is read
+        as JSON, and the forwarded request says so."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != protobuf.MEDIA_TYPE or request.method not in ("POST", "PUT"):
+            return await self._body(request)
+        raw = await request.body()
+        if len(raw) > 3 * self.max_object_bytes:
+            raise too_large(len(raw), self.max_object_bytes)
+        try:
+            document = protobuf.decode_namespace(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(415, "UnsupportedMediaType", f"{exc}; send application/json") from None
+        scope["headers"] = [
+            (k, v) for k, v in request.scope["headers"] if k.lower() != b"content-type"
+        ] + [(b"content-type", JSON.encode())]
+        return json.dumps(document).encode()
 
     def _core_events(
         self, request: Request, principal: auth.Principal, namespace: str | None
