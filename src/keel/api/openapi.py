@@ -22,6 +22,7 @@ from keel.api.resources import (
     LeaseRenewal,
     Status,
 )
+from keel.api.scale import Scale
 
 Schema = dict[str, Any]
 OPENAPI_VERSION = "3.0.3"
@@ -688,7 +689,7 @@ def build_openapi(
     never-ending streams); the server publishes the full document.
     """
     models: list[type[Any]] = [info.model for info in kinds]
-    models += [Status, Binding, Eviction, LeaseRenewal, *telemetry.MODELS.values()]
+    models += [Status, Binding, Eviction, LeaseRenewal, Scale, *telemetry.MODELS.values()]
     schemas = model_schemas(models)
     for info in kinds:
         schemas[info.kind] = _tighten_kind(schemas[info.kind], info)
