@@ -54,21 +54,6 @@ def check_pair(certfile: str | Path | None, keyfile: str | Path | None) -> None:
         raise ValueError(f"{given} was given without {missing}: TLS needs both")
 
 
-def check_listen(
-    host: str, certfile: str | Path | None, keyfile: str | Path | None, insecure: bool
-) -> None:
-    """Raise ValueError with a clear message when `host` may not be served this way."""
-    check_pair(certfile, keyfile)
-    if certfile or insecure or is_loopback(host):
-        return
-    shown = host or "all interfaces"
-    raise ValueError(
-        f"refusing to listen on {shown} without TLS: bearer tokens would cross the network in "
-        f"clear text. Give {CERT_FLAG} and {KEY_FLAG}, listen on 127.0.0.1, or pass "
-        f"{INSECURE_FLAG} if the network is trusted"
-    )
-
-
 def uvicorn_ssl_kwargs(certfile: str | Path | None, keyfile: str | Path | None) -> dict[str, str]:
     """Keyword arguments for `uvicorn.Config` serving TLS (empty for plain HTTP)."""
     if not certfile and not keyfile:
