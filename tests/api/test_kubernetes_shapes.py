@@ -139,6 +139,16 @@ def test_events_take_the_core_shape_and_field_selectors() -> None:
     assert row == ["30s", "Normal", "Started", "instance/web-1", "pid 1"]
 
 
+def test_telemetry_lists_as_tables_name_their_rows() -> None:
+    usage = {"instance": "web-1", "node": "n1", "cpu": "5m", "memory": "1Mi", "restarts": 2}
+    body = tables.telemetry_table("instanceusages", [usage])
+    assert [c["name"] for c in body["columnDefinitions"]] == [
+        "Instance", "Node", "CPU", "Memory", "Restarts",
+    ]  # fmt: skip
+    assert body["rows"][0]["cells"] == ["web-1", "n1", "5m", "1Mi", "2"]
+    assert body["rows"][0]["object"]["metadata"] == {"name": "web-1"}
+
+
 def _field(number: int, payload: bytes) -> bytes:
     return bytes([number << 3 | 2, len(payload)]) + payload
 

@@ -263,6 +263,9 @@ def test_namespaces_are_one_source_of_truth_and_events_are_listed(
     listed = kubectl("get", "events", "-A")
     assert listed.returncode == 0, listed.stderr
     assert "instance/web-" in listed.stdout  # agents report Started for each instance
+    telemetry = kubectl("get", "nodeheartbeats,instanceusages", "-A")
+    assert telemetry.returncode == 0, telemetry.stderr
+    assert "nodeheartbeat.telemetry.keel.dev/node-1-1" in telemetry.stdout
     kubectl.ok("delete", "namespace", "team-k")
 
 

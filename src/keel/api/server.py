@@ -1592,6 +1592,9 @@ class ApiServer:
                     subresource=None,
                 ),
             )
+            version = self._table_version(request)
+            if version and name is None:
+                return self._telemetry_table(kind, namespace, version)
             return self._telemetry_read(kind, namespace, name)
         if method not in ("PUT", "POST"):
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on telemetry")
@@ -1626,6 +1629,16 @@ class ApiServer:
             raise bad_request(f"ttlSeconds: expected a number, got {ttl_text!r}") from None
         self.telemetry.put(kind, namespace, key, body, ttl)
         return _json(body, 201 if method == "POST" else 200)
+
+    def _telemetry_table(self, kind: str, namespace: str | None, version: str) -> Response:
+        """`kubectl get` of telemetry: heartbeats and usages in columns, events as core's."""
+        records = self.telemetry.list(kind, namespace)
+        if kind == telemetry_mod.EVENTS:
+            now = datetime.fromtimestamp(self.clock.wall(), UTC)
+            body = core.event_table(core.core_events(records), now, version)
+        else:
+            body = tables.telemetry_table(kind, records, version)
+        return _json_as(body, tables.content_type(version))
 
     def _telemetry_read(self, kind: str, namespace: str | None, name: str | None) -> Response:
         if name is None:

@@ -120,3 +120,49 @@ def restarts_from_usage(records: Sequence[Any]) -> dict[tuple[str, str], int]:
             key = (str(record.get("namespace", "")), str(record.get("instance", "")))
             restarts[key] = record["restarts"]
     return restarts
+
+
+# Telemetry as Tables, so `kubectl get nodeheartbeats,instanceusages` works too: (column,
+# field path) per kind; events take the core Event table (keel.api.core).
+TELEMETRY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "nodeheartbeats": (("Node", "node"), ("CPU", "cpuUsage"), ("Memory", "memoryUsage"),
+                       ("Time", "time")),
+    "instanceusages": (("Instance", "instance"), ("Node", "node"), ("CPU", "cpu"),
+                       ("Memory", "memory"), ("Restarts", "restarts")),
+}  # fmt: skip
+
+
+def telemetry_table(kind: str, records: Sequence[Any], version: str = "v1") -> dict[str, Any]:
+    """Heartbeats or usages as a Table (the first column names the row)."""
+    columns = TELEMETRY_COLUMNS[kind]
+    rows = []
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        cells = [str(record.get(path, "")) for _, path in columns]
+        rows.append(
+            {
+                "cells": cells,
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": f"{TABLE_GROUP}/v1",
+                    "metadata": {"name": cells[0]},
+                },
+            }
+        )
+    return {
+        "kind": "Table",
+        "apiVersion": f"{TABLE_GROUP}/{version}",
+        "metadata": {},
+        "columnDefinitions": [
+            {
+                "name": name,
+                "type": "string",
+                "format": "name" if i == 0 else "",
+                "description": f"{path} (telemetry, never stored)",
+                "priority": 0,
+            }
+            for i, (name, path) in enumerate(columns)
+        ],
+        "rows": rows,
+    }
