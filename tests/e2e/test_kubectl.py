@@ -251,6 +251,7 @@ def test_explain_walks_the_openapi_schema(kubectl: Kubectl) -> None:
     out = kubectl.ok("explain", "deployment.spec.strategy")
     assert "KIND:" in out and "Deployment" in out
     assert "rollingUpdate" in out and "type" in out
+    assert "How a new template replaces the old Instances." in out
 
 
 def test_namespaces_are_one_source_of_truth_and_events_are_listed(

@@ -680,6 +680,50 @@ def _tighten_labels(schemas: dict[str, Schema]) -> None:
             labels["description"] = f"Labels; {LABEL_KEYS}"
 
 
+# What `kubectl explain` shows for the fields people look up first (the models carry the
+# rules; these say what the fields are for). "Schema.field" -> description.
+FIELD_DESCRIPTIONS: dict[str, str] = {
+    "Deployment.spec": "The desired state: how many Instances of which template, placed how, "
+    "rolled out how.",
+    "Deployment.status": "What the deployment controller last observed (it alone writes it).",
+    "DeploymentSpec.replicas": "How many Instances to run (0 to 100000).",
+    "DeploymentSpec.template": "The Instance every replica is made from; a change rolls out.",
+    "DeploymentSpec.selector": "Which Instances are this Deployment's; must match the "
+    "template's labels.",
+    "DeploymentSpec.strategy": "How a new template replaces the old Instances.",
+    "DeploymentSpec.placement": "Which clusters and nodes may run the Instances, spread how.",
+    "DeploymentSpec.priority": "Higher first when the scheduler has to choose.",
+    "DeploymentSpec.minReadySeconds": "An Instance counts as available once Ready this long.",
+    "DeploymentSpec.progressDeadlineSeconds": "A rollout making no progress this long fails "
+    "(and is rolled back with autoRollback).",
+    "DeploymentSpec.revisionHistoryLimit": "Unused old Revisions kept for rollout undo.",
+    "DeploymentSpec.bakeSeconds": "How long a rolled out revision must stay available to be "
+    "marked stable.",
+    "DeploymentSpec.autoRollback": "Return to the stable revision when a rollout fails.",
+    "DeploymentSpec.paused": "No rollout progress while set; scaling still works.",
+    "Strategy.type": "RollingUpdate (replace a few at a time) or Recreate (stop all, then "
+    "start the new ones). Canary is reserved.",
+    "Strategy.rollingUpdate": "The bounds of a RollingUpdate.",
+    "Strategy.canary": "Reserved for the canary strategy; refused until it is supported.",
+    "RollingUpdate.maxSurge": "Instances above replicas during a rollout: a number or a "
+    "percentage of replicas (rounded up).",
+    "RollingUpdate.maxUnavailable": "Instances below replicas that may be unavailable during a "
+    "rollout or a drain: a number or a percentage (rounded down).",
+}
+
+
+def _describe_fields(schemas: dict[str, Schema]) -> None:
+    for path, text in FIELD_DESCRIPTIONS.items():
+        schema_name, field = path.split(".", 1)
+        properties = schemas.get(schema_name, {}).get("properties", {})
+        if field in properties:
+            prop = properties[field]
+            if "$ref" in prop:  # 3.0 ignores a $ref's siblings: wrap it, as Kubernetes does
+                properties[field] = {"allOf": [prop], "description": text}
+            else:
+                prop["description"] = text
+
+
 def build_openapi(
     kinds: Sequence[KindInfo] = KINDS, *, version: str = "0.1.0", with_watch: bool = True
 ) -> dict[str, Any]:
@@ -695,6 +739,7 @@ def build_openapi(
         schemas[info.kind] = _tighten_kind(schemas[info.kind], info)
         schemas[info.kind]["x-kubernetes-group-version-kind"] = [gvk(API_GROUP, info.kind)]
     _tighten_labels(schemas)
+    _describe_fields(schemas)
     schemas.update(_extra_schemas(kinds))
     paths: dict[str, Schema] = {}
     for info in kinds:
