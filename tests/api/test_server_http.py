@@ -101,7 +101,7 @@ def test_unknown_path_is_a_404_status(admin: HttpClient) -> None:
 
 
 def test_requests_without_a_valid_token_are_401(server: ApiServer) -> None:
-    for client in (server.http(None), HttpClient(server.url, "not-a-token")):
+    for client in (server.http(None), HttpClient(server.url, "not-a-token", server.ssl_context)):
         answer = client.get(f"{V1}/namespaces")
         assert answer.status == 401
         assert answer.json["reason"] == "Unauthorized"
