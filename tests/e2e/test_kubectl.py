@@ -214,6 +214,12 @@ def test_scale_sets_replicas_and_honours_resource_version(
     assert json.loads(kubectl.ok("get", "deploy", "web", "-o", "json"))["spec"]["replicas"] == 2
 
 
+def test_a_server_dry_run_changes_nothing(kubectl: Kubectl, web: str) -> None:
+    tried = kubectl("scale", "deployment/web", "--replicas=7", "--dry-run=server")
+    assert tried.returncode != 0 and "dryRun is not supported" in tried.stderr
+    assert json.loads(kubectl.ok("get", "deploy", "web", "-o", "json"))["spec"]["replicas"] != 7
+
+
 def test_label_annotate_and_edit_change_the_object(
     platform: ApiServer, kubectl: Kubectl, web: str, tmp_path: Path
 ) -> None:

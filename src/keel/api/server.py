@@ -770,6 +770,10 @@ class ApiServer:
             watch = request.query_params.get("watch", "").lower() in ("true", "1")
             verb = verb_of(request.method, target, watch)
             principal = self._authenticate(request)
+            if request.method != "GET" and request.query_params.get("dryRun"):
+                # `kubectl diff` and `--dry-run=server` must not change anything: refuse
+                # rather than write what was only to be tried.
+                raise bad_request("dryRun is not supported: nothing was changed")
             response = await self._dispatch(request, principal, target, verb)
         except ApiError as exc:
             if request.query_params.get("fieldValidation") == "Strict":
