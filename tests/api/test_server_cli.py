@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import yaml
 from api_objects import deployment
 from support import V1, ApiServer, HttpClient, wait_for
+from support.processes import ca_context
 
 KEEL = [sys.executable, "-m", "keel"]
 
@@ -28,7 +28,7 @@ def test_up_writes_a_kubeconfig_and_creates_the_clusters(tmp_path: Path) -> None
         token = config["users"][0]["user"]["token"]
         assert server == up.url
         assert config["current-context"] == config["contexts"][0]["name"]
-        client = HttpClient(server, token)
+        client = HttpClient(server, token, up.ssl_context)
         assert (state / "keel.db").exists()
 
         def clusters() -> list[str]:
@@ -46,7 +46,7 @@ def test_up_writes_a_kubeconfig_and_creates_the_clusters(tmp_path: Path) -> None
     try:
         config = yaml.safe_load((state / "kubeconfig").read_text())
         assert config["users"][0]["user"]["token"] == token
-        client = HttpClient(again.url, token)
+        client = HttpClient(again.url, token, again.ssl_context)
         assert client.get(f"{V1}/namespaces/default/deployments/web").status == 200
         items = client.get(f"{V1}/clusters").json["items"]
         assert [c["metadata"]["name"] for c in items] == ["cluster-1", "cluster-2"]
@@ -72,7 +72,7 @@ def test_boundary_reports_writes_per_kind_with_storage_class(tmp_path: Path) -> 
     assert "create=3" in lines["Namespace"]  # default, keel-system, keel-node-lease
 
 
-def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path) -> None:
+def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             *KEEL,
@@ -80,9 +80,11 @@ def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path) -> None:
             "--store",
             f"sqlite:///{tmp_path / 'k.db'}",
             "--listen",
-            "0.0.0.0:0",
+            "127.0.0.1:0",
             "--state-dir",
             str(tmp_path),
+            "--tls-cert-file",
+            str(tmp_path / "tls.crt"),
         ],
         capture_output=True,
         text=True,
@@ -90,7 +92,7 @@ def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert "TLS" in result.stderr
+    assert "--tls-cert-file was given without --tls-key-file" in result.stderr
     assert not (tmp_path / "k.db").exists()
 
 
@@ -128,7 +130,7 @@ def test_tls_serving_with_the_kubeconfig_trusting_the_certificate(tmp_path: Path
         assert f"listening on {server.url}" in server.log()
         cluster = yaml.safe_load(server.kubeconfig.read_text())["clusters"][0]["cluster"]
         assert cluster["server"] == server.url
-        trusting = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        trusting = ca_context(cluster)
         assert HttpClient(server.url, server.token(), trusting).get(f"{V1}/nodes").status == 200
         # A client that does not trust the certificate gets no answer.
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):

@@ -146,7 +146,7 @@ async def test_invalid_writes_name_the_offending_fields(apiserver: ApiServer) ->
 
 
 async def test_a_wrong_token_is_unauthorized(apiserver: ApiServer) -> None:
-    async with KeelClient(apiserver.url, token="not-a-token") as client:
+    async with KeelClient(apiserver.url, token="not-a-token", ssl=apiserver.ssl_context) as client:
         with pytest.raises(Unauthorized):
             await client.get(Node, "anything")
 

@@ -72,6 +72,7 @@ def test_default_path_is_the_env_var_then_dot_keel(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KEEL_KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     assert default_kubeconfig_path() == Path(".keel/kubeconfig")
     (tmp_path / ".keel").mkdir()
     write(tmp_path / ".keel" / "kubeconfig", KEEL_UP_STYLE)
@@ -83,11 +84,62 @@ def test_default_path_is_the_env_var_then_dot_keel(
     assert load_kubeconfig().token == "bob-token"
 
 
+def test_kubeconfig_env_comes_after_the_flag_and_before_dot_keel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KEEL_KUBECONFIG", raising=False)
+    (tmp_path / ".keel").mkdir()
+    write(tmp_path / ".keel" / "kubeconfig", KEEL_UP_STYLE)
+    other = write(tmp_path / "kube.yaml", MULTI_CONTEXT)
+    monkeypatch.setenv("KUBECONFIG", str(other))
+    assert load_kubeconfig().token == "bob-token"  # $KUBECONFIG before .keel/kubeconfig
+    assert load_kubeconfig(context="first").token == "alice-token"  # --context
+    flag = tmp_path / ".keel" / "kubeconfig"
+    assert load_kubeconfig(flag).token == "s3cret"  # --kubeconfig before $KUBECONFIG
+
+
+def test_kubeconfig_list_merges_as_kubectl_first_file_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KEEL_KUBECONFIG", raising=False)
+    (tmp_path / "a").mkdir()
+    first = write(
+        tmp_path / "a" / "config",
+        {
+            "clusters": [
+                {
+                    "name": "two",
+                    "cluster": {"server": "https://first:9", "certificate-authority": "ca.pem"},
+                }
+            ],
+            "users": [{"name": "carol", "user": {"token": "carol-token"}}],
+            "contexts": [{"name": "mine", "context": {"cluster": "two", "user": "carol"}}],
+        },
+    )
+    second = write(tmp_path / "second.yaml", MULTI_CONTEXT)
+    missing = tmp_path / "missing.yaml"
+    monkeypatch.setenv("KUBECONFIG", f"{missing}:{first}::{second}")
+    # current-context from the second file (the first has none); cluster "two" from the first
+    config = load_kubeconfig()
+    assert (config.server, config.token, config.namespace) == (
+        "https://first:9",
+        "bob-token",
+        "team",
+    )
+    assert config.certificate_authority == tmp_path / "a" / "ca.pem"  # relative to its file
+    assert load_kubeconfig(context="mine").token == "carol-token"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    with pytest.raises(KubeconfigError, match="none of its files exists"):
+        load_kubeconfig()
+
+
 def test_missing_file_error_names_the_path_and_how_to_choose_another(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KEEL_KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     with pytest.raises(
         KubeconfigError, match=r"\.keel/kubeconfig: no such kubeconfig.*KEEL_KUBECONFIG"
     ):

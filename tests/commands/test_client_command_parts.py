@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from keel.api.columns import age
 from keel.api.registry import lookup
-from keel.cli._common import age
 from keel.cli._manifests import ManifestError, decode, document_kind, parse_documents
 from keel.cli._units import cpu, memory, show_capacity, show_memory
 from keel.cli.logs import Follower

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_mod
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -228,19 +229,20 @@ class HttpConnection:
     poll = 0.05
     compaction_bound = COMPACTION_RETENTION + 2 * COMPACTION_INTERVAL
 
-    def __init__(self, url: str, tokens: dict[str, str]) -> None:
+    def __init__(self, url: str, tokens: dict[str, str], ssl: ssl_mod.SSLContext | None) -> None:
         self.url = url
         self._tokens = tokens
-        self.transport: HttpTransport = AiohttpTransport()
+        self._ssl = ssl
+        self.transport: HttpTransport = AiohttpTransport(ssl=ssl)
 
     def token(self, role: str) -> str:
         return self._tokens[role]
 
     def client(self, role: str, namespace: str) -> KeelClient:
-        return KeelClient(self.url, token=self._tokens[role], namespace=namespace)
+        return KeelClient(self.url, token=self._tokens[role], namespace=namespace, ssl=self._ssl)
 
     def anonymous(self, namespace: str) -> KeelClient:
-        return KeelClient(self.url, namespace=namespace)
+        return KeelClient(self.url, namespace=namespace, ssl=self._ssl)
 
     async def close(self) -> None:
         await self.transport.aclose()
@@ -250,12 +252,13 @@ class HttpConnection:
 class HttpBackend:
     url: str
     tokens: dict[str, str]
+    ssl: ssl_mod.SSLContext | None = None
 
     def run(self, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run(main())
 
     async def connect(self) -> HttpConnection:
-        return HttpConnection(self.url, self.tokens)
+        return HttpConnection(self.url, self.tokens, self.ssl)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +270,8 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpBacken
     )  # fmt: skip
     with server:
         roles = ("admin", "viewer", "controller", "scheduler")
-        yield HttpBackend(server.url, {role: server.token(role) for role in roles})
+        tokens = {role: server.token(role) for role in roles}
+        yield HttpBackend(server.url, tokens, server.ssl_context)
 
 
 # -- sim: a SimCluster per case, in virtual time

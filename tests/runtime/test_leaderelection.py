@@ -331,7 +331,9 @@ async def test_a_leader_that_gets_no_answer_steps_down_at_its_deadline(
 ) -> None:
     server = ApiServer(tmp_path / "apiserver").start()
     try:
-        async with KeelClient(server.url, token=server.token(), timeout=30) as client:
+        async with KeelClient(
+            server.url, token=server.token(), timeout=30, ssl=server.ssl_context
+        ) as client:
             a = elector(client, lease_name(), "a")
             async with running(a):
                 await asyncio.wait_for(a.wait_leading(), 10)

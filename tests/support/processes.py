@@ -8,6 +8,7 @@ starts the other components (`keel controller-manager`, `keel scheduler`, `keel 
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import subprocess
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from signal import SIGCONT, SIGKILL, SIGSTOP, SIGTERM, Signals
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 
@@ -153,6 +154,15 @@ class KeelProcess:
         self.stop()
 
 
+def ca_context(cluster: dict[str, Any]) -> ssl.SSLContext | None:
+    """A client context trusting a kubeconfig cluster's CA (None for plain HTTP)."""
+    data = cluster.get("certificate-authority-data")
+    if data:
+        return ssl.create_default_context(cadata=base64.b64decode(data).decode("ascii"))
+    ca = cluster.get("certificate-authority")
+    return ssl.create_default_context(cafile=ca) if ca else None
+
+
 def _tests_on_path() -> dict[str, str]:
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(TESTS)]))
     return {"PYTHONPATH": path}
@@ -237,8 +247,7 @@ class ApiServer(KeelProcess):
         cluster = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]
         self.url = str(cluster["server"])
         self.port = int(self.url.rsplit(":", 1)[1])
-        ca = cluster.get("certificate-authority")
-        self.ssl_context = ssl.create_default_context(cafile=ca) if ca else None
+        self.ssl_context = ca_context(cluster)
         try:
             return self.http(None).get("/readyz", timeout=2).status == 200
         except OSError:
@@ -261,8 +270,9 @@ class ApiServer(KeelProcess):
         path = self.state_dir / f"kubeconfig-{role.replace(':', '-')}"
         cluster: dict[str, str] = {"server": self.url}
         admin = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]
-        if "certificate-authority" in admin:
-            cluster["certificate-authority"] = admin["certificate-authority"]
+        for field in ("certificate-authority", "certificate-authority-data"):
+            if field in admin:
+                cluster[field] = admin[field]
         config = {
             "apiVersion": "v1",
             "kind": "Config",

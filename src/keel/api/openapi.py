@@ -13,7 +13,16 @@ import msgspec
 
 from keel.api import telemetry
 from keel.api.registry import KINDS, TELEMETRY_GROUP, KindInfo
-from keel.api.resources import API_VERSION, NAME_RE, Binding, Eviction, LeaseRenewal, Status
+from keel.api.resources import (
+    API_GROUP,
+    API_VERSION,
+    NAME_RE,
+    Binding,
+    Eviction,
+    LeaseRenewal,
+    Status,
+)
+from keel.api.scale import Scale
 
 Schema = dict[str, Any]
 OPENAPI_VERSION = "3.0.3"
@@ -359,7 +368,74 @@ def _links(info: KindInfo) -> Schema:
     return links
 
 
+# Inline (not a $ref): kubectl looks for it by name among a PATCH operation's parameters to
+# learn that the server validates fields itself, and then skips its own validation.
+FIELD_VALIDATION: Schema = {
+    "name": "fieldValidation",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["Strict", "Warn", "Ignore"]},
+    "description": "Keel always validates strictly: an unknown or ill-typed field is a 422 "
+    "naming its path, whatever this says (kubectl sends Strict)",
+}
+_ACTIONS = {"get": "get", "post": "post", "put": "put", "patch": "patch", "delete": "delete"}
+
+
+def gvk(group: str, kind: str, version: str = "v1") -> dict[str, str]:
+    return {"group": group, "kind": kind, "version": version}
+
+
+def _mark_gvk(paths: dict[str, Schema], group_version_kind: dict[str, str]) -> None:
+    """`x-kubernetes-group-version-kind` and `x-kubernetes-action` on each operation, as
+    kube-apiserver publishes them (kubectl finds a kind's operations by them)."""
+    for item in paths.values():
+        for method, op in item.items():
+            if method in _ACTIONS and isinstance(op, dict):
+                action = _ACTIONS[method]
+                if method == "get" and "watch" in str(op.get("summary", "")).lower():
+                    action = "list"
+                op["x-kubernetes-group-version-kind"] = dict(group_version_kind)
+                op["x-kubernetes-action"] = action
+
+
 def _kind_paths(info: KindInfo, with_watch: bool) -> dict[str, Schema]:
+    paths = _plain_kind_paths(info, with_watch)
+    _mark_gvk(paths, gvk(API_GROUP, info.kind))
+    if "scale" in info.subresources:
+        paths.update(_scale_paths(info))
+    return paths
+
+
+def _scale_paths(info: KindInfo) -> dict[str, Schema]:
+    kind, plural = info.kind, info.plural
+    prefix = f"/apis/{API_VERSION}/namespaces/{{namespace}}/{plural}/{{name}}/scale"
+    params = [_param("namespace"), _param("name")]
+    validated = [_param("fencingToken"), FIELD_VALIDATION]
+    paths: dict[str, Schema] = {
+        prefix: {
+            "parameters": params,
+            "get": _operation(
+                f"readNamespaced{kind}Scale", f"Read the scale of a {kind}", kind,
+                {"200": _ok("Scale", "spec.replicas and status.replicas")},
+            ),
+            "put": _operation(
+                f"replaceNamespaced{kind}Scale",
+                f"Set a {kind}'s replicas (409 when metadata.resourceVersion is stale)", kind,
+                {"200": _ok("Scale", "The new scale")},
+                parameters=validated, requestBody=_body("Scale", "spec.replicas"),
+            ),
+            "patch": _operation(
+                f"patchNamespaced{kind}Scale", f"Patch a {kind}'s replicas", kind,
+                {"200": _ok("Scale", "The new scale")},
+                parameters=validated, requestBody=_patch_body(),
+            ),
+        }
+    }  # fmt: skip
+    _mark_gvk(paths, gvk("autoscaling", "Scale"))
+    return paths
+
+
+def _plain_kind_paths(info: KindInfo, with_watch: bool) -> dict[str, Schema]:
     kind, plural = info.kind, info.plural
     scope = "Namespaced" if info.namespaced else ""
     base = f"/apis/{API_VERSION}"
@@ -367,6 +443,7 @@ def _kind_paths(info: KindInfo, with_watch: bool) -> dict[str, Schema]:
     scope_params = [_param("namespace")] if info.namespaced else []
     item_params = [*scope_params, _param("name")]
     write_params = [_param("fencingToken")]
+    validated = [*write_params, FIELD_VALIDATION]
     list_params = [_param(p) for p in ("labelSelector", "fieldSelector", "limit", "continue")]
     list_params.append(_param("resourceVersion"))
     if with_watch:
@@ -390,7 +467,7 @@ def _kind_paths(info: KindInfo, with_watch: bool) -> dict[str, Schema]:
                 f"create{scope}{kind}", f"Create a {kind}", tag,
                 {"201": {**_ok(kind, f"The created {kind}"), "links": _links(info)},
                  "200": _ok(kind, f"The {kind}")},
-                parameters=write_params, requestBody=_create_body(kind),
+                parameters=validated, requestBody=_create_body(kind),
             ),
         },
         f"{prefix}/{{name}}": {
@@ -403,12 +480,12 @@ def _kind_paths(info: KindInfo, with_watch: bool) -> dict[str, Schema]:
                 f"replace{scope}{kind}",
                 f"Replace a {kind} (409 when metadata.resourceVersion is stale)", tag,
                 {"200": _ok(kind, f"The replaced {kind}")},
-                parameters=write_params, requestBody=_body(kind, f"The new {kind}"),
+                parameters=validated, requestBody=_body(kind, f"The new {kind}"),
             ),
             "patch": _operation(
                 f"patch{scope}{kind}", f"Patch a {kind}", tag,
                 {"200": _ok(kind, f"The patched {kind}")},
-                parameters=write_params, requestBody=_patch_body(),
+                parameters=validated, requestBody=_patch_body(),
             ),
             "delete": _operation(
                 f"delete{scope}{kind}",
@@ -437,13 +514,13 @@ def _kind_paths(info: KindInfo, with_watch: bool) -> dict[str, Schema]:
             "put": _operation(
                 f"replace{scope}{kind}Status", f"Replace the status of a {kind}", tag,
                 {"200": _ok(kind, f"The {kind}")},
-                parameters=write_params,
+                parameters=validated,
                 requestBody=_body(kind, f"The {kind}; only its status is used"),
             ),
             "patch": _operation(
                 f"patch{scope}{kind}Status", f"Patch the status of a {kind}", tag,
                 {"200": _ok(kind, f"The {kind}")},
-                parameters=write_params, requestBody=_patch_body(),
+                parameters=validated, requestBody=_patch_body(),
             ),
         }  # fmt: skip
     if "binding" in info.subresources:
@@ -549,7 +626,19 @@ def _system_paths() -> dict[str, Schema]:
                               {"200": _plain("Metrics")}),
         },
         "/openapi/v3": {
-            "get": _operation("getOpenAPI", "This document", "System",
+            "get": _operation("getOpenAPI", "The index of group-versions and their documents",
+                              "System",
+                              {"200": {"description": "paths: group-version -> serverRelativeURL",
+                                       "content": {JSON: {"schema": {"type": "object"}}}}}),
+        },
+        f"/openapi/v3/apis/{API_VERSION}": {
+            "get": _operation("getOpenAPIKeel", "This document", "System",
+                              {"200": {"description": "OpenAPI 3.0 document",
+                                       "content": {JSON: {"schema": {"type": "object"}}}}}),
+        },
+        "/openapi/v3/api/v1": {
+            "get": _operation("getOpenAPICore",
+                              "The core group's document (Namespaces and Events)", "System",
                               {"200": {"description": "OpenAPI 3.0 document",
                                        "content": {JSON: {"schema": {"type": "object"}}}}}),
         },
@@ -591,6 +680,50 @@ def _tighten_labels(schemas: dict[str, Schema]) -> None:
             labels["description"] = f"Labels; {LABEL_KEYS}"
 
 
+# What `kubectl explain` shows for the fields people look up first (the models carry the
+# rules; these say what the fields are for). "Schema.field" -> description.
+FIELD_DESCRIPTIONS: dict[str, str] = {
+    "Deployment.spec": "The desired state: how many Instances of which template, placed how, "
+    "rolled out how.",
+    "Deployment.status": "What the deployment controller last observed (it alone writes it).",
+    "DeploymentSpec.replicas": "How many Instances to run (0 to 100000).",
+    "DeploymentSpec.template": "The Instance every replica is made from; a change rolls out.",
+    "DeploymentSpec.selector": "Which Instances are this Deployment's; must match the "
+    "template's labels.",
+    "DeploymentSpec.strategy": "How a new template replaces the old Instances.",
+    "DeploymentSpec.placement": "Which clusters and nodes may run the Instances, spread how.",
+    "DeploymentSpec.priority": "Higher first when the scheduler has to choose.",
+    "DeploymentSpec.minReadySeconds": "An Instance counts as available once Ready this long.",
+    "DeploymentSpec.progressDeadlineSeconds": "A rollout making no progress this long fails "
+    "(and is rolled back with autoRollback).",
+    "DeploymentSpec.revisionHistoryLimit": "Unused old Revisions kept for rollout undo.",
+    "DeploymentSpec.bakeSeconds": "How long a rolled out revision must stay available to be "
+    "marked stable.",
+    "DeploymentSpec.autoRollback": "Return to the stable revision when a rollout fails.",
+    "DeploymentSpec.paused": "No rollout progress while set; scaling still works.",
+    "Strategy.type": "RollingUpdate (replace a few at a time) or Recreate (stop all, then "
+    "start the new ones). Canary is reserved.",
+    "Strategy.rollingUpdate": "The bounds of a RollingUpdate.",
+    "Strategy.canary": "Reserved for the canary strategy; refused until it is supported.",
+    "RollingUpdate.maxSurge": "Instances above replicas during a rollout: a number or a "
+    "percentage of replicas (rounded up).",
+    "RollingUpdate.maxUnavailable": "Instances below replicas that may be unavailable during a "
+    "rollout or a drain: a number or a percentage (rounded down).",
+}
+
+
+def _describe_fields(schemas: dict[str, Schema]) -> None:
+    for path, text in FIELD_DESCRIPTIONS.items():
+        schema_name, field = path.split(".", 1)
+        properties = schemas.get(schema_name, {}).get("properties", {})
+        if field in properties:
+            prop = properties[field]
+            if "$ref" in prop:  # 3.0 ignores a $ref's siblings: wrap it, as Kubernetes does
+                properties[field] = {"allOf": [prop], "description": text}
+            else:
+                prop["description"] = text
+
+
 def build_openapi(
     kinds: Sequence[KindInfo] = KINDS, *, version: str = "0.1.0", with_watch: bool = True
 ) -> dict[str, Any]:
@@ -600,11 +733,13 @@ def build_openapi(
     never-ending streams); the server publishes the full document.
     """
     models: list[type[Any]] = [info.model for info in kinds]
-    models += [Status, Binding, Eviction, LeaseRenewal, *telemetry.MODELS.values()]
+    models += [Status, Binding, Eviction, LeaseRenewal, Scale, *telemetry.MODELS.values()]
     schemas = model_schemas(models)
     for info in kinds:
         schemas[info.kind] = _tighten_kind(schemas[info.kind], info)
+        schemas[info.kind]["x-kubernetes-group-version-kind"] = [gvk(API_GROUP, info.kind)]
     _tighten_labels(schemas)
+    _describe_fields(schemas)
     schemas.update(_extra_schemas(kinds))
     paths: dict[str, Schema] = {}
     for info in kinds:
@@ -636,4 +771,92 @@ def build_openapi(
                 }
             },
         },
+    }
+
+
+# --------------------------------------------------------------------------- Kubernetes' layout
+
+CORE_GVK = {"Namespace": gvk("", "Namespace"), "Event": gvk("", "Event")}
+
+
+def core_openapi(keel_document: dict[str, Any]) -> dict[str, Any]:
+    """`/openapi/v3/api/v1`: the core group's Namespaces (keel.dev's objects as apiVersion v1)
+    and Events (telemetry), in the shape kubectl reads: operations and schemas carrying
+    `x-kubernetes-group-version-kind`, writes taking `fieldValidation`."""
+    schemas = copy.deepcopy(keel_document["components"]["schemas"])
+    namespace = copy.deepcopy(schemas["Namespace"])
+    namespace["properties"]["apiVersion"] = {"type": "string", "enum": ["v1"], "default": "v1"}
+    namespace["x-kubernetes-group-version-kind"] = [CORE_GVK["Namespace"]]
+    schemas["io.k8s.api.core.v1.Namespace"] = namespace
+    schemas["io.k8s.api.core.v1.Event"] = {
+        "type": "object",
+        "description": "Something that happened to an object: telemetry, never stored.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": _ref("ObjectMeta"),
+            "involvedObject": {"type": "object"},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "count": {"type": "integer"},
+            "firstTimestamp": {"type": "string"},
+            "lastTimestamp": {"type": "string"},
+        },
+        "x-kubernetes-group-version-kind": [CORE_GVK["Event"]],
+    }
+    ns_ref = "io.k8s.api.core.v1.Namespace"
+    ok = {"200": _ok(ns_ref, "The Namespace")}
+    validated = [FIELD_VALIDATION]
+    paths: dict[str, Schema] = {
+        "/api/v1/namespaces": {
+            "get": _operation("listCoreV1Namespace", "List or watch namespaces", "Namespace",
+                              {"200": {"description": "NamespaceList",
+                                       "content": {JSON: {"schema": {"type": "object"}}}}}),
+            "post": _operation("createCoreV1Namespace", "Create a Namespace", "Namespace",
+                               {"201": _ok(ns_ref, "The created Namespace")},
+                               parameters=validated, requestBody=_body(ns_ref, "The Namespace")),
+        },
+        "/api/v1/namespaces/{name}": {
+            "parameters": [_param("name")],
+            "get": _operation("readCoreV1Namespace", "Read a Namespace", "Namespace", ok),
+            "put": _operation("replaceCoreV1Namespace", "Replace a Namespace", "Namespace", ok,
+                              parameters=validated, requestBody=_body(ns_ref, "The Namespace")),
+            "patch": _operation("patchCoreV1Namespace", "Patch a Namespace", "Namespace", ok,
+                                parameters=validated, requestBody=_patch_body()),
+            "delete": _operation("deleteCoreV1Namespace", "Delete a Namespace", "Namespace", ok),
+        },
+    }  # fmt: skip
+    _mark_gvk(paths, CORE_GVK["Namespace"])
+    events: dict[str, Schema] = {
+        "/api/v1/namespaces/{namespace}/events": {
+            "parameters": [_param("namespace")],
+            "get": _operation("listCoreV1NamespacedEvent", "List the events of a namespace",
+                              "Event", {"200": {"description": "EventList",
+                                                "content": {JSON: {"schema": {"type": "object"}}}}},
+                              parameters=[_param("fieldSelector")]),
+        },
+    }  # fmt: skip
+    _mark_gvk(events, CORE_GVK["Event"])
+    paths.update(events)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "Keel API: core group", "version": keel_document["info"]["version"]},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "parameters": keel_document["components"]["parameters"],
+            "responses": keel_document["components"]["responses"],
+            "securitySchemes": keel_document["components"]["securitySchemes"],
+        },
+    }
+
+
+def openapi_index(hashes: dict[str, str]) -> dict[str, Any]:
+    """`/openapi/v3`: each group-version's document and the hash that names its content."""
+    return {
+        "paths": {
+            gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash={digest}"}
+            for gv, digest in sorted(hashes.items())
+        }
     }

@@ -181,7 +181,7 @@ KINDS: tuple[KindInfo, ...] = (
         StorageClass.CONSENSUS,
         spec_owner=Owner.USER,
         status_owner=Owner.CONTROLLER,
-        subresources=("status",),
+        subresources=("status", "scale"),
         short_names=("deploy",),
         why="desired state",
     ),

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any, cast, get_args
 
@@ -31,9 +32,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from keel.api import auth
+from keel.api import auth, core, discovery, protobuf, tables
+from keel.api import scale as scale_mod
 from keel.api import telemetry as telemetry_mod
 from keel.api.admission import TokenBucketAdmission
+from keel.api.columns import Extras
 from keel.api.compactor import Compactor
 from keel.api.managedfields import fields_of
 from keel.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -46,13 +49,13 @@ from keel.api.registry import (
     KINDS,
     REGISTRY_PREFIX,
     TELEMETRY_GROUP,
-    TELEMETRY_KINDS,
     KindInfo,
 )
 from keel.api.resources import (
     API_GROUP,
     API_VERSION,
     Binding,
+    Deployment,
     EndpointRegistration,
     Eviction,
     Lease,
@@ -105,6 +108,9 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = ("application/apply-patch+yaml", "application/apply-patch+json")
 FENCING_HEADER = "keel-fencing-token"
+BINARY_MEDIA_TYPES = frozenset(
+    {"application/vnd.kubernetes.protobuf", "application/cbor", "application/apply-patch+cbor"}
+)
 # How deep the arrays and objects of a request body may nest. Keel's deepest object nests
 # about ten levels; the decoders and the patch code recurse once per level, and a thousand
 # levels exhaust Python's stack (Kubernetes, in Go, stops at 10,000).
@@ -221,6 +227,26 @@ def validation_cause(message: str) -> StatusCause:
             path = f"{path}.{own}"
         text = prefixed["rest"]
     return StatusCause(path, text, "FieldValueInvalid")
+
+
+def strict_decoding_error(kind: str, exc: ApiError) -> ApiError:
+    """Under `fieldValidation=Strict` (what kubectl sends), unknown fields are answered as
+    kube-apiserver does: 400 `strict decoding error: unknown field "spec.x"`, so kubectl
+    reports them in its own words. Other errors are left as they are."""
+    causes = exc.details.causes if exc.details is not None else []
+    if exc.code != 422 or not causes:
+        return exc
+    if any(
+        c.reason != "FieldValueNotSupported" or "unknown field" not in c.message for c in causes
+    ):
+        return exc
+    fields = ", ".join(f'unknown field "{c.field}"' for c in causes)
+    return ApiError(
+        400,
+        "BadRequest",
+        f'{kind} in version "v1" cannot be handled as a {kind}: strict decoding error: {fields}',
+        details=exc.details,
+    )
 
 
 _decoders: dict[type[Resource], msgspec.json.Decoder[Any]] = {}
@@ -374,6 +400,22 @@ def list_body(info: KindInfo, items: list[bytes], meta: ListMeta) -> bytes:
     return head + b",".join(items) + b"]}"
 
 
+def initial_events_end_line(kind: str, revision: int) -> bytes:
+    """The bookmark that ends a watch-list's initial events (`k8s.io/initial-events-end`)."""
+    event = {
+        "type": "BOOKMARK",
+        "object": {
+            "apiVersion": API_VERSION,
+            "kind": kind,
+            "metadata": {
+                "resourceVersion": str(revision),
+                "annotations": {"k8s.io/initial-events-end": "true"},
+            },
+        },
+    }
+    return msgspec.json.encode(event) + b"\n"
+
+
 def verb_of(method: str, target: Target, watch: bool) -> str:
     if target.subresource == "renew":
         return "renew"
@@ -388,52 +430,15 @@ def verb_of(method: str, target: Target, watch: bool) -> str:
     )
 
 
-# ------------------------------------------------------------------------- discovery
-
-
-def discovery_resources() -> list[dict[str, Any]]:
-    resources: list[dict[str, Any]] = []
-    for info in KINDS:
-        resources.append(
-            {
-                "name": info.plural,
-                "singularName": info.singular,
-                "namespaced": info.namespaced,
-                "kind": info.kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                "shortNames": list(info.short_names),
-                "storageClass": info.storage.value,
-            }
-        )
-        for sub in subresources(info):
-            kind, verbs = {
-                "status": (info.kind, ["get", "patch", "update"]),
-                "binding": ("Binding", ["create"]),
-                "eviction": ("Eviction", ["create"]),
-                "renew": ("LeaseRenewal", ["create"]),
-            }[sub]
-            resources.append(
-                {
-                    "name": f"{info.plural}/{sub}",
-                    "singularName": "",
-                    "namespaced": info.namespaced,
-                    "kind": kind,
-                    "verbs": verbs,
-                }
-            )
-    return resources
-
-
-def _group(name: str) -> dict[str, Any]:
-    version = {"groupVersion": f"{name}/v1", "version": "v1"}
-    return {"name": name, "versions": [version], "preferredVersion": version}
-
-
 # ------------------------------------------------------------------------- the server
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status_code=status, media_type=JSON)
+
+
+def _json_as(data: Any, media_type: str, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type=media_type)
 
 
 def _error(exc: ApiError) -> Response:
@@ -518,6 +523,7 @@ class ApiServer:
         self.ready = asyncio.Event()
         self.boot_error: BaseException | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._openapi_docs: dict[str, tuple[bytes, str]] | None = None
         self._compactor: Compactor | None = None
         self._predicates: dict[
             tuple[str, str | None, str | None], Callable[[CachedObject], bool] | None
@@ -602,6 +608,7 @@ class ApiServer:
             Route("/version", self.version, methods=["GET"]),
             Route("/api", self.guarded(self.api_versions), methods=["GET"]),
             Route("/api/v1", self.guarded(self.api_core), methods=["GET"]),
+            Route("/api/v1/{rest:path}", self.core_endpoint, methods=methods),
             Route("/apis", self.guarded(self.api_groups), methods=["GET"]),
             Route(f"/apis/{API_GROUP}", self.guarded(self.api_group), methods=["GET"]),
             Route(f"/apis/{API_GROUP}/v1", self.guarded(self.api_resources), methods=["GET"]),
@@ -619,6 +626,7 @@ class ApiServer:
             Route("/metrics", self.guarded(self.metrics_endpoint), methods=["GET"]),
             Route("/openapi/v3", self.guarded(self.openapi), methods=["GET"]),
             *ui_routes(self),  # the web dashboard, /ui (keel.api.ui)
+            Route("/openapi/v3/{rest:path}", self.guarded(self.openapi_document), methods=["GET"]),
         ]
 
         async def http_error(request: Request, exc: Exception) -> Response:
@@ -711,76 +719,73 @@ class ApiServer:
         )
 
     async def api_versions(self, request: Request) -> Response:
-        return _json(
-            {
-                "kind": "APIVersions",
-                "apiVersion": "v1",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": request.url.netloc}
-                ],
-            }
-        )
+        aggregated = discovery.aggregated_version(request.headers.get("accept", ""))
+        if aggregated is not None:
+            return _json_as(
+                discovery.aggregated_core(aggregated), discovery.content_type(aggregated)
+            )
+        return _json(discovery.api_versions(request.url.netloc))
 
     async def api_core(self, request: Request) -> Response:
-        return _json(
-            {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": []}
-        )
+        return _json(discovery.resource_list("v1", discovery.core_resources()))
 
     async def api_groups(self, request: Request) -> Response:
-        return _json(
-            {
-                "kind": "APIGroupList",
-                "apiVersion": "v1",
-                "groups": [_group(API_GROUP), _group(TELEMETRY_GROUP)],
-            }
-        )
+        aggregated = discovery.aggregated_version(request.headers.get("accept", ""))
+        if aggregated is not None:
+            return _json_as(
+                discovery.aggregated_groups(aggregated), discovery.content_type(aggregated)
+            )
+        return _json(discovery.group_list())
 
     async def api_group(self, request: Request) -> Response:
-        return _json({"kind": "APIGroup", "apiVersion": "v1", **_group(API_GROUP)})
+        return _json({"kind": "APIGroup", "apiVersion": "v1", **discovery.group(API_GROUP)})
 
     async def telemetry_group(self, request: Request) -> Response:
-        return _json({"kind": "APIGroup", "apiVersion": "v1", **_group(TELEMETRY_GROUP)})
+        return _json({"kind": "APIGroup", "apiVersion": "v1", **discovery.group(TELEMETRY_GROUP)})
 
     async def api_resources(self, request: Request) -> Response:
-        return _json(
-            {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": API_VERSION,
-                "resources": discovery_resources(),
-            }
-        )
+        return _json(discovery.resource_list(API_VERSION, discovery.keel_resources()))
 
     async def telemetry_resources(self, request: Request) -> Response:
-        resources = [
-            {
-                "name": name,
-                "singularName": "",
-                "namespaced": name != "nodeheartbeats",
-                "kind": name,
-                "verbs": ["create", "get", "list", "update"],
-                "storageClass": "memory",
-                "description": why,
-            }
-            for name, why in TELEMETRY_KINDS.items()
-        ]
         return _json(
-            {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": f"{TELEMETRY_GROUP}/v1",
-                "resources": resources,
-            }
+            discovery.resource_list(f"{TELEMETRY_GROUP}/v1", discovery.telemetry_resources())
         )
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render().encode(), media_type=METRICS_CONTENT_TYPE)
 
-    async def openapi(self, request: Request) -> Response:
-        from keel.api.openapi import build_openapi
+    def _openapi_documents(self) -> dict[str, tuple[bytes, str]]:
+        """Group-version -> (encoded document, hash), built once."""
+        if self._openapi_docs is None:
+            import hashlib
 
-        return _json(build_openapi(KINDS))
+            from keel.api.openapi import build_openapi, core_openapi
+
+            keel_doc = build_openapi(KINDS)
+            docs = {f"apis/{API_VERSION}": keel_doc, "api/v1": core_openapi(keel_doc)}
+            self._openapi_docs = {}
+            for gv, doc in docs.items():
+                data = msgspec.json.encode(doc)
+                self._openapi_docs[gv] = (data, hashlib.sha512(data).hexdigest()[:64].upper())
+        return self._openapi_docs
+
+    async def openapi(self, request: Request) -> Response:
+        """`/openapi/v3`: the index of group-version documents, as kube-apiserver serves it."""
+        from keel.api.openapi import openapi_index
+
+        docs = self._openapi_documents()
+        return _json(openapi_index({gv: digest for gv, (_, digest) in docs.items()}))
+
+    async def openapi_document(self, request: Request) -> Response:
+        """`/openapi/v3/apis/keel.dev/v1` and `/openapi/v3/api/v1`."""
+        found = self._openapi_documents().get(request.path_params["rest"].strip("/"))
+        if found is None:
+            raise _no_route(request.url.path)
+        data, digest = found
+        headers = {"Etag": f'"{digest}"'}
+        if request.query_params.get("hash") == digest:
+            headers["Cache-Control"] = "public, immutable"
+        return Response(data, media_type=JSON, headers=headers)
 
     # -- resources
 
@@ -793,8 +798,14 @@ class ApiServer:
             watch = request.query_params.get("watch", "").lower() in ("true", "1")
             verb = verb_of(request.method, target, watch)
             principal = self._authenticate(request)
+            if request.method != "GET" and request.query_params.get("dryRun"):
+                # `kubectl diff` and `--dry-run=server` must not change anything: refuse
+                # rather than write what was only to be tried.
+                raise bad_request("dryRun is not supported: nothing was changed")
             response = await self._dispatch(request, principal, target, verb)
         except ApiError as exc:
+            if request.query_params.get("fieldValidation") == "Strict":
+                exc = strict_decoding_error(kind, exc)
             response = _error(exc)
         except StoreError as exc:
             response = _error(store_error(exc))
@@ -840,6 +851,11 @@ class ApiServer:
                 raise ApiError(405, "MethodNotAllowed", "renew takes POST")
             self._authorize(principal, self._auth_request("renew", target))
             return await self.renew(request, target)
+        if target.subresource == "scale":
+            # Scaling is writing the Deployment's spec.replicas: the Deployment's own rules.
+            scale_target = Target(info, target.namespace, target.name, None)
+            self._authorize(principal, self._auth_request(verb, scale_target))
+            return await self.scale(request, target, writer=writer_of(request, principal))
         node_name = None
         if target.subresource == "status" and info.kind == "Instance":
             node_name = await self._stored_node_name(target)
@@ -896,11 +912,85 @@ class ApiServer:
             cached = self.cache.get(info, namespace, name)
             if cached is None:
                 raise not_found(info, name)
+            if self._table_version(request):
+                return self._table(request, info, namespace, [(cached.obj, cached.data)], None)
             return Response(cached.data, media_type=JSON)
         stored = await self.storage.read(info, namespace, name)
         if stored is None:
             raise not_found(info, name)
+        if self._table_version(request):
+            return self._table(request, info, namespace, [(stored, None)], None)
         return self._object(stored)
+
+    # -- Tables (kubectl get): the columns of `keel get`, from keel.api.columns
+
+    @staticmethod
+    def _table_version(request: Request) -> str | None:
+        return tables.table_version(request.headers.get("accept", ""))
+
+    def _extras(self, info: KindInfo, namespace: str | None) -> Extras:
+        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        if info.kind != "Instance":
+            return Extras(now=now)
+        usages = self.telemetry.list(telemetry_mod.INSTANCEUSAGES, namespace or None)
+        return Extras(now=now, restarts=tables.restarts_from_usage(usages))
+
+    def _table_body(
+        self,
+        request: Request,
+        info: KindInfo,
+        namespace: str | None,
+        objects: list[tuple[Resource, bytes | None]],
+        meta: ListMeta | None,
+    ) -> tuple[dict[str, Any], str]:
+        version = self._table_version(request) or "v1"
+        include = request.query_params.get("includeObject", "") or "Metadata"
+        if include not in tables.INCLUDE_OBJECT:
+            raise bad_request(
+                f"includeObject: expected one of {', '.join(tables.INCLUDE_OBJECT)}, "
+                f"got {include!r}"
+            )
+        body = tables.table(
+            info.kind,
+            objects,
+            self._extras(info, namespace),
+            version=version,
+            include=include,
+            list_meta=msgspec.to_builtins(meta) if meta is not None else None,
+        )
+        return body, version
+
+    def _table(
+        self,
+        request: Request,
+        info: KindInfo,
+        namespace: str | None,
+        objects: list[tuple[Resource, bytes | None]],
+        meta: ListMeta | None,
+    ) -> Response:
+        body, version = self._table_body(request, info, namespace, objects, meta)
+        return _json_as(body, tables.content_type(version))
+
+    def _table_lines(
+        self, request: Request, info: KindInfo, namespace: str | None, chunk: bytes
+    ) -> bytes:
+        """Watch lines with each event's object as a one-row Table (bookmarks and errors
+        pass as they are)."""
+        out: list[bytes] = []
+        for line in chunk.splitlines():
+            if not line.strip():
+                continue
+            event = msgspec.json.decode(line)
+            kind = event.get("type")
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                data = msgspec.json.encode(event["object"])
+                obj = msgspec.json.decode(data, type=info.model)
+                table, _ = self._table_body(request, info, namespace, [(obj, data)], None)
+                event = {"type": kind, "object": table}
+                out.append(msgspec.json.encode(event) + b"\n")
+            else:
+                out.append(line + b"\n")
+        return b"".join(out)
 
     def _predicate(self, request: Request, info: KindInfo) -> Callable[[Resource], bool] | None:
         try:
@@ -956,9 +1046,13 @@ class ApiServer:
         token = params.get("continue", "")
         if token:
             revision, after = decode_continue(token)
-            return await self._list_from_store(target, predicate, limit, revision, after)
+            return await self._list_from_store(
+                request, target, predicate=predicate, limit=limit, revision=revision, after=after
+            )
         if params.get("resourceVersion") != "0" and not await self._fresh():
-            return await self._list_from_store(target, predicate, limit, None, b"")
+            return await self._list_from_store(
+                request, target, predicate=predicate, limit=limit, revision=None, after=b""
+            )
         objects, revision = self.cache.list(
             info, target.namespace, self._cached_predicate(predicate)
         )
@@ -971,11 +1065,17 @@ class ApiServer:
                 remaining_item_count=len(objects) - limit,
             )
             objects = page
+        if self._table_version(request):
+            return self._table(
+                request, info, target.namespace, [(c.obj, c.data) for c in objects], meta
+            )
         return Response(list_body(info, [c.data for c in objects], meta), media_type=JSON)
 
     async def _list_from_store(
         self,
+        request: Request,
         target: Target,
+        *,
         predicate: Callable[[Resource], bool] | None,
         limit: int,
         revision: int | None,
@@ -1017,6 +1117,8 @@ class ApiServer:
         meta = ListMeta(resource_version=str(at))
         if more:
             meta = ListMeta(resource_version=str(at), continue_=encode_continue(at, last_key))
+        if self._table_version(request):
+            return self._table(request, info, target.namespace, [(o, None) for o in items], meta)
         return Response(list_body(info, [encode_object(o) for o in items], meta), media_type=JSON)
 
     async def watch(self, request: Request, target: Target) -> Response:
@@ -1032,8 +1134,11 @@ class ApiServer:
             raise bad_request(f"timeoutSeconds: expected a number, got {timeout_text!r}") from None
         rv_text = params.get("resourceVersion", "")
         initial: list[bytes] = []
-        if rv_text in ("", "0"):
-            if rv_text == "" and not await self._fresh():
+        # A watch-list (client-go's WatchListClient): the current state as ADDED events, then
+        # a bookmark saying the initial events are complete, then the changes.
+        send_initial = params.get("sendInitialEvents", "").lower() == "true"
+        if rv_text in ("", "0") or send_initial:
+            if rv_text != "0" and not await self._fresh():
                 raise ApiError(
                     504,
                     "Timeout",
@@ -1042,6 +1147,8 @@ class ApiServer:
                 )
             objects, start = self.cache.list(info, target.namespace, predicate)
             initial = [watch_line("ADDED", c.data) for c in objects]
+            if send_initial:
+                initial.append(initial_events_end_line(info.kind, start))
         else:
             try:
                 start = int(rv_text)
@@ -1061,6 +1168,14 @@ class ApiServer:
             return Response(expired_line(message), media_type=JSON)
 
         authorization = request.headers.get("authorization")
+        if self._table_version(request):
+            self._table_body(request, info, target.namespace, [], None)  # check the query
+            initial = [self._table_lines(request, info, target.namespace, line) for line in initial]
+
+        def table_lines(chunk: bytes) -> bytes:
+            return self._table_lines(request, info, target.namespace, chunk)
+
+        convert = table_lines if self._table_version(request) else None
 
         async def body() -> AsyncIterator[bytes]:
             deadline = self.clock.now() + timeout if timeout else None
@@ -1081,7 +1196,7 @@ class ApiServer:
                             return
                     if self.tokens.authenticate(authorization) is None:
                         return  # its token was revoked: the next request gets 401
-                    yield line
+                    yield line if convert is None else convert(line)
             except StopAsyncIteration:
                 return
             finally:
@@ -1092,6 +1207,15 @@ class ApiServer:
     # -- writes
 
     async def _body(self, request: Request) -> bytes:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media in BINARY_MEDIA_TYPES:
+            # client-go sends built-in kinds as protobuf (or CBOR) first and, told 415,
+            # sends them again as JSON.
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the server speaks JSON: {media} is not supported; send application/json",
+            )
         length = request.headers.get("content-length")
         limit = 3 * self.max_object_bytes
         if length is not None and length.isdigit() and int(length) > limit:
@@ -1287,6 +1411,72 @@ class ApiServer:
         )
         return self._object(obj, 201 if created else 200)
 
+    async def scale(
+        self, request: Request, target: Target, *, writer: Writer | None = None
+    ) -> Response:
+        """GET/PUT/PATCH `deployments/NAME/scale` (autoscaling/v1 Scale)."""
+        info, namespace, name = target.info, target.namespace or "", target.name or ""
+        if request.method == "GET":
+            await self._ensure_ready()
+            current = await self.storage.read(info, namespace, name)
+            if not isinstance(current, Deployment):
+                raise not_found(info, name)
+            return _json(scale_mod.scale_of(current))
+        if request.method not in ("PUT", "PATCH"):
+            raise ApiError(405, "MethodNotAllowed", "scale takes GET, PUT or PATCH")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "PATCH" and content_type not in (MERGE_PATCH, JSON_PATCH):
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of a PATCH must be {MERGE_PATCH} or {JSON_PATCH}, "
+                f"not {content_type or 'unspecified'!r}",
+            )
+        body = await self._body(request)
+
+        def decode(document: bytes) -> scale_mod.Scale:
+            scale: scale_mod.Scale = decode_record(scale_mod.Scale, document, "Scale")
+            problem = scale_mod.check_identity(scale, name, namespace)
+            if problem is not None:
+                raise bad_request(problem)
+            return scale
+
+        wanted = decode(body) if request.method == "PUT" else None
+        if request.method == "PATCH":
+            try:
+                patch_doc = json.loads(body)
+            except ValueError as exc:
+                raise bad_request(f"the patch is not valid JSON: {exc}") from None
+
+        def mutate(current: Resource) -> Resource:
+            assert isinstance(current, Deployment)
+            scale = wanted
+            if scale is None:
+                document = scale_mod.scale_of(current)
+                try:
+                    if content_type == MERGE_PATCH:
+                        patched = merge_patch(document, patch_doc)
+                    else:
+                        patched = json_patch(document, patch_doc)
+                except PatchTestFailed as exc:
+                    raise ApiError(409, "Conflict", f"the patch's test failed: {exc}") from None
+                except PatchError as exc:
+                    raise bad_request(f"the patch cannot be applied: {exc}") from None
+                scale = decode(msgspec.json.encode(patched))
+            return scale_mod.scaled(current, scale)
+
+        updated = await self.storage.update(
+            info,
+            namespace,
+            name,
+            mutate,
+            fencing=self._fencing(request),
+            verb="update",
+            writer=writer,
+        )
+        assert isinstance(updated, Deployment)
+        return _json(scale_mod.scale_of(updated))
+
     async def delete(self, request: Request, target: Target) -> Response:
         body = await self._body(request)
         pre = Preconditions()
@@ -1386,6 +1576,91 @@ class ApiServer:
         )
         return self._object(lease)
 
+    # -- the core group: Namespaces (keel.dev's, one source of truth) and Events (telemetry)
+
+    async def core_endpoint(self, request: Request) -> Response:
+        """`/api/v1/namespaces[/NAME[/status]]` served by the keel.dev handler with
+        `apiVersion: v1`; `/api/v1/namespaces/NS/events` and `/api/v1/events` from telemetry."""
+        rest = request.path_params["rest"]
+        segments = [s for s in rest.split("/") if s]
+        if segments == ["events"] or (
+            len(segments) == 3 and segments[0] == "namespaces" and segments[2] == "events"
+        ):
+            started = time.perf_counter()
+            try:
+                principal = self._authenticate(request)
+                response = self._core_events(
+                    request, principal, segments[1] if len(segments) == 3 else None
+                )
+            except ApiError as exc:
+                response = _error(exc)
+            self.metrics.observe_request(
+                "list", "Event", response.status_code, time.perf_counter() - started
+            )
+            return response
+        if not segments or segments[0] != "namespaces" or len(segments) > 3:
+            return _error(_no_route(request.url.path))
+        body = b""
+        scope = dict(request.scope)
+        scope["path_params"] = {"rest": rest}
+        if request.method != "GET":
+            try:
+                body = await self._core_body(request, scope)
+            except ApiError as exc:
+                return _error(exc)
+            if request.method in ("POST", "PUT"):
+                body = core.to_keel_body(body)
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        response = await self.resource_endpoint(Request(scope, receive))
+        return core.to_core_response(response)
+
+    async def _core_body(self, request: Request, scope: dict[str, Any]) -> bytes:
+        """The body of a core-group write; a protobuf Namespace (what client-go sends) is read
+        as JSON, and the forwarded request says so."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != protobuf.MEDIA_TYPE or request.method not in ("POST", "PUT"):
+            return await self._body(request)
+        raw = await request.body()
+        if len(raw) > 3 * self.max_object_bytes:
+            raise too_large(len(raw), self.max_object_bytes)
+        try:
+            document = protobuf.decode_namespace(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(415, "UnsupportedMediaType", f"{exc}; send application/json") from None
+        scope["headers"] = [
+            (k, v) for k, v in request.scope["headers"] if k.lower() != b"content-type"
+        ] + [(b"content-type", JSON.encode())]
+        return json.dumps(document).encode()
+
+    def _core_events(
+        self, request: Request, principal: auth.Principal, namespace: str | None
+    ) -> Response:
+        if request.method != "GET":
+            raise ApiError(405, "MethodNotAllowed", "events are read-only here (telemetry)")
+        self._authorize(
+            principal,
+            auth.Request(verb="list", kind=None, namespace=namespace, name=None, subresource=None),
+        )
+        try:
+            wanted = core.event_filter(request.query_params.get("fieldSelector", ""))
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        records = self.telemetry.list(telemetry_mod.EVENTS, namespace)
+        events = [e for e in core.core_events(records) if wanted(e)]
+        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        version = self._table_version(request)
+        if version:
+            return _json_as(core.event_table(events, now, version), tables.content_type(version))
+        return _json(core.event_list(events))
+
     # -- telemetry
 
     async def telemetry_endpoint(self, request: Request) -> Response:
@@ -1425,6 +1700,9 @@ class ApiServer:
                     subresource=None,
                 ),
             )
+            version = self._table_version(request)
+            if version and name is None:
+                return self._telemetry_table(kind, namespace, version)
             return self._telemetry_read(kind, namespace, name)
         if method not in ("PUT", "POST"):
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on telemetry")
@@ -1459,6 +1737,16 @@ class ApiServer:
             raise bad_request(f"ttlSeconds: expected a number, got {ttl_text!r}") from None
         self.telemetry.put(kind, namespace, key, body, ttl)
         return _json(body, 201 if method == "POST" else 200)
+
+    def _telemetry_table(self, kind: str, namespace: str | None, version: str) -> Response:
+        """`kubectl get` of telemetry: heartbeats and usages in columns, events as core's."""
+        records = self.telemetry.list(kind, namespace)
+        if kind == telemetry_mod.EVENTS:
+            now = datetime.fromtimestamp(self.clock.wall(), UTC)
+            body = core.event_table(core.core_events(records), now, version)
+        else:
+            body = tables.telemetry_table(kind, records, version)
+        return _json_as(body, tables.content_type(version))
 
     def _telemetry_read(self, kind: str, namespace: str | None, name: str | None) -> Response:
         if name is None:

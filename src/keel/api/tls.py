@@ -1,5 +1,6 @@
-"""The listen-address policy: bearer tokens must not cross a network in clear text, so a
-non-loopback address needs a TLS certificate and key unless `--insecure` says otherwise.
+"""The listen-address policy: bearer tokens must not cross a network in clear text. The
+serving commands use TLS by default (their own CA's certificate, `keel.api.certs`, or the
+`--tls-cert-file`/`--tls-key-file` given); plain HTTP needs an explicit `--insecure`.
 Pure checks plus the uvicorn keyword arguments; `load_context` is the one function doing I/O.
 """
 
@@ -46,21 +47,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_listen(
-    host: str, certfile: str | Path | None, keyfile: str | Path | None, insecure: bool
-) -> None:
-    """Raise ValueError with a clear message when `host` may not be served this way."""
+def check_pair(certfile: str | Path | None, keyfile: str | Path | None) -> None:
+    """Both TLS files or neither."""
     if bool(certfile) != bool(keyfile):
         given, missing = (CERT_FLAG, KEY_FLAG) if certfile else (KEY_FLAG, CERT_FLAG)
         raise ValueError(f"{given} was given without {missing}: TLS needs both")
-    if certfile or insecure or is_loopback(host):
-        return
-    shown = host or "all interfaces"
-    raise ValueError(
-        f"refusing to listen on {shown} without TLS: bearer tokens would cross the network in "
-        f"clear text. Give {CERT_FLAG} and {KEY_FLAG}, listen on 127.0.0.1, or pass "
-        f"{INSECURE_FLAG} if the network is trusted"
-    )
 
 
 def uvicorn_ssl_kwargs(certfile: str | Path | None, keyfile: str | Path | None) -> dict[str, str]:

@@ -13,7 +13,6 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -61,7 +60,10 @@ def add_connection_args(parser: argparse.ArgumentParser, *, all_namespaces: bool
     parser.add_argument(
         "--kubeconfig",
         metavar="FILE",
-        help="kubeconfig (default $KEEL_KUBECONFIG, then .keel/kubeconfig)",
+        help="kubeconfig (default $KEEL_KUBECONFIG, then $KUBECONFIG, then .keel/kubeconfig)",
+    )
+    parser.add_argument(
+        "--context", metavar="NAME", help="kubeconfig context (default its current-context)"
     )
     parser.add_argument("-n", "--namespace", help='namespace (default "default")')
     if all_namespaces:
@@ -79,7 +81,9 @@ def command(fn: CommandFn) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         try:
-            config = load_kubeconfig(getattr(args, "kubeconfig", None))
+            config = load_kubeconfig(
+                getattr(args, "kubeconfig", None), context=getattr(args, "context", None)
+            )
         except KubeconfigError as exc:
             return fail(str(exc))
         try:
@@ -154,34 +158,6 @@ def resolve_kind(name: str) -> KindInfo:
 def qualified(info: KindInfo, name: str) -> str:
     """`deployment.keel.dev/hello`, as apply and delete print it."""
     return f"{info.singular}.{GROUP}/{name}"
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def age(value: str | None, now: datetime | None = None) -> str:
-    """A short age (`42s`, `5m`, `3h`, `2d`) since an RFC 3339 time; `<unknown>` if none."""
-    then = parse_time(value)
-    if then is None:
-        return "<unknown>"
-    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
-    seconds = max(seconds, 0)
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes}m{seconds % 60}s" if minutes < 10 else f"{minutes}m"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours}h{minutes % 60}m" if hours < 10 else f"{hours}h"
-    return f"{hours // 24}d"
 
 
 def to_builtins(obj: object) -> object:

@@ -5,6 +5,7 @@ point at the server. `keel apiserver`, `keel up` and `keel boundary` share them.
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,13 @@ def ensure_tokens(path: Path) -> str:
     raise ValueError(f"{path}: no admin token in the token file")
 
 
-def write_kubeconfig(path: Path, server: str, token: str, ca_file: str | None = None) -> None:
-    """A kubeconfig (mode 0600, replaced atomically) for `server` with a bearer token."""
+def write_kubeconfig(path: Path, server: str, token: str, ca_pem: bytes | None = None) -> None:
+    """A kubeconfig (mode 0600, replaced atomically) for `server` with a bearer token, and
+    the CA that signed the server's certificate as `certificate-authority-data` (kubectl
+    sends a bearer token only over a TLS connection it can verify)."""
     cluster: dict[str, Any] = {"server": server}
-    if ca_file:
-        cluster["certificate-authority"] = str(Path(ca_file).resolve())
+    if ca_pem:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode("ascii")
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -72,12 +75,18 @@ def write_kubeconfig(path: Path, server: str, token: str, ca_file: str | None = 
     tmp.replace(path)
 
 
-def load_kubeconfig(path: Path) -> tuple[str, str, str | None]:
-    """(server, token, CA file or None) of a kubeconfig written by `write_kubeconfig`."""
+def load_kubeconfig(path: Path) -> tuple[str, str, bytes | None]:
+    """(server, token, CA certificates as PEM or None) of a kubeconfig written by
+    `write_kubeconfig` (or by an older keel, which named a CA file)."""
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     try:
         cluster = config["clusters"][0]["cluster"]
         token = config["users"][0]["user"]["token"]
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"{path}: not a kubeconfig with clusters[0] and users[0]") from None
-    return str(cluster["server"]), str(token), cluster.get("certificate-authority")
+    ca: bytes | None = None
+    if cluster.get("certificate-authority-data"):
+        ca = base64.b64decode(cluster["certificate-authority-data"])
+    elif cluster.get("certificate-authority"):
+        ca = Path(cluster["certificate-authority"]).read_bytes()
+    return str(cluster["server"]), str(token), ca

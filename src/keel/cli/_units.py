@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+from keel.api.columns import show_capacity
 from keel.api.quantity import format_memory, parse_cpu, parse_memory
+
+__all__ = ["cpu", "memory", "show_capacity", "show_cpu", "show_memory"]
 
 GI = 2**30
 MI = 2**20
@@ -43,12 +46,3 @@ def show_memory(size: int | None) -> str:
     if size is None:
         return "<unknown>"
     return f"{size / MI:.0f}Mi" if size >= MI or size == 0 else format_memory(size)
-
-
-def show_capacity(quantity: str) -> str:
-    """A memory capacity as written when it is already short ("8Gi"), else in Gi."""
-    size = memory(quantity)
-    if size is None or size < GI or len(quantity) <= 5:
-        return quantity
-    gib = f"{size / GI:.1f}".removesuffix(".0")
-    return f"{gib}Gi"

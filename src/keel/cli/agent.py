@@ -107,16 +107,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from keel.agent import Agent, AgentConfig, AgentMetrics
-    from keel.client import KeelClient, KubeconfigError
+    from keel.client import KeelClient, KubeconfigError, load_kubeconfig
 
     try:
         if args.server:
             client = KeelClient(args.server, token=args.token, timeout=10.0)
         else:
             options: dict[str, Any] = {"timeout": 10.0}
-            client = KeelClient.from_kubeconfig(args.kubeconfig, **options)
             if args.token:
-                client = KeelClient(client.server, token=args.token, timeout=10.0)
+                kube = load_kubeconfig(args.kubeconfig)
+                client = KeelClient(
+                    kube.server, token=args.token, ssl=kube.ssl_context(), timeout=10.0
+                )
+            else:
+                client = KeelClient.from_kubeconfig(args.kubeconfig, **options)
     except (KubeconfigError, OSError, ValueError) as exc:
         print(f"keel agent: {exc}", file=sys.stderr)
         return 2

@@ -72,10 +72,8 @@ async def serve(
     from keel.store import open_store
 
     host, port = tls.split_listen(options.listen)
-    tls.check_listen(host, options.tls_cert, options.tls_key, options.insecure)
-    if options.tls_cert and options.tls_key:
-        tls.load_context(options.tls_cert, options.tls_key)
     options.state_dir.mkdir(parents=True, exist_ok=True)
+    cert, key, ca_pem = serving_tls(options, host)
     token_path = options.token_file or options.state_dir / TOKEN_FILE
     admin = ensure_tokens(token_path)
     tokens = WatchedTokenFile(token_path)  # `keel node revoke` edits it while we serve
@@ -87,12 +85,12 @@ async def serve(
     sock.listen(2048)
     sock.setblocking(False)
     bound = sock.getsockname()[1]
-    scheme = "https" if options.tls_cert else "http"
+    scheme = "https" if cert else "http"
     shown_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"
     url = f"{scheme}://{shown_host}:{bound}"
-    write_kubeconfig(options.state_dir / KUBECONFIG, url, admin, options.tls_cert)
+    write_kubeconfig(options.state_dir / KUBECONFIG, url, admin, ca_pem)
 
     _sqlite_dir(options.store)
     store = await open_store(options.store)
@@ -112,8 +110,8 @@ async def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
-        ssl_certfile=options.tls_cert,
-        ssl_keyfile=options.tls_key,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
@@ -163,6 +161,39 @@ async def serve(
         sock.close()
     print(f"keel {options.command} stopped", flush=True)
     return 0
+
+
+def serving_tls(options: ServeOptions, host: str) -> tuple[str | None, str | None, bytes | None]:
+    """(certificate file, key file, CA PEM for kubeconfigs) to serve with; (None, None, None)
+    for plain HTTP, which only `--insecure` without certificate files asks for.
+
+    Without `--tls-cert-file`/`--tls-key-file` the state dir's own CA signs a serving
+    certificate (`keel.api.certs`), made on first start: a state dir from an older keel,
+    which served plain HTTP, upgrades to TLS on its next start."""
+    tls.check_pair(options.tls_cert, options.tls_key)
+    if options.tls_cert and options.tls_key:
+        tls.load_context(options.tls_cert, options.tls_key)
+        # A certificate of one's own: the kubeconfig trusts it (or the chain it holds).
+        return options.tls_cert, options.tls_key, Path(options.tls_cert).read_bytes()
+    if options.insecure:
+        if not tls.is_loopback(host):
+            print(
+                f"keel {options.command}: --insecure: serving plain HTTP on "
+                f"{host or 'all interfaces'}; bearer tokens cross the network in clear text",
+                file=sys.stderr,
+                flush=True,
+            )
+        return None, None, None
+    from keel.api.certs import ensure_serving_certificate
+
+    files = ensure_serving_certificate(options.state_dir, host)
+    if files.created_ca:
+        print(
+            f"keel {options.command}: created a certificate authority {files.ca_cert}", flush=True
+        )
+    elif files.issued:
+        print(f"keel {options.command}: issued a serving certificate {files.cert}", flush=True)
+    return str(files.cert), str(files.key), files.ca_pem
 
 
 class _Server:
@@ -271,12 +302,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", default=None, help="token file (default STATE_DIR/tokens.csv)"
     )
-    parser.add_argument("--tls-cert", "--tls-cert-file", dest="tls_cert", default=None)
+    parser.add_argument(
+        "--tls-cert",
+        "--tls-cert-file",
+        dest="tls_cert",
+        default=None,
+        help="serving certificate (default: STATE_DIR/tls/server.crt, signed by the state "
+        "dir's own CA, made on first start)",
+    )
     parser.add_argument("--tls-key", "--tls-key-file", dest="tls_key", default=None)
     parser.add_argument(
         "--insecure",
         action="store_true",
-        help="allow plain HTTP on a non-loopback address (trusted networks only)",
+        help="serve plain HTTP instead of TLS (trusted networks only: kubectl sends no "
+        "bearer token over plain HTTP)",
     )
     parser.add_argument(
         "--max-object-bytes",

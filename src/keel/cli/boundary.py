@@ -63,7 +63,7 @@ def cmd_boundary(args: argparse.Namespace) -> int:
             server.rstrip("/") + "/metrics",
             headers={"Authorization": f"Bearer {token}"} if token else {},
         )
-        context = ssl.create_default_context(cafile=ca) if ca else None
+        context = ssl.create_default_context(cadata=ca.decode()) if ca else None
         with urllib.request.urlopen(request, timeout=10, context=context) as response:
             text = response.read().decode()
         writes = parse_store_writes(text)

@@ -59,7 +59,9 @@ def add_controller_manager_command(commands: Any) -> None:
         "(or, with --shards, the shard leases this replica wins); every write carries the "
         "lease's fencing token.",
     )
-    parser.add_argument("--kubeconfig", help="kubeconfig (default $KEEL_KUBECONFIG, .keel/...)")
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig (default $KEEL_KUBECONFIG, $KUBECONFIG, .keel/...)"
+    )
     parser.add_argument("--identity", required=True, help="this replica's name in the leases")
     parser.add_argument("--shards", type=int, default=0, help="split the key space in N shards")
     parser.add_argument("--lease-ttl", type=int, default=2, help="lease TTL, seconds (>= 2)")

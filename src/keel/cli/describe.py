@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from keel.api.columns import age
 from keel.api.registry import KindInfo
 from keel.api.resources import (
     Condition,
@@ -27,7 +28,6 @@ from keel.api.resources import (
 from keel.cli._common import (
     Session,
     add_connection_args,
-    age,
     command,
     resolve_kind,
     to_builtins,

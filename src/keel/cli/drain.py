@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from keel.api.columns import parse_time
 from keel.api.resources import Instance, Node
-from keel.cli._common import CommandError, Session, add_connection_args, command, parse_time
+from keel.cli._common import CommandError, Session, add_connection_args, command
 from keel.client import (
     ApiError,
     Conflict,

@@ -29,7 +29,9 @@ def add_scheduler_command(commands: Any) -> None:
         description="Bind unbound Instances to Ready Nodes while holding the Lease "
         "keel-system/scheduler; every binding carries the lease's fencing token.",
     )
-    parser.add_argument("--kubeconfig", help="kubeconfig (default $KEEL_KUBECONFIG, .keel/...)")
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig (default $KEEL_KUBECONFIG, $KUBECONFIG, .keel/...)"
+    )
     parser.add_argument("--identity", required=True, help="this replica's name in the lease")
     parser.add_argument("--lease-ttl", type=int, default=2, help="lease TTL, seconds (>= 2)")
     parser.add_argument(

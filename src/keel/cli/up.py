@@ -329,13 +329,13 @@ def component_tokens(token_path: Path, items: list[Any]) -> dict[str, str]:
 
 
 def component_kubeconfigs(
-    state_dir: Path, url: str, tokens: dict[str, str], ca_file: str | None
+    state_dir: Path, url: str, tokens: dict[str, str], ca_pem: bytes | None
 ) -> None:
-    """A kubeconfig per component: STATE/kubeconfigs/NAME."""
+    """A kubeconfig per component: STATE/kubeconfigs/NAME, trusting the server's CA."""
     directory = state_dir / "kubeconfigs"
     directory.mkdir(parents=True, exist_ok=True)
     for name, token in tokens.items():
-        write_kubeconfig(directory / name, url, token, ca_file)
+        write_kubeconfig(directory / name, url, token, ca_pem)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -366,9 +366,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 await api.storage.create(
                     info, Cluster(metadata=ObjectMeta(name=name)), namespace=""
                 )
-        url, admin_token, _ = load_kubeconfig(options.state_dir / KUBECONFIG)
+        url, admin_token, ca_pem = load_kubeconfig(options.state_dir / KUBECONFIG)
         print(f"keel up: dashboard {login_link(url, admin_token, time.time())}", flush=True)
-        component_kubeconfigs(options.state_dir, url, tokens, options.tls_cert)
+        component_kubeconfigs(options.state_dir, url, tokens, ca_pem)
         await supervisor.start()
         print(
             f"keel up: {options.clusters} cluster(s), {len(items) - 2} node agent(s), "

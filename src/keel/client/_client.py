@@ -243,7 +243,7 @@ class KeelClient:
         **options: Any,
     ) -> KeelClient:
         """A client for the server, token, TLS settings and namespace of a kubeconfig
-        (default `$KEEL_KUBECONFIG`, then `.keel/kubeconfig`)."""
+        (default `$KEEL_KUBECONFIG`, then `$KUBECONFIG`, then `.keel/kubeconfig`)."""
         config = load_kubeconfig(path, context=context)
         options.setdefault("namespace", config.namespace)
         options.setdefault("ssl", config.ssl_context())

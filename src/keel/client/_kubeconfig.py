@@ -1,7 +1,11 @@
-"""Kubeconfig loading: server URL, bearer token and TLS settings from a `--kubeconfig` file.
+"""Kubeconfig loading: server URL, bearer token and TLS settings, found as kubectl finds them.
 
-Honours `current-context` when present, else takes `clusters[0]` and `users[0]` (the shape
-`keel up` writes). Pure apart from reading the file; errors name the file and the field.
+Which files: `--kubeconfig FILE` (the `path` argument) first, then `$KEEL_KUBECONFIG` (one
+file, Keel's own override), then `$KUBECONFIG` (a list separated by `os.pathsep`, merged as
+kubectl merges it: the first file to name a cluster, user or context wins, as does the first
+`current-context`), then `.keel/kubeconfig`. Which context: `--context`, else
+`current-context`, else `clusters[0]` and `users[0]` (the shape `keel up` writes). Pure apart
+from reading the files; errors name the file and the field.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import base64
 import binascii
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from typing import Any
 import yaml
 
 ENV_VAR = "KEEL_KUBECONFIG"
+KUBECONFIG_VAR = "KUBECONFIG"
 DEFAULT_PATH = Path(".keel") / "kubeconfig"
 
 
@@ -53,28 +58,103 @@ class Kubeconfig:
 
 
 def default_kubeconfig_path() -> Path:
-    """`$KEEL_KUBECONFIG` when set, else `.keel/kubeconfig` in the working directory."""
-    env = os.environ.get(ENV_VAR)
-    return Path(env) if env else DEFAULT_PATH
+    """`$KEEL_KUBECONFIG` when set, else the first file of `$KUBECONFIG`, else
+    `.keel/kubeconfig` in the working directory."""
+    files = kubeconfig_files(None)
+    return files[0] if files else DEFAULT_PATH
+
+
+def kubeconfig_files(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> list[Path]:
+    """The files to read, in precedence order (see the module doc). Pure over `environ`."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        return [Path(path)]
+    if env.get(ENV_VAR):
+        return [Path(env[ENV_VAR])]
+    if env.get(KUBECONFIG_VAR):
+        return [Path(p) for p in env[KUBECONFIG_VAR].split(os.pathsep) if p]
+    return [DEFAULT_PATH]
 
 
 def load_kubeconfig(
     path: str | os.PathLike[str] | None = None, *, context: str | None = None
 ) -> Kubeconfig:
-    """Read a kubeconfig file (default: `default_kubeconfig_path()`)."""
-    file = Path(path) if path is not None else default_kubeconfig_path()
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        hint = "" if path is not None else f" (set ${ENV_VAR} or pass a path)"
-        raise KubeconfigError(f"{file}: no such kubeconfig{hint}") from None
-    except OSError as exc:
-        raise KubeconfigError(f"{file}: cannot read: {exc.strerror}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise KubeconfigError(f"{file}: not valid YAML: {exc}") from None
-    return parse_kubeconfig(document, source=file, context=context)
+    """Read the kubeconfig (`path`, else the files `kubeconfig_files` names, merged)."""
+    files = kubeconfig_files(path)
+    from_list = (
+        path is None and not os.environ.get(ENV_VAR) and bool(os.environ.get(KUBECONFIG_VAR))
+    )
+    documents: list[tuple[Path, Any]] = []
+    for file in files:
+        try:
+            text = file.read_text()
+        except FileNotFoundError:
+            if from_list:
+                continue  # as kubectl: a file of $KUBECONFIG that does not exist is skipped
+            hint = (
+                ""
+                if path is not None
+                else f" (set ${ENV_VAR} or ${KUBECONFIG_VAR}, or pass a path)"
+            )
+            raise KubeconfigError(f"{file}: no such kubeconfig{hint}") from None
+        except OSError as exc:
+            raise KubeconfigError(f"{file}: cannot read: {exc.strerror}") from None
+        try:
+            documents.append((file, yaml.safe_load(text)))
+        except yaml.YAMLError as exc:
+            raise KubeconfigError(f"{file}: not valid YAML: {exc}") from None
+    if not documents:
+        shown = os.pathsep.join(str(f) for f in files)
+        raise KubeconfigError(f"${KUBECONFIG_VAR}={shown}: none of its files exists")
+    if len(documents) == 1:
+        file, document = documents[0]
+        return parse_kubeconfig(document, source=file, context=context)
+    return parse_kubeconfig(merge_kubeconfigs(documents), source=documents[0][0], context=context)
+
+
+_PATH_FIELDS = {
+    "clusters": ("cluster", ("certificate-authority",)),
+    "users": ("user", ("tokenFile", "client-certificate", "client-key")),
+}
+
+
+def merge_kubeconfigs(documents: Sequence[tuple[Path, Any]]) -> dict[str, Any]:
+    """One document from several, as kubectl merges `$KUBECONFIG`: named entries and
+    `current-context` from the first file that has them. Relative paths are made relative
+    to the file that holds them first (pure)."""
+    merged: dict[str, Any] = {"clusters": [], "users": [], "contexts": []}
+    seen: dict[str, set[str]] = {section: set() for section in merged}
+    for file, document in documents:
+        if not isinstance(document, dict):
+            raise KubeconfigError(f"{file}: $: expected a mapping")
+        if not merged.get("current-context") and document.get("current-context"):
+            merged["current-context"] = document["current-context"]
+        for section in ("clusters", "users", "contexts"):
+            entries = document.get(section) or []
+            if not isinstance(entries, list):
+                raise KubeconfigError(f"{file}: {section}: expected a list")
+            for entry in entries:
+                if not isinstance(entry, dict) or entry.get("name") in seen[section]:
+                    continue
+                seen[section].add(str(entry.get("name")))
+                merged[section].append(_absolute_paths(section, entry, file))
+    return merged
+
+
+def _absolute_paths(section: str, entry: dict[str, Any], source: Path) -> dict[str, Any]:
+    if section not in _PATH_FIELDS:
+        return entry
+    body_key, fields = _PATH_FIELDS[section]
+    body = entry.get(body_key)
+    if not isinstance(body, dict):
+        return entry
+    fixed = dict(body)
+    for field in fields:
+        if isinstance(fixed.get(field), str) and fixed[field]:
+            fixed[field] = str(_relative_to(Path(fixed[field]), source))
+    return {**entry, body_key: fixed}
 
 
 def parse_kubeconfig(
