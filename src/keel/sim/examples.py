@@ -66,6 +66,9 @@ def _instance(deployment: Deployment, name: str, generate: str, slot: int) -> In
     )
 
 
+STATUS_MANAGER = "deployment"
+
+
 class Replicas:
     """Keeps `spec.replicas` Instances named `{deployment}-{slot}` per Deployment and sets
     `status.replicas`. Safe under duplicated, stale and reordered events: creates are
@@ -112,7 +115,9 @@ class Replicas:
 
     async def report(self, ctx: Context, deployment: Deployment, replicas: int) -> None:
         if deployment.status.replicas != replicas:
-            await ctx.client.patch(
+            # A stand-in for the deployment controller: it writes the status as that
+            # controller's field manager (the registry's owner of Deployment status).
+            await ctx.client.as_manager(STATUS_MANAGER).patch(
                 Deployment,
                 deployment.metadata.name,
                 {"status": {"replicas": replicas}},
@@ -153,7 +158,7 @@ class IncrementingReplicas(Replicas):
         fresh = await ctx.client.get(
             Deployment, deployment.metadata.name, namespace=deployment.metadata.namespace
         )
-        await ctx.client.patch(
+        await ctx.client.as_manager(STATUS_MANAGER).patch(
             Deployment,
             deployment.metadata.name,
             {"status": {"replicas": fresh.status.replicas + 1}},
