@@ -310,3 +310,32 @@ def test_keel_reads_kubeconfig_and_context_as_kubectl_does(
     )  # fmt: skip
     assert other.returncode == 1
     assert "no entry named 'nope'" in other.stderr
+
+
+def test_server_side_apply_owns_fields_and_reports_conflicts(kubectl: Kubectl) -> None:
+    app = json.loads(json.dumps(APP))
+    app["metadata"]["name"] = "ssa"
+    app["spec"]["replicas"] = 1
+    app["spec"]["template"]["metadata"]["labels"] = {"app": "ssa"}
+    out = kubectl.ok("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(app))
+    assert "serverside-applied" in out
+    shown = json.loads(kubectl.ok("get", "deploy", "ssa", "-o", "json", "--show-managed-fields"))
+    owners = {(m["manager"], m["operation"]) for m in shown["metadata"]["managedFields"]}
+    assert ("kubectl", "Apply") in owners
+    # Another tool takes spec.replicas; applying another value is then a conflict...
+    kubectl.ok("scale", "deployment/ssa", "--replicas=2")
+    app["spec"]["replicas"] = 3
+    clash = kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(app))
+    assert clash.returncode != 0
+    assert "conflict" in clash.stderr and ".spec.replicas" in clash.stderr, clash.stderr
+    assert json.loads(kubectl.ok("get", "deploy", "ssa", "-o", "json"))["spec"]["replicas"] == 2
+    # ...that --force-conflicts takes over.
+    kubectl.ok("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(app))
+    assert json.loads(kubectl.ok("get", "deploy", "ssa", "-o", "json"))["spec"]["replicas"] == 3
+    # A label the manifest adds merges with one another manager set.
+    kubectl.ok("label", "deploy", "ssa", "team=ops")
+    app["metadata"]["labels"]["tier"] = "web"
+    kubectl.ok("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(app))
+    labels = json.loads(kubectl.ok("get", "deploy", "ssa", "-o", "json"))["metadata"]["labels"]
+    assert labels == {"app": "web", "team": "ops", "tier": "web"}
+    kubectl.ok("delete", "deploy", "ssa")

@@ -299,8 +299,8 @@ def apply(
     wanted = fields_of(applied)
     conflicts: list[Conflict] = []
     for entry in entries:
-        if entry.manager == manager:
-            continue
+        if entry.manager == manager and entry.operation == APPLY:
+            continue  # its own intent (its Update entry is another owner, as in Kubernetes)
         for path in sorted(entry.fields & wanted):
             if path[-1] == ".":
                 continue  # an item's presence: shared, never a conflict
@@ -310,9 +310,9 @@ def apply(
         return ApplyResult(base, list(entries), conflicts)
     taken = {c.path for c in conflicts}
     others = [
-        Entry(e.manager, e.operation, e.fields - taken, e.time, e.api_version, e.subresource)
-        if e.manager != manager
-        else e
+        e
+        if e.manager == manager and e.operation == APPLY
+        else Entry(e.manager, e.operation, e.fields - taken, e.time, e.api_version, e.subresource)
         for e in entries
     ]
     previous = next(
