@@ -257,6 +257,39 @@ def test_get_watch_prints_rows_as_they_change(
         watch.wait(timeout=10)
 
 
+def test_get_events_watch_prints_events_as_they_are_recorded(
+    platform: ApiServer, kubectl: Kubectl
+) -> None:
+    watch = subprocess.Popen(
+        [kubectl.binary, "get", "events", "-w", "--field-selector", "involvedObject.name=watched"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=kubectl.env,
+    )
+    try:
+        assert watch.stdout is not None
+        time.sleep(1.5)  # the watch is open
+        event = {
+            "metadata": {"generateName": "watched."},
+            "involvedObject": {"kind": "Deployment", "name": "watched", "namespace": "default"},
+            "reason": "Poked",
+            "message": "seen by kubectl get events -w",
+            "type": "Normal",
+        }
+        posted = platform.http().post("/api/v1/namespaces/default/events", event)
+        assert posted.status == 201, posted.json
+        lines = []
+        while not any("seen by kubectl get events -w" in line for line in lines):
+            line = watch.stdout.readline()
+            assert line, watch.stderr.read() if watch.stderr else ""
+            lines.append(line)
+        assert "Poked" in lines[-1] and "deployment/watched" in lines[-1]
+    finally:
+        watch.terminate()
+        watch.wait(timeout=10)
+
+
 def test_explain_walks_the_openapi_schema(kubectl: Kubectl) -> None:
     out = kubectl.ok("explain", "deployment.spec.strategy")
     assert "KIND:" in out and "Deployment" in out

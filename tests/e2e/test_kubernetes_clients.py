@@ -153,3 +153,48 @@ def test_kubernetes_asyncio_creates_lists_watches_and_deletes(server: ApiServer)
 
     seen = asyncio.run(scenario())
     assert ("MODIFIED", "k8s-c") in seen and ("DELETED", "k8s-c") in seen
+
+
+def test_an_event_recorder_posts_core_events_that_list_and_watch(
+    api_client: kubernetes.client.ApiClient,
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    listed = core.list_namespaced_event("default")
+    body = kubernetes.client.CoreV1Event(
+        metadata=kubernetes.client.V1ObjectMeta(generate_name="web."),
+        involved_object=kubernetes.client.V1ObjectReference(
+            kind="Deployment", name="web", namespace="default"
+        ),
+        reason="Tested",
+        message="posted by the official client",
+        type="Normal",
+        source=kubernetes.client.V1EventSource(component="my-operator"),
+    )
+    created = core.create_namespaced_event("default", body)
+    assert created.reason == "Tested" and created.involved_object.name == "web"
+    again = core.list_namespaced_event("default", field_selector="involvedObject.name=web")
+    assert "posted by the official client" in [e.message for e in again.items]
+    # A watch from the list's version sees the next one posted.
+    seen: list[str] = []
+    watch = kubernetes.watch.Watch()
+    body.message = "the second one"
+    core.create_namespaced_event("default", body)
+    for event in watch.stream(
+        core.list_namespaced_event,
+        "default",
+        resource_version=listed.metadata.resource_version,
+        timeout_seconds=5,
+    ):
+        seen.append(event["object"].message)
+        if event["object"].message == "the second one":
+            watch.stop()
+    assert "the second one" in seen
+    refused = kubernetes.client.CoreV1Event(
+        metadata=kubernetes.client.V1ObjectMeta(generate_name="x."),
+        involved_object=kubernetes.client.V1ObjectReference(kind="Deployment", name="web"),
+        reason="",
+        message="no reason",
+    )
+    with pytest.raises(kubernetes.client.ApiException) as raised:
+        core.create_namespaced_event("default", refused)
+    assert raised.value.status == 422 and "reason" in str(raised.value.body)

@@ -116,6 +116,30 @@ def core_event(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def telemetry_event(event: dict[str, Any], namespace: str | None, now: str) -> dict[str, Any]:
+    """A core/v1 Event, as an event recorder posts it (client-go's, the Python client's),
+    as the telemetry record Keel keeps (validated by the caller): the object, reason,
+    message and type, the newest of its times (else `now`), the reporting component."""
+    involved = event.get("involvedObject") or event.get("regarding") or {}
+    source = event.get("source") or {}
+    when = (
+        event.get("eventTime") or event.get("lastTimestamp") or event.get("firstTimestamp") or now
+    )
+    record: dict[str, Any] = {
+        "involvedObject": {
+            "kind": involved.get("kind", ""),
+            "name": involved.get("name", ""),
+            "namespace": involved.get("namespace") or namespace or "",
+        },
+        "reason": event.get("reason", ""),
+        "message": event.get("message") or event.get("note") or "",
+        "type": event.get("type") or "Normal",
+        "time": when,
+        "source": source.get("component") or event.get("reportingComponent") or "",
+    }
+    return record
+
+
 def core_events(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [core_event(r) for r in records]
 
@@ -150,8 +174,10 @@ def event_filter(selector: str) -> Callable[[dict[str, Any]], bool]:
     return matches
 
 
-def event_list(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": list(events)}
+def event_list(events: Sequence[dict[str, Any]], version: str = "") -> dict[str, Any]:
+    """An EventList; `version` (the telemetry sequence) is where a watch may resume."""
+    metadata = {"resourceVersion": version} if version else {}
+    return {"apiVersion": "v1", "kind": "EventList", "metadata": metadata, "items": list(events)}
 
 
 EVENT_COLUMNS = (

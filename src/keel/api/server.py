@@ -1589,7 +1589,7 @@ class ApiServer:
             started = time.perf_counter()
             try:
                 principal = self._authenticate(request)
-                response = self._core_events(
+                response = await self._core_events(
                     request, principal, segments[1] if len(segments) == 3 else None
                 )
             except ApiError as exc:
@@ -1640,11 +1640,15 @@ class ApiServer:
         ] + [(b"content-type", JSON.encode())]
         return json.dumps(document).encode()
 
-    def _core_events(
+    async def _core_events(
         self, request: Request, principal: auth.Principal, namespace: str | None
     ) -> Response:
+        """Events of the core group, kept in telemetry (never stored): list and watch, and
+        POST from an event recorder (as client-go's and the Python client's post them)."""
+        if request.method == "POST":
+            return await self._post_core_event(request, principal, namespace)
         if request.method != "GET":
-            raise ApiError(405, "MethodNotAllowed", "events are read-only here (telemetry)")
+            raise ApiError(405, "MethodNotAllowed", "events take GET (list, watch) and POST")
         self._authorize(
             principal,
             auth.Request(verb="list", kind=None, namespace=namespace, name=None, subresource=None),
@@ -1653,13 +1657,79 @@ class ApiServer:
             wanted = core.event_filter(request.query_params.get("fieldSelector", ""))
         except ValueError as exc:
             raise bad_request(str(exc)) from None
+        version = self._table_version(request)
+        if request.query_params.get("watch", "").lower() in ("1", "true"):
+            return self._watch_core_events(request, namespace, wanted, version)
         records = self.telemetry.list(telemetry_mod.EVENTS, namespace)
         events = [e for e in core.core_events(records) if wanted(e)]
         now = datetime.fromtimestamp(self.clock.wall(), UTC)
-        version = self._table_version(request)
+        _, seq = self.telemetry.events_since(1 << 62)
         if version:
             return _json_as(core.event_table(events, now, version), tables.content_type(version))
-        return _json(core.event_list(events))
+        return _json(core.event_list(events, str(seq)))
+
+    async def _post_core_event(
+        self, request: Request, principal: auth.Principal, namespace: str | None
+    ) -> Response:
+        if namespace is None:
+            raise ApiError(405, "MethodNotAllowed", "POST events to /api/v1/namespaces/NS/events")
+        self._authorize(
+            principal,
+            auth.Request(
+                verb="create", kind=None, namespace=namespace, name=None, subresource=None
+            ),
+        )
+        try:
+            sent = json.loads(await self._body(request))
+        except ValueError as exc:
+            raise bad_request(f"the event is not valid JSON: {exc}") from None
+        if not isinstance(sent, dict):
+            raise bad_request("an Event must be a JSON object")
+        stamp = datetime.fromtimestamp(self.clock.wall(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            record = telemetry_mod.validate(
+                telemetry_mod.EVENTS, core.telemetry_event(sent, namespace, stamp)
+            )
+            key = telemetry_mod.key_of(telemetry_mod.EVENTS, namespace, None, record)
+        except telemetry_mod.TelemetryError as exc:
+            raise ApiError(422, "Invalid", f"Event: {exc}") from None
+        self.telemetry.put(telemetry_mod.EVENTS, namespace, key, record, None)
+        return _json(core.core_event(record), 201)
+
+    def _watch_core_events(
+        self,
+        request: Request,
+        namespace: str | None,
+        wanted: Callable[[dict[str, Any]], bool],
+        version: str | None,
+    ) -> Response:
+        """Events recorded from now (or after `resourceVersion`, a telemetry sequence) as
+        watch lines, each checked every half second; ends after `timeoutSeconds`."""
+        _, newest = self.telemetry.events_since(1 << 62)
+        start = request.query_params.get("resourceVersion", "")
+        seq = int(start) if start.isdigit() and int(start) <= newest else newest
+        timeout = request.query_params.get("timeoutSeconds", "")
+        limit = float(timeout) if timeout.isdigit() else 1800.0
+
+        async def lines() -> AsyncIterator[bytes]:
+            nonlocal seq
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline:
+                records, seq = self.telemetry.events_since(seq)
+                now = datetime.fromtimestamp(self.clock.wall(), UTC)
+                for record in records:
+                    ns = record.get("involvedObject", {}).get("namespace") or ""
+                    if namespace is not None and ns != namespace:
+                        continue
+                    event = core.core_event(record)
+                    if not wanted(event):
+                        continue
+                    shown = core.event_table([event], now, version) if version else event
+                    yield json.dumps({"type": "ADDED", "object": shown}).encode() + b"\n"
+                await asyncio.sleep(0.5)
+
+        media = tables.content_type(version) if version else JSON
+        return StreamingResponse(lines(), media_type=media)
 
     # -- telemetry
 
