@@ -1,34 +1,57 @@
-"""The scheduler's shell on the controller runtime: for each unbound Instance, build a
-snapshot from the caches, ask `schedule`, and bind with OCC (a 409 retries the key), or
-record why it cannot be placed; Node and Deployment changes bring unbound Instances back.
+"""The scheduler's shell on the controller runtime. Watch events keep the columnar
+`ClusterState` current (`attach`); for each unbound Instance, `reconcile` asks the pure
+policy, counts the binding at once (assumed) and writes it in the background with OCC, so
+decisions are not serialized behind store round trips. When nothing fits, a higher-priority
+Instance preempts: it is nominated in status, its victims are evicted through the eviction
+API (budgets and grace periods honoured), and it binds once their deletions free the room.
+Unschedulable Instances say why in a condition and an event, and are retried when a Node is
+added or changes, or an Instance frees resources, never on a timer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
-from keel.api.resources import Condition, Deployment, Instance, Node, Resource
-from keel.client import NotFound
+from keel.api.resources import Cluster, Condition, Deployment, Instance, Node, Resource
+from keel.client import (
+    Conflict,
+    FencingTokenRejected,
+    KeelClientError,
+    NotFound,
+    Preconditions,
+    TooManyRequests,
+)
 from keel.clock import rfc3339
-from keel.runtime.controller import Context, Related, Result
+from keel.runtime.controller import Context, ControllerRunner, Related, Result
 from keel.runtime.informer import Indexer, object_key
-from keel.scheduler.policy import Decision, build_snapshot, schedule
+from keel.scheduler.policy import (
+    DEFAULT_CONFIG,
+    Decision,
+    Preemption,
+    SchedulerConfig,
+    preempt,
+    schedule,
+)
+from keel.scheduler.state import ClusterState, instance_key
 
 __all__ = [
-    "RETRY_UNSCHEDULABLE",
+    "MAX_IN_FLIGHT",
     "SCHEDULED",
     "SchedulerController",
     "scheduled_condition",
 ]
 
 SCHEDULED = "Scheduled"
-RETRY_UNSCHEDULABLE = 5.0  # seconds: capacity freed by a deletion has no Node event
-ASSUME_FOR = 30.0  # seconds an own binding counts before the cache must have shown it
+MAX_IN_FLIGHT = 64  # bindings written concurrently
+RETRY_BUDGET = 2.0  # seconds: a preemption a disruption budget refused is tried again
 TERMINAL = frozenset({"Succeeded", "Failed"})
+log = logging.getLogger("keel.scheduler")
 
 
 def scheduled_condition(instance: Instance) -> Condition | None:
@@ -37,7 +60,8 @@ def scheduled_condition(instance: Instance) -> Condition | None:
 
 class SchedulerController:
     """Places Instances: see the module docstring. Run it with one worker, so that each
-    decision sees the previous ones (`assumed` bridges the gap until the cache does)."""
+    decision sees the previous ones (the assumed bindings bridge the gap until the watch
+    shows them)."""
 
     name = "scheduler"
     primary = Instance
@@ -46,25 +70,82 @@ class SchedulerController:
         self,
         cache: Callable[[type[Any]], Indexer[Any]],
         *,
-        retry_after: float = RETRY_UNSCHEDULABLE,
+        config: SchedulerConfig = DEFAULT_CONFIG,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._cache = cache
-        self.retry_after = retry_after
+        self.config = config
+        self.state = ClusterState()
         self.related = (
-            Related(Node, self._unbound),
+            Related(Node, lambda _n: ()),
+            Related(Cluster, lambda _c: ()),
             Related(Deployment, self._unbound_of_deployment),
         )
-        self._assumed: dict[str, tuple[str, str, float]] = {}  # key -> (node, uid, when)
+        self._runner: ControllerRunner | None = None
+        self._waiting: dict[str, None] = {}  # unschedulable keys, retried on relevant events
+        self._preempting: dict[str, tuple[str, frozenset[str]]] = {}  # key -> (node, victims)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.bound = 0
+        self.preemptions = 0
 
-    def _unbound(self, _node: Resource) -> Iterable[str]:
-        instances: Indexer[Instance] = self._cache(Instance)
-        return [
-            object_key(i)
-            for i in instances
-            if not i.spec.node_name
-            and not i.metadata.deletion_timestamp
-            and i.status.phase not in TERMINAL
-        ]
+    # ------------------------------------------------------------------ events
+
+    def attach(self, runner: ControllerRunner) -> None:
+        """Keep the state current from the runner's informers (register first)."""
+        self._runner = runner
+        runner.informers[Node].add_handler(self._on_node)
+        runner.informers[Cluster].add_handler(self._on_cluster)
+        runner.informers[Deployment].add_handler(self._on_deployment)
+        runner.informers[Instance].add_handler(self._on_instance)
+
+    def _on_node(self, kind: str, old: Node | None, new: Node | None) -> None:
+        if new is None:
+            if old is not None:
+                self.state.remove_node(old.metadata.name)
+            return
+        self.state.upsert_node(new)
+        if kind != "RESYNC":
+            self._retry_waiting()
+
+    def _on_cluster(self, kind: str, old: Cluster | None, new: Cluster | None) -> None:
+        if new is None:
+            if old is not None:
+                self.state.remove_cluster(old.metadata.name)
+            return
+        self.state.upsert_cluster(new)
+        if kind != "RESYNC":
+            self._retry_waiting()
+
+    def _on_deployment(self, _kind: str, old: Deployment | None, new: Deployment | None) -> None:
+        if new is not None:
+            self.state.upsert_deployment(new)
+        elif old is not None:
+            self.state.remove_deployment(object_key(old))
+
+    def _on_instance(self, kind: str, old: Instance | None, new: Instance | None) -> None:
+        if new is None:
+            if old is None:
+                return
+            key = instance_key(old)
+            freed = self.state.remove_instance(key)
+            self.state.release_nomination(key)
+            self._waiting.pop(key, None)
+            self._preempting.pop(key, None)
+        else:
+            freed = self.state.upsert_instance(new)
+        if freed and kind != "RESYNC":
+            self._retry_waiting()
+
+    def _retry_waiting(self) -> None:
+        for key in list(self._waiting):
+            self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
+        if self._runner is None:
+            return
+        for partition in list(self._runner.partitions.values()):
+            partition.enqueue(self.name, key)
 
     def _unbound_of_deployment(self, deployment: Resource) -> Iterable[str]:
         instances: Indexer[Instance] = self._cache(Instance)
@@ -74,80 +155,160 @@ class SchedulerController:
             if not i.spec.node_name
         ]
 
-    def _assumptions(self, now: float, instances: Indexer[Instance]) -> dict[str, str]:
-        """Own bindings the cache has not shown yet (dropped once it has, or after a while)."""
-        for key, (_node, uid, when) in list(self._assumed.items()):
-            cached = instances.get(key)
-            if (
-                cached is None
-                or cached.metadata.uid != uid  # deleted and recreated under the same name
-                or cached.spec.node_name
-                or now - when > ASSUME_FOR
-            ):
-                del self._assumed[key]
-        return {key: node for key, (node, _uid, _when) in self._assumed.items()}
+    # ------------------------------------------------------------------ reconcile
 
     async def reconcile(self, ctx: Context, key: str) -> Result:
         instances: Indexer[Instance] = ctx.cache(Instance)
         instance = instances.get(key)
-        now = ctx.clock.now()
-        assumed = self._assumptions(now, instances)
+        state = self.state
         if (
             instance is None
             or instance.metadata.deletion_timestamp
             or instance.status.phase in TERMINAL
         ):
+            self._waiting.pop(key, None)
+            self._preempting.pop(key, None)
+            state.release_nomination(key)
             return Result()
         if instance.spec.node_name:
+            self._waiting.pop(key, None)
+            self._preempting.pop(key, None)
+            state.release_nomination(key)
             await self._mark_scheduled(ctx, instance)
             return Result()
-        if key in assumed:
-            # Bound by us a moment ago: the cache will show it (look again if it never does).
-            return Result(requeue_after=ASSUME_FOR)
-        snapshot = build_snapshot(
-            ctx.cache(Node), instances, ctx.cache(Deployment), assumed=assumed
-        )
-        decision = schedule(instance, snapshot)
+        placed = state.placed.get(key)
+        if placed is not None and placed.assumed and placed.uid == instance.metadata.uid:
+            return Result()  # our binding is being written
+        held = state.release_nomination(key)
+        decision = schedule(instance, state, self.config)
         if decision.node is None:
-            await self._mark_unschedulable(ctx, instance, decision)
-            return Result(requeue_after=self.retry_after)
-        meta = instance.metadata
-        try:
-            await ctx.client.bind(
-                meta.namespace, meta.name, decision.node, resource_version=meta.resource_version
-            )
-        except NotFound:
-            return Result()
-        # A Conflict (stale resourceVersion, or bound meanwhile) propagates: the runner
-        # retries the key with backoff and the next look sees the newer Instance.
-        self._assumed[key] = (decision.node, meta.uid, now)
-        ctx.log.info("bound %s to %s", key, decision.node)
+            return await self._cannot_place(ctx, instance, decision, held is not None)
+        await self._slots.acquire()
+        state.assume(instance, decision.node)
+        self._waiting.pop(key, None)
+        self._preempting.pop(key, None)
+        task = asyncio.get_running_loop().create_task(
+            self._bind(ctx, instance, decision.node), name=f"bind-{key}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return Result()
 
-    async def _mark_unschedulable(self, ctx: Context, instance: Instance, why: Decision) -> None:
+    async def _bind(self, ctx: Context, instance: Instance, node: str) -> None:
+        meta = instance.metadata
+        key = instance_key(instance)
+        try:
+            await ctx.client.bind(
+                meta.namespace, meta.name, node, resource_version=meta.resource_version
+            )
+        except NotFound:
+            self.state.forget(key)
+        except FencingTokenRejected:
+            self.state.forget(key)  # deposed: the partition is stopping
+        except (Conflict, KeelClientError, OSError) as exc:
+            # The Instance changed since the cache showed it (or the write failed): look
+            # again with what the cache shows next.
+            ctx.log.info("binding %s to %s failed: %s", key, node, exc)
+            self.state.forget(key)
+            self._enqueue(key)
+        else:
+            self.bound += 1
+            ctx.log.debug("bound %s to %s", key, node)
+        finally:
+            self._slots.release()
+
+    async def _cannot_place(
+        self, ctx: Context, instance: Instance, decision: Decision, was_nominated: bool
+    ) -> Result:
+        key = instance_key(instance)
+        self._waiting[key] = None
+        state = self.state
+        pending = self._preempting.get(key)
+        if pending is not None:
+            node, victims = pending
+            if node in state.slots and any(v in state.placed for v in victims):
+                # Our victims are still going: keep the room held and wait for them.
+                state.nominate(instance, node)
+                return Result()
+            self._preempting.pop(key, None)
+        preemption = preempt(instance, state)
+        if preemption is None:
+            await self._mark_unschedulable(ctx, instance, decision, nominated="")
+            return Result()
+        return await self._preempt(ctx, instance, preemption)
+
+    async def _preempt(self, ctx: Context, instance: Instance, preemption: Preemption) -> Result:
+        key = instance_key(instance)
+        state = self.state
+        state.nominate(instance, preemption.node)
+        self._preempting[key] = (preemption.node, frozenset(preemption.victims))
+        self.preemptions += 1
+        ctx.log.info("%s: %s", key, preemption.reason)
+        why = Decision(None, preemption.reason)
+        await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
+        refused = False
+        for victim in preemption.victims:
+            placed = state.placed.get(victim)
+            if placed is None:
+                continue
+            namespace, _, name = victim.partition("/")
+            try:
+                await ctx.client.evict(
+                    name, namespace=namespace, preconditions=Preconditions(uid=placed.uid)
+                )
+            except NotFound:
+                continue
+            except (TooManyRequests, Conflict) as exc:
+                ctx.log.info("%s: eviction of %s refused: %s", key, victim, exc)
+                refused = True
+                break
+            await _event(
+                ctx,
+                _involved(placed.instance) if placed.instance is not None else {},
+                "Preempted",
+                f"preempted by {key} (priority {instance.spec.priority}) on {preemption.node}",
+                warning=True,
+            )
+        if refused:
+            self._preempting.pop(key, None)
+            state.release_nomination(key)
+            return Result(requeue_after=RETRY_BUDGET)
+        return Result()
+
+    async def _mark_unschedulable(
+        self, ctx: Context, instance: Instance, why: Decision, *, nominated: str
+    ) -> None:
         current = scheduled_condition(instance)
-        if current is not None and (current.status, current.reason, current.message) == (
-            "False",
-            "Unschedulable",
-            why.reason,
+        reason = "Preempting" if nominated else "Unschedulable"
+        if (
+            current is not None
+            and (current.status, current.reason, current.message) == ("False", reason, why.reason)
+            and instance.status.nominated_node_name == nominated
         ):
             return
         ctx.log.info("%s is unschedulable: %s", object_key(instance), why.reason)
         condition = Condition(
             type=SCHEDULED,
             status="False",
-            reason="Unschedulable",
+            reason=reason,
             message=why.reason,
             last_transition_time=rfc3339(ctx.clock.wall())
             if current is None or current.status != "False"
             else current.last_transition_time,
         )
-        await self._set_condition(ctx, instance, condition)
+        await self._set_condition(ctx, instance, condition, nominated=nominated)
+        await _event(
+            ctx,
+            _involved(instance),
+            "Preempting" if nominated else "FailedScheduling",
+            why.reason,
+            warning=not nominated,
+        )
 
     async def _mark_scheduled(self, ctx: Context, instance: Instance) -> None:
-        """A bound Instance that was once unschedulable says so no longer."""
+        """A bound Instance that was once unschedulable (or nominated) says so no longer."""
         current = scheduled_condition(instance)
-        if current is None or current.status == "True":
+        if (current is None or current.status == "True") and not instance.status.nominated_node_name:
             return
         condition = Condition(
             type=SCHEDULED,
@@ -156,12 +317,46 @@ class SchedulerController:
             message=f"bound to node {instance.spec.node_name}",
             last_transition_time=rfc3339(ctx.clock.wall()),
         )
-        await self._set_condition(ctx, instance, condition)
+        await self._set_condition(ctx, instance, condition, nominated="")
 
     @staticmethod
-    async def _set_condition(ctx: Context, instance: Instance, condition: Condition) -> None:
+    async def _set_condition(
+        ctx: Context, instance: Instance, condition: Condition, *, nominated: str
+    ) -> None:
         others = [c for c in instance.status.conditions if c.type != SCHEDULED]
-        status = msgspec.structs.replace(instance.status, conditions=[*others, condition])
+        status = msgspec.structs.replace(
+            instance.status, conditions=[*others, condition], nominated_node_name=nominated
+        )
         # A Conflict propagates: the runner retries with the newer Instance from the cache.
         with contextlib.suppress(NotFound):
             await ctx.client.update_status(msgspec.structs.replace(instance, status=status))
+
+    async def drain(self) -> None:
+        """Wait for the bindings being written (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _involved(instance: Instance) -> dict[str, str]:
+    meta = instance.metadata
+    return {"kind": "Instance", "name": meta.name, "namespace": meta.namespace, "uid": meta.uid}
+
+
+async def _event(
+    ctx: Context, involved: dict[str, str], reason: str, message: str, *, warning: bool
+) -> None:
+    """An event (telemetry, never stored); losing one is not worth failing a reconcile."""
+    if not involved:
+        return
+    event = {
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "type": "Warning" if warning else "Normal",
+        "time": rfc3339(ctx.clock.wall()),
+        "source": "keel-scheduler",
+    }
+    try:
+        await ctx.client.record_event(event, namespace=involved.get("namespace"))
+    except (KeelClientError, OSError) as exc:
+        log.debug("event not recorded: %s", exc)
