@@ -348,6 +348,11 @@ _CROSS_FIELD_RULES = re.compile(
     # a Deployment's selector must match its template's labels; the canary strategy is
     # reserved (rejected by name until it acts)
     r"|selector: does not match|selector\.matchLabels: must name|not supported yet"
+    # scheduling fields: extended resource names and whole units, operators and their
+    # values, tolerationSeconds only for NoExecute, the four topology keys
+    r"|invalid resource name|not a whole number of units|are not extended resources"
+    r"|must be empty for operator|required for operator|only for effect NoExecute"
+    r"|an empty key needs operator Exists|is not a topology key"
 )
 
 

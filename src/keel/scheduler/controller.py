@@ -308,7 +308,9 @@ class SchedulerController:
     async def _mark_scheduled(self, ctx: Context, instance: Instance) -> None:
         """A bound Instance that was once unschedulable (or nominated) says so no longer."""
         current = scheduled_condition(instance)
-        if (current is None or current.status == "True") and not instance.status.nominated_node_name:
+        if (
+            current is None or current.status == "True"
+        ) and not instance.status.nominated_node_name:
             return
         condition = Condition(
             type=SCHEDULED,

@@ -175,9 +175,7 @@ def _domain_counts(
     has = domains >= 0
     size = int(domains.max()) + 1 if n and has.any() else 1
     use = has & among
-    per_domain = np.bincount(domains[use], weights=counts[:n][use], minlength=size).astype(
-        np.int64
-    )
+    per_domain = np.bincount(domains[use], weights=counts[:n][use], minlength=size).astype(np.int64)
     at_slot = np.where(has, per_domain[np.clip(domains, 0, None)], 0)
     return domains, per_domain, at_slot
 
@@ -271,7 +269,9 @@ def _run_filters(instance: Instance, state: ClusterState, placement: Placement |
     namespace = instance.metadata.namespace
     live = state.live[:n]
     if affinity is not None and affinity.instance_anti_affinity is not None:
-        for term in affinity.instance_anti_affinity.required_during_scheduling_ignored_during_execution:
+        for (
+            term
+        ) in affinity.instance_anti_affinity.required_during_scheduling_ignored_during_execution:
             counts = state.selected(namespace, term.label_selector)
             _d, _p, at = _domain_counts(state, term.topology_key, counts, live, n)
             apply_rest(f"instance anti-affinity ({_topology(term)}) not satisfied", at == 0)
@@ -403,7 +403,7 @@ def _allocation(state: ClusterState, idx: IntArray) -> FloatArray:
     return result
 
 
-def _rank_keys(
+def _rank_keys(  # noqa: PLR0917
     instance: Instance,
     state: ClusterState,
     placement: Placement | None,
@@ -518,8 +518,8 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
         return None
     order = np.lexsort((state.rank()[idx], np.asarray(reclaim_count)[idx]))
     best: tuple[tuple[int, int, int, int], int, list[Placed]] | None = None
-    for slot in idx[order[:CANDIDATES]]:
-        slot = int(slot)
+    for candidate in idx[order[:CANDIDATES]]:
+        slot = int(candidate)
         found = _victims_on(state, slot, priority, want_cpu, want_memory, want_ext)
         if found is None:
             continue
@@ -543,7 +543,7 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
     )
 
 
-def _victims_on(
+def _victims_on(  # noqa: PLR0917
     state: ClusterState,
     slot: int,
     priority: int,

@@ -26,17 +26,14 @@ def new_scheduler(
     identity: str,
     clock: Clock,
     ttl: int = 2,
-    retry_after: float | None = None,
     rng: random.Random | None = None,
     config: SchedulerConfig = DEFAULT_CONFIG,
 ) -> ControllerManager:
     """A manager to `run()`: informers always (warm standby), binding only while leading.
 
     One worker: each decision must see the previous one's binding (bindings themselves are
-    written concurrently). `retry_after` is accepted for old callers and unused: waiting
-    Instances are retried on events, not on a timer.
+    written concurrently). Waiting Instances are retried on events, not on a timer.
     """
-    del retry_after
     runner = ControllerRunner(client, clock=clock, rng=rng)
     controller = SchedulerController(runner.cache, config=config)
     runner.register(controller, workers=1)

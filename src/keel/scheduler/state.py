@@ -101,7 +101,9 @@ def selector_signature(namespace: str, selector: InstanceLabelSelector) -> tuple
     return (
         namespace,
         tuple(sorted(selector.match_labels.items())),
-        tuple(sorted((e.key, e.operator, tuple(sorted(e.values))) for e in selector.match_expressions)),
+        tuple(
+            sorted((e.key, e.operator, tuple(sorted(e.values))) for e in selector.match_expressions)
+        ),
     )
 
 
@@ -377,9 +379,15 @@ class ClusterState:
         key = instance_key(instance)
         node = instance.spec.node_name
         old = self.placed.get(key)
-        if old is not None and old.assumed and not node and old.uid == instance.metadata.uid:
-            if instance.status.phase not in TERMINAL and not instance.metadata.deletion_timestamp:
-                return False  # our binding is in flight: keep the assumption
+        if (
+            old is not None
+            and old.assumed
+            and not node
+            and old.uid == instance.metadata.uid
+            and instance.status.phase not in TERMINAL
+            and not instance.metadata.deletion_timestamp
+        ):
+            return False  # our binding is in flight: keep the assumption
         if not node or instance.status.phase in TERMINAL:
             return self.remove_instance(key)
         slot = self.slots.get(node)
@@ -477,7 +485,9 @@ class ClusterState:
             columns = self.by_priority.get(placed.priority)
             if columns is None:
                 columns = self.by_priority[placed.priority] = (
-                    self._zeros(), self._zeros(), self._zeros()
+                    self._zeros(),
+                    self._zeros(),
+                    self._zeros(),
                 )
             columns[0][slot] += sign * placed.cpu
             columns[1][slot] += sign * placed.memory
@@ -519,7 +529,13 @@ class ClusterState:
             return
         resources = instance.spec.resources
         priority = effective_priority(instance, self.deployment_of(instance))
-        held = (slot, resources.millicpu, resources.memory_bytes, resources.extended_units, priority)
+        held = (
+            slot,
+            resources.millicpu,
+            resources.memory_bytes,
+            resources.extended_units,
+            priority,
+        )
         self.nominated[key] = held
         self.nominated_cpu[slot] += held[1]
         self.nominated_memory[slot] += held[2]
