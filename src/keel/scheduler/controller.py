@@ -341,7 +341,7 @@ class SchedulerController:
 
 def _involved(instance: Instance) -> dict[str, str]:
     meta = instance.metadata
-    return {"kind": "Instance", "name": meta.name, "namespace": meta.namespace, "uid": meta.uid}
+    return {"kind": "Instance", "name": meta.name, "namespace": meta.namespace}
 
 
 async def _event(
@@ -361,4 +361,4 @@ async def _event(
     try:
         await ctx.client.record_event(event, namespace=involved.get("namespace"))
     except (KeelClientError, OSError) as exc:
-        log.debug("event not recorded: %s", exc)
+        log.info("event not recorded: %s", exc)
