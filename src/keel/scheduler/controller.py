@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import msgspec
@@ -84,6 +84,8 @@ class SchedulerController:
         self._runner: ControllerRunner | None = None
         self._waiting: dict[str, None] = {}  # unschedulable keys, retried on relevant events
         self._preempting: dict[str, tuple[str, frozenset[str]]] = {}  # key -> (node, victims)
+        self._victims: dict[str, str] = {}  # victim key -> the preemptor waiting for it
+        self._sweep_pending = False
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self.bound = 0
@@ -129,15 +131,34 @@ class SchedulerController:
                 return
             key = instance_key(old)
             freed = self.state.remove_instance(key)
-            self.state.release_nomination(key)
-            self._waiting.pop(key, None)
-            self._preempting.pop(key, None)
+            self._forget_preemptor(key)
         else:
+            key = instance_key(new)
             freed = self.state.upsert_instance(new)
         if freed and kind != "RESYNC":
+            preemptor = self._victims.pop(key, None)
+            if preemptor is not None:
+                self._enqueue(preemptor)  # its room may be free now
             self._retry_waiting()
 
+    def _forget_preemptor(self, key: str) -> None:
+        self._waiting.pop(key, None)
+        self.state.release_nomination(key)
+        pending = self._preempting.pop(key, None)
+        if pending is not None:
+            for victim in pending[1]:
+                if self._victims.get(victim) == key:
+                    del self._victims[victim]
+
     def _retry_waiting(self) -> None:
+        """Look again at every unschedulable Instance, once per burst of events."""
+        if self._sweep_pending or not self._waiting:
+            return
+        self._sweep_pending = True
+        asyncio.get_running_loop().call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_pending = False
         for key in list(self._waiting):
             self._enqueue(key)
 
@@ -166,14 +187,10 @@ class SchedulerController:
             or instance.metadata.deletion_timestamp
             or instance.status.phase in TERMINAL
         ):
-            self._waiting.pop(key, None)
-            self._preempting.pop(key, None)
-            state.release_nomination(key)
+            self._forget_preemptor(key)
             return Result()
         if instance.spec.node_name:
-            self._waiting.pop(key, None)
-            self._preempting.pop(key, None)
-            state.release_nomination(key)
+            self._forget_preemptor(key)
             await self._mark_scheduled(ctx, instance)
             return Result()
         placed = state.placed.get(key)
@@ -184,15 +201,15 @@ class SchedulerController:
         if decision.node is None:
             return await self._cannot_place(ctx, instance, decision, held is not None)
         await self._slots.acquire()
+        self._forget_preemptor(key)
         state.assume(instance, decision.node)
-        self._waiting.pop(key, None)
-        self._preempting.pop(key, None)
-        task = asyncio.get_running_loop().create_task(
-            self._bind(ctx, instance, decision.node), name=f"bind-{key}"
-        )
+        self._spawn(self._bind(ctx, instance, decision.node), f"bind-{key}")
+        return Result()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return Result()
 
     async def _bind(self, ctx: Context, instance: Instance, node: str) -> None:
         meta = instance.metadata
@@ -221,59 +238,69 @@ class SchedulerController:
         self, ctx: Context, instance: Instance, decision: Decision, was_nominated: bool
     ) -> Result:
         key = instance_key(instance)
-        self._waiting[key] = None
         state = self.state
         pending = self._preempting.get(key)
         if pending is not None:
             node, victims = pending
             if node in state.slots and any(v in state.placed for v in victims):
-                # Our victims are still going: keep the room held and wait for them.
+                # Our victims are still going: keep the room held; their deletions wake us.
                 state.nominate(instance, node)
                 return Result()
-            self._preempting.pop(key, None)
+            self._forget_preemptor(key)
         preemption = preempt(instance, state)
         if preemption is None:
+            self._waiting[key] = None
             await self._mark_unschedulable(ctx, instance, decision, nominated="")
             return Result()
-        return await self._preempt(ctx, instance, preemption)
-
-    async def _preempt(self, ctx: Context, instance: Instance, preemption: Preemption) -> Result:
-        key = instance_key(instance)
-        state = self.state
+        self._waiting.pop(key, None)
         state.nominate(instance, preemption.node)
         self._preempting[key] = (preemption.node, frozenset(preemption.victims))
+        for victim in preemption.victims:
+            self._victims[victim] = key
         self.preemptions += 1
         ctx.log.info("%s: %s", key, preemption.reason)
-        why = Decision(None, preemption.reason)
-        await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
-        refused = False
-        for victim in preemption.victims:
-            placed = state.placed.get(victim)
-            if placed is None:
-                continue
-            namespace, _, name = victim.partition("/")
-            try:
-                await ctx.client.evict(
-                    name, namespace=namespace, preconditions=Preconditions(uid=placed.uid)
-                )
-            except NotFound:
-                continue
-            except (TooManyRequests, Conflict) as exc:
-                ctx.log.info("%s: eviction of %s refused: %s", key, victim, exc)
-                refused = True
-                break
-            await _event(
-                ctx,
-                _involved(placed.instance) if placed.instance is not None else {},
-                "Preempted",
-                f"preempted by {key} (priority {instance.spec.priority}) on {preemption.node}",
-                warning=True,
-            )
-        if refused:
-            self._preempting.pop(key, None)
-            state.release_nomination(key)
-            return Result(requeue_after=RETRY_BUDGET)
+        # The writes go on in the background, as bindings do: the next decision already
+        # sees the room held and the victims on their way out.
+        await self._slots.acquire()
+        self._spawn(self._preempt(ctx, instance, preemption), f"preempt-{key}")
         return Result()
+
+    async def _preempt(self, ctx: Context, instance: Instance, preemption: Preemption) -> None:
+        key = instance_key(instance)
+        state = self.state
+        try:
+            why = Decision(None, preemption.reason)
+            # If the Instance changed meanwhile, its next look writes the nomination.
+            with contextlib.suppress(Conflict):
+                await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
+            for victim in preemption.victims:
+                placed = state.placed.get(victim)
+                if placed is None:
+                    continue
+                namespace, _, name = victim.partition("/")
+                try:
+                    await ctx.client.evict(
+                        name, namespace=namespace, preconditions=Preconditions(uid=placed.uid)
+                    )
+                except NotFound:
+                    continue
+                await _event(
+                    ctx,
+                    _involved(placed.instance) if placed.instance is not None else {},
+                    "Preempted",
+                    f"preempted by {key} (priority {instance.spec.priority}) on {preemption.node}",
+                    warning=True,
+                )
+        except FencingTokenRejected:
+            self._forget_preemptor(key)
+        except (TooManyRequests, Conflict, KeelClientError, OSError) as exc:
+            # A budget refusal (or a changed Instance): give the room back and look again
+            # once the budget may allow it.
+            ctx.log.info("%s: preemption on %s stopped: %s", key, preemption.node, exc)
+            self._forget_preemptor(key)
+            asyncio.get_running_loop().call_later(RETRY_BUDGET, self._enqueue, key)
+        finally:
+            self._slots.release()
 
     async def _mark_unschedulable(
         self, ctx: Context, instance: Instance, why: Decision, *, nominated: str

@@ -464,7 +464,7 @@ def feasible_nodes(instance: Instance, state: ClusterState) -> list[str]:
 
 # ---------------------------------------------------------------------------- preemption
 
-CANDIDATES = 64  # Nodes whose eviction sets are worked out exactly, per preemption
+CANDIDATES = 16  # Nodes whose eviction sets are worked out exactly, per preemption
 
 
 def _budgets(state: ClusterState, victims: Iterable[Placed]) -> dict[str, int]:
@@ -491,7 +491,7 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
     if instance.spec.preemption_policy == "Never":
         return None
     priority = effective_priority(instance, state.deployment_of(instance))
-    lower = [p for p in state.by_priority if p < priority]
+    lower = sorted(p for p in state.by_priority if p < priority)
     if not lower:
         return None
     placement = _placement(instance, state)
@@ -503,20 +503,31 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
     resources = instance.spec.resources
     want_cpu, want_memory = resources.millicpu, resources.memory_bytes
     want_ext = resources.extended_units
-    reclaim_cpu = sum(state.by_priority[p][0][:n] for p in lower)
-    reclaim_memory = sum(state.by_priority[p][1][:n] for p in lower)
-    reclaim_count = sum(state.by_priority[p][2][:n] for p in lower)
     free_cpu = state.cpu[:n] - state.used_cpu[:n] - state.nominated_cpu[:n]
     free_memory = state.memory[:n] - state.used_memory[:n] - state.nominated_memory[:n]
-    candidates = (
-        candidates
-        & (free_cpu + reclaim_cpu >= want_cpu)
-        & (free_memory + reclaim_memory >= want_memory)
-    )
+    # Per Node, the lowest priority level whose Instances (with all below it) would make
+    # room: a lower bound of the highest victim priority, to look at the likeliest first.
+    level = np.full(n, len(lower), dtype=np.int64)
+    victims_needed = np.zeros(n, dtype=np.int64)
+    reclaim_cpu = np.zeros(n, dtype=np.int64)
+    reclaim_memory = np.zeros(n, dtype=np.int64)
+    reclaim_count = np.zeros(n, dtype=np.int64)
+    for index, p in enumerate(lower):
+        cpu, memory, count = state.by_priority[p]
+        reclaim_cpu += cpu[:n]
+        reclaim_memory += memory[:n]
+        reclaim_count += count[:n]
+        enough = (free_cpu + reclaim_cpu >= want_cpu) & (
+            free_memory + reclaim_memory >= want_memory
+        )
+        first = enough & (level == len(lower))
+        level[first] = index
+        victims_needed[first] = reclaim_count[first]
+    candidates = candidates & (level < len(lower))
     idx = np.flatnonzero(candidates)
     if not idx.size:
         return None
-    order = np.lexsort((state.rank()[idx], np.asarray(reclaim_count)[idx]))
+    order = np.lexsort((state.rank()[idx], victims_needed[idx], level[idx]))
     best: tuple[tuple[int, int, int, int], int, list[Placed]] | None = None
     for candidate in idx[order[:CANDIDATES]]:
         slot = int(candidate)

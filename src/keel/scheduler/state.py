@@ -148,6 +148,9 @@ class _Counter:
     namespace: str
     matches: Callable[[Mapping[str, str]], bool]
     counts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # One label pair every selected Instance has (None: no matchLabels): a placement only
+    # looks at the counters of its own pairs.
+    pair: tuple[str, str] | None = None
 
 
 class ClusterState:
@@ -189,6 +192,8 @@ class ClusterState:
         self.by_slot: list[set[str]] = [set() for _ in range(capacity)]
         self.owners: dict[str, IntArray] = {}  # deployment key -> replicas per slot
         self._counters: dict[tuple[Any, ...], _Counter] = {}
+        self._by_pair: dict[tuple[str, str, str], list[_Counter]] = {}  # (ns, key, value)
+        self._unpaired: dict[str, list[_Counter]] = {}  # namespace -> counters
         # priority -> (cpu, memory, count) of the placed, not terminating Instances per slot:
         # what preemption could reclaim from Instances below a priority, as array sums.
         self.by_priority: dict[int, tuple[IntArray, IntArray, IntArray]] = {}
@@ -478,9 +483,15 @@ class ClusterState:
             if owner is None:
                 owner = self.owners[placed.owner] = self._zeros()
             owner[slot] += sign
-        for counter in self._counters.values():
-            if counter.namespace == placed.namespace and counter.matches(placed.labels):
+        namespace = placed.namespace
+        for counter in self._unpaired.get(namespace, ()):
+            if counter.matches(placed.labels):
                 counter.counts[slot] += sign
+        if self._by_pair:
+            for key, value in placed.labels.items():
+                for counter in self._by_pair.get((namespace, key, value), ()):
+                    if counter.matches(placed.labels):
+                        counter.counts[slot] += sign
         if not placed.terminating:
             columns = self.by_priority.get(placed.priority)
             if columns is None:
@@ -504,11 +515,16 @@ class ClusterState:
         counter = self._counters.get(signature)
         if counter is None:
             matches = selector_matcher(selector)
-            counter = _Counter(namespace, matches, self._zeros())
+            pair = min(selector.match_labels.items(), default=None)
+            counter = _Counter(namespace, matches, self._zeros(), pair)
             for placed in self.placed.values():
                 if placed.namespace == namespace and matches(placed.labels):
                     counter.counts[placed.slot] += 1
             self._counters[signature] = counter
+            if pair is None:
+                self._unpaired.setdefault(namespace, []).append(counter)
+            else:
+                self._by_pair.setdefault((namespace, *pair), []).append(counter)
         return counter.counts
 
     def replicas(self, owner: str | None) -> IntArray:
