@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout soak verify verify-smoke clean
+.PHONY: run test setup tools etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,7 +68,12 @@ bench-failover: setup
 bench-rollout: setup
 	$(PY) benchmarks/rollout.py
 
-bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout
+# 50,000 Instances on 5,000 hollow nodes (sqlite, then a 3-member etcd): basic, topology
+# spread, required anti-affinity, preemption; with the store's own binding rate as baseline.
+bench-scheduler: setup
+	$(PY) benchmarks/scheduler.py --nodes 5000 --instances 50000 --backends sqlite,etcd3
+
+bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler
 
 # `keel verify` (root): the smoke schedule (one partition, one kill, one pause; all checkers;
 # under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -149,3 +150,22 @@ def test_rollout_benchmark_quick_run_prints_every_figure() -> None:
         "bad release, 6 replicas: first failure to stable restored: median",
     ):
         assert line in out, out
+
+
+def test_scheduler_benchmark_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scheduler.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    out = proc.stdout
+    assert "placements/s   p50 ms   p99 ms store binds/s" in out, out
+    for scenario, count in (
+        ("basic", 500),
+        ("spread", 500),
+        ("anti-affinity", 500),
+        ("preemption", 50),
+    ):
+        assert re.search(rf"\nsqlite\s+{scenario}\s+{count}\s+50\s+[0-9,]+\s", out), out

@@ -39,6 +39,13 @@ def add_dev_commands(commands: Any) -> None:
         "--lease-duration", type=int, default=40, help="node lease TTL, seconds (renewed at 1/3)"
     )
     hollow.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    hollow.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not report bound Instances (scheduler benchmarks, as kube's scheduler_perf, "
+        "which runs no kubelets)",
+    )
     hollow.add_argument("--kubeconfig", help="kubeconfig (default $KEEL_KUBECONFIG, .keel/...)")
     hollow.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     hollow.set_defaults(run=run_hollow_nodes)
@@ -108,7 +115,13 @@ async def _serve_hollow(args: argparse.Namespace, shape: Any) -> int:
     log = logging.getLogger("keel.dev.hollow")
     try:
         async with KeelClient.from_kubeconfig(args.kubeconfig) as client:
-            nodes = HollowNodes(client, shape, clock=SystemClock(), concurrency=args.concurrency)
+            nodes = HollowNodes(
+                client,
+                shape,
+                clock=SystemClock(),
+                concurrency=args.concurrency,
+                report=args.report,
+            )
             loop = asyncio.get_running_loop()
             task = loop.create_task(nodes.run(), name="hollow-nodes")
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -99,6 +99,7 @@ class HollowNodes:
         clock: Clock,
         concurrency: int = 32,
         rng: random.Random | None = None,
+        report: bool = True,
     ) -> None:
         self.client = client
         self.shape = shape
@@ -111,6 +112,7 @@ class HollowNodes:
         self.registered = asyncio.Event()
         self._dirty: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self.report = report
         self.instances = Informer(client, Instance, clock=clock, rng=random.Random(1))
         self.instances.add_handler(self._on_instance)
 
@@ -118,13 +120,16 @@ class HollowNodes:
         try:
             await self.register()
             async with asyncio.TaskGroup() as group:
-                group.create_task(self.instances.run(), name="hollow-instances")
                 group.create_task(self._renew_forever(), name="hollow-leases")
-                for i in range(self.concurrency):
-                    group.create_task(self._report_forever(), name=f"hollow-report-{i}")
+                if self.report:
+                    group.create_task(self.instances.run(), name="hollow-instances")
+                    for i in range(self.concurrency):
+                        group.create_task(self._report_forever(), name=f"hollow-report-{i}")
         finally:
+            # Give the leases back (the Nodes turn NotReady at once), unless the API server
+            # is gone: then they expire by themselves.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.release())
+                await asyncio.wait_for(asyncio.shield(self.release()), 10.0)
 
     # ------------------------------------------------------------------ registration
 
@@ -260,7 +265,12 @@ async def _bounded(limit: int, work: Sequence[Coroutine[Any, Any, None]]) -> Non
 
 
 async def hollow_nodes(
-    client: KeelClient, shape: HollowShape, *, clock: Clock, concurrency: int = 32
+    client: KeelClient,
+    shape: HollowShape,
+    *,
+    clock: Clock,
+    concurrency: int = 32,
+    report: bool = True,
 ) -> None:
     """Run hollow nodes until cancelled."""
-    await HollowNodes(client, shape, clock=clock, concurrency=concurrency).run()
+    await HollowNodes(client, shape, clock=clock, concurrency=concurrency, report=report).run()
