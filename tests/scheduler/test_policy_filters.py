@@ -29,7 +29,13 @@ from keel.api.resources import (
     Strategy,
     Taint,
 )
-from keel.scheduler.policy import SchedulerConfig, build_snapshot, preempt, schedule
+from keel.scheduler.policy import (
+    SchedulerConfig,
+    build_snapshot,
+    noexecute_deadline,
+    preempt,
+    schedule,
+)
 from keel.scheduler.state import ClusterState
 
 NS = "default"
@@ -758,3 +764,48 @@ def test_nomination_holds_room_until_the_nominee_binds() -> None:
     assert schedule(inst("lo", resources={"cpu": "1"}), state).node is None
     assert state.release_nomination("default/hi") is not None
     assert schedule(nominee, state).node == "a"
+
+
+NOEXECUTE_CASES = [
+    ("not tolerated: at once", [], [("maint", "", 10.0)], 10.0),
+    ("tolerated for good", [{"key": "maint", "operator": "Exists"}], [("maint", "", 10.0)], None),
+    (
+        "tolerated for a while",
+        [{"key": "maint", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}],
+        [("maint", "", 10.0)],
+        40.0,
+    ),
+    (
+        "the shortest of several tolerations",
+        [
+            {"key": "maint", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+            {"key": "maint", "value": "v", "effect": "NoExecute", "tolerationSeconds": 5},
+        ],
+        [("maint", "v", 10.0)],
+        15.0,
+    ),
+    (
+        "another taint not tolerated wins",
+        [{"key": "maint", "operator": "Exists"}],
+        [("maint", "", 10.0), ("gone", "", 12.0)],
+        12.0,
+    ),
+    (
+        "a NoSchedule toleration does not count",
+        [{"key": "maint", "operator": "Exists", "effect": "NoSchedule"}],
+        [("maint", "", 3.0)],
+        3.0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("tolerations", "taints", "due"),
+    [case[1:] for case in NOEXECUTE_CASES],
+    ids=[case[0] for case in NOEXECUTE_CASES],
+)
+def test_noexecute_deadline(
+    tolerations: list[dict[str, Any]], taints: list[tuple[str, str, float]], due: float | None
+) -> None:
+    parsed = msgspec.convert({"command": ["x"], "tolerations": tolerations}, InstanceSpec)
+    assert noexecute_deadline(parsed.tolerations, taints) == due

@@ -35,6 +35,7 @@ from keel.scheduler.policy import (
     Decision,
     Preemption,
     SchedulerConfig,
+    noexecute_deadline,
     preempt,
     schedule,
 )
@@ -86,6 +87,8 @@ class SchedulerController:
         self._preempting: dict[str, tuple[str, frozenset[str]]] = {}  # key -> (node, victims)
         self._victims: dict[str, str] = {}  # victim key -> the preemptor waiting for it
         self._sweep_pending = False
+        # node -> (taint key, value) -> when this scheduler first saw that NoExecute taint
+        self._tainted: dict[str, dict[tuple[str, str], float]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self.bound = 0
@@ -105,10 +108,71 @@ class SchedulerController:
         if new is None:
             if old is not None:
                 self.state.remove_node(old.metadata.name)
+                self._tainted.pop(old.metadata.name, None)
             return
         self.state.upsert_node(new)
         if kind != "RESYNC":
+            self._note_noexecute(new)
             self._retry_waiting()
+
+    def _note_noexecute(self, node: Node) -> None:
+        """Remember since when each NoExecute taint is on the Node (as first seen here), and
+        look at the Instances on it when they change."""
+        name = node.metadata.name
+        now = self._now()
+        before = self._tainted.get(name, {})
+        current = {
+            (t.key, t.value): before.get((t.key, t.value), now)
+            for t in node.spec.taints
+            if t.effect == "NoExecute"
+        }
+        if current:
+            self._tainted[name] = current
+        else:
+            self._tainted.pop(name, None)
+        if current.keys() != before.keys():
+            slot = self.state.slots.get(name)
+            for key in sorted(self.state.by_slot[slot]) if slot is not None else ():
+                self._enqueue(key)
+
+    def _now(self) -> float:
+        return self._runner.clock.now() if self._runner is not None else 0.0
+
+    async def _noexecute(self, ctx: Context, instance: Instance) -> Result:
+        """Evict a bound Instance that does not (or no longer) tolerates its Node's NoExecute
+        taints, at once or after its tolerationSeconds."""
+        taints = self._tainted.get(instance.spec.node_name)
+        if not taints:
+            return Result()
+        due = noexecute_deadline(
+            instance.spec.tolerations, [(k, v, since) for (k, v), since in taints.items()]
+        )
+        if due is None:
+            return Result()
+        wait = due - ctx.clock.now()
+        if wait > 0:
+            return Result(requeue_after=wait)
+        meta = instance.metadata
+        ctx.log.info(
+            "evicting %s: NoExecute taint on %s", object_key(instance), instance.spec.node_name
+        )
+        try:
+            await ctx.client.evict(
+                meta.name, namespace=meta.namespace, preconditions=Preconditions(uid=meta.uid)
+            )
+        except NotFound:
+            return Result()
+        except TooManyRequests:
+            return Result(requeue_after=RETRY_BUDGET)  # its disruption budget: later
+        await _event(
+            ctx,
+            _involved(instance),
+            "TaintEviction",
+            f"evicted: node {instance.spec.node_name} has a NoExecute taint it does not "
+            "tolerate (any longer)",
+            warning=True,
+        )
+        return Result()
 
     def _on_cluster(self, kind: str, old: Cluster | None, new: Cluster | None) -> None:
         if new is None:
@@ -192,7 +256,7 @@ class SchedulerController:
         if instance.spec.node_name:
             self._forget_preemptor(key)
             await self._mark_scheduled(ctx, instance)
-            return Result()
+            return await self._noexecute(ctx, instance)
         placed = state.placed.get(key)
         if placed is not None and placed.assumed and placed.uid == instance.metadata.uid:
             return Result()  # our binding is being written

@@ -60,6 +60,7 @@ __all__ = [
     "deployment_key",
     "feasible_nodes",
     "node_is_ready",
+    "noexecute_deadline",
     "preempt",
     "schedule",
 ]
@@ -160,6 +161,33 @@ def tolerates(tolerations: Sequence[Toleration], key: str, value: str, effect: s
         if toleration.operator == "Exists" or toleration.value == value:
             return True
     return False
+
+
+def noexecute_deadline(
+    tolerations: Sequence[Toleration],
+    taints: Iterable[tuple[str, str, float]],
+) -> float | None:
+    """When an Instance on a Node with these NoExecute taints ((key, value, since) each)
+    must go: at once (the earliest `since`) for a taint it does not tolerate, `since +
+    tolerationSeconds` for one tolerated for a while, never (None) if it tolerates them all
+    for good. As Kubernetes' taint manager."""
+    due: float | None = None
+    for key, value, since in taints:
+        matching = [
+            t
+            for t in tolerations
+            if (not t.effect or t.effect == "NoExecute")
+            and (not t.key or t.key == key)
+            and (not t.key or t.operator == "Exists" or t.value == value)
+        ]
+        if not matching:
+            when = since
+        elif any(t.toleration_seconds is None for t in matching):
+            continue
+        else:
+            when = since + min(t.toleration_seconds or 0 for t in matching)
+        due = when if due is None else min(due, when)
+    return due
 
 
 def _taint_name(key: str, value: str, effect: str) -> str:
