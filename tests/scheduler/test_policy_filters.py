@@ -330,6 +330,44 @@ FILTER_CASES: list[tuple[str, list[Node], list[Instance], Instance, str]] = [
         "3 instance anti-affinity (cluster) not satisfied",
     ),
     (
+        "a placed instance's anti-affinity keeps a newcomer it selects away",
+        ZONED,
+        [
+            inst(
+                "loner",
+                on="a1",
+                affinity={
+                    "instanceAntiAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": [
+                            {**TERM_APP_WEB, "topologyKey": "cluster"}
+                        ]
+                    }
+                },
+            )
+        ],
+        inst("i", labels={"app": "web"}, resources={"cpu": "0"}),
+        "b1",
+    ),
+    (
+        "symmetric anti-affinity reason",
+        ZONED[:2],
+        [
+            inst(
+                "loner",
+                on="a1",
+                affinity={
+                    "instanceAntiAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": [
+                            {**TERM_APP_WEB, "topologyKey": "zone"}
+                        ]
+                    }
+                },
+            )
+        ],
+        inst("i", labels={"app": "web"}),
+        "2 anti-affinity (zone) of placed instances not satisfied",
+    ),
+    (
         "required affinity goes where the others are",
         ZONED,
         [inst("db", on="b1", labels={"app": "db"})],

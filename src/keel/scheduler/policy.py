@@ -22,13 +22,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from keel.api.disruption import rollout_budget
 from keel.api.resources import (
+    TOPOLOGY_KEYS,
     Cluster,
     Deployment,
     Instance,
@@ -48,6 +49,7 @@ from keel.scheduler.state import (
     instance_key,
     node_is_ready,
     selector_matcher,
+    selector_signature,
 )
 
 __all__ = [
@@ -303,6 +305,17 @@ def _run_filters(instance: Instance, state: ClusterState, placement: Placement |
             counts = state.selected(namespace, term.label_selector)
             _d, _p, at = _domain_counts(state, term.topology_key, counts, live, n)
             apply_rest(f"instance anti-affinity ({_topology(term)}) not satisfied", at == 0)
+    labels = instance.metadata.labels
+    own_terms = _own_anti_terms(instance)
+    for signature, (matches, topology, carriers) in state.anti_terms.items():
+        # Placed Instances whose required anti-affinity selects this one keep it out of
+        # their domains (the same term of its own was checked above).
+        if signature[0] != namespace or signature in own_terms or not matches(labels):
+            continue
+        if not carriers[:n].any():
+            continue
+        _d, _p, at = _domain_counts(state, topology, carriers, live, n)
+        apply_rest(f"anti-affinity ({topology}) of placed instances not satisfied", at == 0)
     if affinity is not None and affinity.instance_affinity is not None:
         for term in affinity.instance_affinity.required_during_scheduling_ignored_during_execution:
             counts = state.selected(namespace, term.label_selector)
@@ -333,6 +346,17 @@ def _run_filters(instance: Instance, state: ClusterState, placement: Placement |
             ok,
         )
     return _Filtered(remaining, rejected, resource_fail, node_level)
+
+
+def _own_anti_terms(instance: Instance) -> set[tuple[Any, ...]]:
+    affinity = instance.spec.affinity
+    if affinity is None or affinity.instance_anti_affinity is None:
+        return set()
+    namespace = instance.metadata.namespace
+    return {
+        (*selector_signature(namespace, t.label_selector), TOPOLOGY_KEYS[t.topology_key])
+        for t in affinity.instance_anti_affinity.required_during_scheduling_ignored_during_execution
+    }
 
 
 def _topology(term: InstanceAffinityTerm) -> str:

@@ -193,6 +193,12 @@ class ClusterState:
         self.owners: dict[str, IntArray] = {}  # deployment key -> replicas per slot
         self._counters: dict[tuple[Any, ...], _Counter] = {}
         self._by_pair: dict[tuple[str, str, str], list[_Counter]] = {}  # (ns, key, value)
+        # The required anti-affinity terms of placed Instances, (namespace, selector,
+        # topology) -> (matcher, how many placed Instances per slot carry it): a newcomer
+        # they select must keep out of their domains too (symmetry, as Kubernetes).
+        self.anti_terms: dict[
+            tuple[Any, ...], tuple[Callable[[Mapping[str, str]], bool], str, IntArray]
+        ] = {}
         self._unpaired: dict[str, list[_Counter]] = {}  # namespace -> counters
         # priority -> (cpu, memory, count) of the placed, not terminating Instances per slot:
         # what preemption could reclaim from Instances below a priority, as array sums.
@@ -226,6 +232,7 @@ class ClusterState:
         self.ext_capacity = {k: widen(a) for k, a in self.ext_capacity.items()}
         self.ext_used = {k: widen(a) for k, a in self.ext_used.items()}
         self.owners = {k: widen(a) for k, a in self.owners.items()}
+        self.anti_terms = {k: (m, t, widen(a)) for k, (m, t, a) in self.anti_terms.items()}
         self.by_priority = {
             p: (widen(c), widen(m), widen(n)) for p, (c, m, n) in self.by_priority.items()
         }
@@ -492,6 +499,23 @@ class ClusterState:
                 for counter in self._by_pair.get((namespace, key, value), ()):
                     if counter.matches(placed.labels):
                         counter.counts[slot] += sign
+        instance = placed.instance
+        affinity = instance.spec.affinity if instance is not None else None
+        if affinity is not None and affinity.instance_anti_affinity is not None:
+            terms = affinity.instance_anti_affinity
+            for term in terms.required_during_scheduling_ignored_during_execution:
+                signature = (
+                    *selector_signature(namespace, term.label_selector),
+                    TOPOLOGY_KEYS[term.topology_key],
+                )
+                entry = self.anti_terms.get(signature)
+                if entry is None:
+                    entry = self.anti_terms[signature] = (
+                        selector_matcher(term.label_selector),
+                        TOPOLOGY_KEYS[term.topology_key],
+                        self._zeros(),
+                    )
+                entry[2][slot] += sign
         if not placed.terminating:
             columns = self.by_priority.get(placed.priority)
             if columns is None:
