@@ -260,10 +260,10 @@ class SchedulerController:
         placed = state.placed.get(key)
         if placed is not None and placed.assumed and placed.uid == instance.metadata.uid:
             return Result()  # our binding is being written
-        held = state.release_nomination(key)
+        state.release_nomination(key)  # its own held room is free for it
         decision = schedule(instance, state, self.config)
         if decision.node is None:
-            return await self._cannot_place(ctx, instance, decision, held is not None)
+            return await self._cannot_place(ctx, instance, decision)
         await self._slots.acquire()
         self._forget_preemptor(key)
         state.assume(instance, decision.node)
@@ -298,9 +298,7 @@ class SchedulerController:
         finally:
             self._slots.release()
 
-    async def _cannot_place(
-        self, ctx: Context, instance: Instance, decision: Decision, was_nominated: bool
-    ) -> Result:
+    async def _cannot_place(self, ctx: Context, instance: Instance, decision: Decision) -> Result:
         key = instance_key(instance)
         state = self.state
         pending = self._preempting.get(key)

@@ -46,7 +46,6 @@ from keel.scheduler.state import (
     Placed,
     deployment_key,
     effective_priority,
-    instance_key,
     node_is_ready,
     selector_matcher,
     selector_signature,
@@ -658,12 +657,3 @@ def _victims_on(  # noqa: PLR0917
             budgets[candidate.owner_uid] -= 1
         victims.append(candidate)
     return victims
-
-
-def victim_keys_on(state: ClusterState, node: str) -> set[str]:
-    slot = state.slots.get(node)
-    return set(state.by_slot[slot]) if slot is not None else set()
-
-
-def pending_key(instance: Instance) -> str:
-    return instance_key(instance)
