@@ -39,7 +39,7 @@ from keel.scheduler.policy import (
     preempt,
     schedule,
 )
-from keel.scheduler.state import ClusterState, instance_key
+from keel.scheduler.state import ClusterState, effective_priority, instance_key
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -199,10 +199,16 @@ class SchedulerController:
         else:
             key = instance_key(new)
             freed = self.state.upsert_instance(new)
+            if (
+                kind == "ADDED"
+                and not new.spec.node_name
+                and effective_priority(new, self.state.deployment_of(new)) > 0
+            ):
+                self._enqueue(key, "high")  # positive priority goes before the rest
         if freed and kind != "RESYNC":
             preemptor = self._victims.pop(key, None)
             if preemptor is not None:
-                self._enqueue(preemptor)  # its room may be free now
+                self._enqueue(preemptor, "high")  # its room may be free now: bind it first
             self._retry_waiting()
 
     def _forget_preemptor(self, key: str) -> None:
@@ -226,11 +232,12 @@ class SchedulerController:
         for key in list(self._waiting):
             self._enqueue(key)
 
-    def _enqueue(self, key: str) -> None:
+    def _enqueue(self, key: str, lane: str = "normal") -> None:
         if self._runner is None:
             return
         for partition in list(self._runner.partitions.values()):
-            partition.enqueue(self.name, key)
+            if not partition.stopped and partition.accepts(key):
+                partition.queues[self.name].add(key, lane)
 
     def _unbound_of_deployment(self, deployment: Resource) -> Iterable[str]:
         instances: Indexer[Instance] = self._cache(Instance)
@@ -328,13 +335,11 @@ class SchedulerController:
         return Result()
 
     async def _preempt(self, ctx: Context, instance: Instance, preemption: Preemption) -> None:
+        """Evict the victims (the room is held for `instance` meanwhile), then record the
+        nomination; their deletions wake `instance` up to bind."""
         key = instance_key(instance)
         state = self.state
         try:
-            why = Decision(None, preemption.reason)
-            # If the Instance changed meanwhile, its next look writes the nomination.
-            with contextlib.suppress(Conflict):
-                await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
             for victim in preemption.victims:
                 placed = state.placed.get(victim)
                 if placed is None:
@@ -346,17 +351,26 @@ class SchedulerController:
                     )
                 except NotFound:
                     continue
-                await _event(
-                    ctx,
-                    _involved(placed.instance) if placed.instance is not None else {},
-                    "Preempted",
-                    f"preempted by {key} (priority {instance.spec.priority}) on {preemption.node}",
-                    warning=True,
-                )
+                if placed.instance is not None:
+                    self._spawn(
+                        _event(
+                            ctx,
+                            _involved(placed.instance),
+                            "Preempted",
+                            f"preempted by {key} (priority {instance.spec.priority}) "
+                            f"on {preemption.node}",
+                            warning=True,
+                        ),
+                        f"event-{victim}",
+                    )
+            why = Decision(None, preemption.reason)
+            # If the Instance changed meanwhile (bound already), nothing is left to say.
+            with contextlib.suppress(Conflict, NotFound):
+                await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
         except FencingTokenRejected:
             self._forget_preemptor(key)
         except (TooManyRequests, Conflict, KeelClientError, OSError) as exc:
-            # A budget refusal (or a changed Instance): give the room back and look again
+            # A budget refusal (or a changed victim): give the room back and look again
             # once the budget may allow it.
             ctx.log.info("%s: preemption on %s stopped: %s", key, preemption.node, exc)
             self._forget_preemptor(key)
