@@ -847,3 +847,28 @@ def test_noexecute_deadline(
 ) -> None:
     parsed = msgspec.convert({"command": ["x"], "tolerations": tolerations}, InstanceSpec)
     assert noexecute_deadline(parsed.tolerations, taints) == due
+
+
+def test_preemptions_in_flight_each_take_the_cheapest_fresh_node() -> None:
+    """Preemptors arriving while earlier victims are still going: each evicts one victim on
+    a Node whose room is not already held for another, and no victim is chosen twice."""
+    nodes = [node(f"n{i:02d}", cpu="4") for i in range(20)]
+    placed = [
+        inst(f"f{i}-{j}", on=f"n{i:02d}", resources={"cpu": "1"})
+        for i in range(20)
+        for j in range(4)
+    ]
+    state = build_snapshot(nodes, placed)
+    chosen_nodes: list[str] = []
+    victims: list[str] = []
+    for k in range(20):
+        pod = inst(f"hi-{k}", priority=10, resources={"cpu": "1"})
+        chosen = preempt(pod, state)
+        assert chosen is not None
+        assert len(chosen.victims) == 1
+        state.nominate(pod, chosen.node)
+        state.evicting.update(chosen.victims)  # as the shell does until they are gone
+        chosen_nodes.append(chosen.node)
+        victims.extend(chosen.victims)
+    assert len(set(chosen_nodes)) == 20
+    assert len(set(victims)) == 20

@@ -219,6 +219,7 @@ class SchedulerController:
             for victim in pending[1]:
                 if self._victims.get(victim) == key:
                     del self._victims[victim]
+                    self.state.evicting.discard(victim)
 
     def _retry_waiting(self) -> None:
         """Look again at every unschedulable Instance, once per burst of events."""
@@ -326,6 +327,7 @@ class SchedulerController:
         self._preempting[key] = (preemption.node, frozenset(preemption.victims))
         for victim in preemption.victims:
             self._victims[victim] = key
+            state.evicting.add(victim)
         self.preemptions += 1
         ctx.log.info("%s: %s", key, preemption.reason)
         # The writes go on in the background, as bindings do: the next decision already

@@ -578,7 +578,14 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
     idx = np.flatnonzero(candidates)
     if not idx.size:
         return None
-    order = np.lexsort((state.rank()[idx], victims_needed[idx], level[idx]))
+    # How much must go, relative to the request: a Node whose room is partly free already
+    # (or not held for another nominee) needs fewer victims.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deficit = np.maximum(
+            (want_cpu - free_cpu[idx]) / max(want_cpu, 1),
+            (want_memory - free_memory[idx]) / max(want_memory, 1),
+        )
+    order = np.lexsort((state.rank()[idx], victims_needed[idx], deficit, level[idx]))
     best: tuple[tuple[int, int, int, int], int, list[Placed]] | None = None
     for candidate in idx[order[:CANDIDATES]]:
         slot = int(candidate)
@@ -616,7 +623,7 @@ def _victims_on(  # noqa: PLR0917
     """The fewest, lowest-priority Instances on `slot` whose eviction makes room, within
     their Deployments' budgets; None if no such set exists. As kube-scheduler: remove every
     lower-priority Instance, then give back ("reprieve") the highest first while it fits."""
-    placed = [state.placed[k] for k in state.by_slot[slot]]
+    placed = [state.placed[k] for k in state.by_slot[slot] if k not in state.evicting]
     lower = [p for p in placed if p.priority < priority and not p.terminating]
     free_cpu = int(state.cpu[slot] - state.used_cpu[slot] - state.nominated_cpu[slot])
     free_memory = int(state.memory[slot] - state.used_memory[slot] - state.nominated_memory[slot])

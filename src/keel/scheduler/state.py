@@ -206,6 +206,8 @@ class ClusterState:
         self.ready_by_owner: dict[str, int] = {}  # Deployment uid -> Ready Instances placed
         # Resources reserved on a Node for an Instance whose preemption is in flight.
         self.nominated: dict[str, tuple[int, int, int, dict[str, int], int]] = {}
+        # Victims of preemptions in flight: already promised, never chosen twice.
+        self.evicting: set[str] = set()
         self.nominated_cpu = np.zeros(capacity, dtype=np.int64)
         self.nominated_memory = np.zeros(capacity, dtype=np.int64)
         self._rank: IntArray | None = None  # slot -> rank of its name
@@ -440,6 +442,7 @@ class ClusterState:
             waiting.pop(key, None)
             if not waiting:
                 self.orphans.pop(node, None)
+        self.evicting.discard(key)
         placed = self.placed.pop(key, None)
         if placed is None:
             return False
