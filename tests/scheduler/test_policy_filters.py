@@ -872,3 +872,11 @@ def test_preemptions_in_flight_each_take_the_cheapest_fresh_node() -> None:
         victims.extend(chosen.victims)
     assert len(set(chosen_nodes)) == 20
     assert len(set(victims)) == 20
+
+
+def test_one_large_victim_rather_than_many_small_ones() -> None:
+    small = [inst(f"s{i}", on="a", resources={"cpu": "100m"}) for i in range(30)]
+    large = inst("large", on="a", resources={"cpu": "1"})
+    pod = inst("hi", priority=10, resources={"cpu": "1"})
+    chosen = preempt(pod, build_snapshot([node("a", cpu="4")], [*small, large, pod]))
+    assert chosen is not None and chosen.victims == ("default/large",)

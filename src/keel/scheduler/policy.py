@@ -650,8 +650,13 @@ def _victims_on(  # noqa: PLR0917
         return None
     budgets = _budgets(state, lower)
     victims: list[Placed] = []
-    # Reprieve the most valuable first: higher priority, then Ready ones, then by name.
-    for candidate in sorted(lower, key=lambda p: (-p.priority, not p.ready, p.key)):
+    # Reprieve (keep) the most valuable first: higher priority; within one priority the
+    # smallest (so that few large ones go rather than many small ones), then Ready ones.
+    def value(p: Placed) -> tuple[int, float, bool, str]:
+        size = p.cpu / max(want_cpu, 1) + p.memory / max(want_memory, 1)
+        return (-p.priority, size, not p.ready, p.key)
+
+    for candidate in sorted(lower, key=value):
         cpu = free_cpu - candidate.cpu
         memory = free_memory - candidate.memory
         ext = {name: free_ext[name] - candidate.extended.get(name, 0) for name in free_ext}
