@@ -39,7 +39,7 @@ from keel.scheduler.policy import (
     preempt,
     schedule,
 )
-from keel.scheduler.state import ClusterState, effective_priority, instance_key
+from keel.scheduler.state import ClusterState, instance_key
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -199,12 +199,6 @@ class SchedulerController:
         else:
             key = instance_key(new)
             freed = self.state.upsert_instance(new)
-            if (
-                kind == "ADDED"
-                and not new.spec.node_name
-                and effective_priority(new, self.state.deployment_of(new)) > 0
-            ):
-                self._enqueue(key, "high")  # positive priority goes before the rest
         if freed and kind != "RESYNC":
             preemptor = self._victims.pop(key, None)
             if preemptor is not None:
