@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools kubectl etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-ui screenshots soak verify verify-smoke clean
+.PHONY: run test setup tools kubectl etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler bench-ui screenshots soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,7 +83,12 @@ bench-ui: setup
 screenshots: setup
 	$(PY) benchmarks/ui.py --screenshots docs/screenshots
 
-bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-ui
+# 50,000 Instances on 5,000 hollow nodes (sqlite, then a 3-member etcd): basic, topology
+# spread, required anti-affinity, preemption; with the store's own binding rate as baseline.
+bench-scheduler: setup
+	$(PY) benchmarks/scheduler.py --nodes 5000 --instances 50000 --backends sqlite,etcd3
+
+bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler bench-ui
 
 # `keel verify` (root): the smoke schedule (one partition, one kill, one pause; all checkers;
 # under 2 minutes; also run by `make test` as tests/verify/test_verify_runs.py), and the full

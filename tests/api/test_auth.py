@@ -159,7 +159,7 @@ def expected_allowed(principal: Principal, request: Request) -> bool:
         )
     if principal.role == "scheduler":
         return (
-            (kind == "instances" and sub == "binding" and verb == "create")
+            (kind == "instances" and sub in ("binding", "eviction") and verb == "create")
             or (kind == "instances" and sub == "status" and verb in ("update", "patch"))
             or (kind == "leases" and sub is None and (writes or verb == "renew"))
             or telemetry_write
@@ -247,6 +247,7 @@ def test_controller_writes_every_kind_and_its_status() -> None:
 def test_scheduler_binds_instances_writes_their_status_and_its_lease_only() -> None:
     instances, leases = BY_PLURAL["instances"], BY_PLURAL["leases"]
     assert authorize(SCHEDULER, Request("create", instances, "default", "i", "binding")) is None
+    assert authorize(SCHEDULER, Request("create", instances, "default", "i", "eviction")) is None
     assert authorize(SCHEDULER, Request("patch", instances, "default", "i", "status")) is None
     assert authorize(SCHEDULER, Request("renew", leases, "keel-system", "sched", None)) is None
     assert authorize(SCHEDULER, Request("update", instances, "default", "i", None)) is not None

@@ -122,13 +122,14 @@ def test_an_exclusive_instance_is_evicted_gracefully_keeping_its_finalizer(
 
 def test_who_may_evict(server: ApiServer) -> None:
     admin = server.http()
-    for name in ("by-viewer", "by-node", "by-controller"):
+    for name in ("by-viewer", "by-node", "by-controller", "by-scheduler"):
         assert admin.post(INSTANCES, instance(name, node="n1")).status == 201
     viewer = evict(server.http("viewer"), "by-viewer")
     assert viewer.status == 403
     assert viewer.json["reason"] == "Forbidden"
-    assert evict(server.http("scheduler"), "by-viewer").status == 403
     assert evict(server.http("controller"), "by-controller").status == 201
+    # the scheduler preempts lower-priority Instances through the same budget check
+    assert evict(server.http("scheduler"), "by-scheduler").status == 201
     assert admin.object(f"{INSTANCES}/by-viewer") is not None
 
 

@@ -352,6 +352,11 @@ _CROSS_FIELD_RULES = re.compile(
     r"|clusterSelector\.matchLabels|a canary step holds exactly one|probe\.command: required"
     # a quota's resource names (label-key syntax) and counts (whole numbers)
     r"|spec\.hard: invalid resource name|spec\.hard\.[^:]+: expected a whole number"
+    # scheduling fields: extended resource names and whole units, operators and their
+    # values, tolerationSeconds only for NoExecute, the four topology keys
+    r"|invalid resource name|not a whole number of units|are not extended resources"
+    r"|must be empty for operator|required for operator|only for effect NoExecute"
+    r"|an empty key needs operator Exists|is not a topology key"
 )
 
 

@@ -68,9 +68,7 @@ async def platform(
         client = server.client("scheduler")
         clients.append(client)
         managers.append(
-            new_scheduler(
-                client, identity=f"sched-{uuid.uuid4().hex[:6]}", clock=clock, retry_after=1.0
-            )
+            new_scheduler(client, identity=f"sched-{uuid.uuid4().hex[:6]}", clock=clock)
         )
     tasks = [asyncio.get_running_loop().create_task(m.run()) for m in managers]
     try:

@@ -89,7 +89,7 @@ def dep(name: str, placement: Placement) -> Deployment:
             [node("a", taints=[Taint(key="k", effect="NoSchedule")])],
             instance("i"),
             None,
-            "1 unschedulable",
+            "1 taint k:NoSchedule not tolerated",
         ),
         ([node("a", cpu="1")], instance("i", cpu="2"), None, "1 insufficient cpu"),
         ([node("a", memory="1Gi")], instance("i", memory="2Gi"), None, "1 insufficient memory"),

@@ -13,7 +13,9 @@ from keel.client import KeelClient
 async def test_one_replica_binds_and_the_standby_takes_over(
     apiserver: ApiServer, admin: KeelClient
 ) -> None:
-    replicas = {i: apiserver.scheduler(i, "--retry-interval", "1") for i in ("sched-a", "sched-b")}
+    replicas = {
+        i: apiserver.scheduler(i, "--scoring", "MostAllocated") for i in ("sched-a", "sched-b")
+    }
     agent = await FakeAgent(admin, "node-0", "c1").start()
     try:
         async with platform(apiserver, ("nodelifecycle",), scheduler=False):

@@ -4,9 +4,12 @@ why and is placed once a Node fits, a dead Node's Instances move elsewhere."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import msgspec
 from scheduler.keel_platform import FakeAgent, platform
 from support import ApiServer, wait_for_async
 
@@ -184,3 +187,55 @@ async def test_dead_node_goes_not_ready_and_its_instances_move(
     finally:
         for agent in agents:
             await agent.stop_renewing()
+
+
+async def test_noexecute_taint_evicts_who_does_not_tolerate_it(
+    apiserver: ApiServer, admin: KeelClient, name: str
+) -> None:
+    """A NoExecute taint evicts at once what does not tolerate it, after tolerationSeconds
+    what tolerates it for a while, and never what tolerates it for good."""
+    agent = await FakeAgent(admin, "tainted", "c1").start()
+    tolerations: dict[str, list[dict[str, Any]]] = {
+        "intolerant": [],
+        "patient": [
+            {"key": "maint", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}
+        ],
+        "immune": [{"key": "maint", "operator": "Exists"}],
+    }
+    try:
+        async with platform(apiserver):
+            await wait_ready(admin, ["tainted"])
+            for kind, tolerate in tolerations.items():
+                spec = {"command": ["x"], "tolerations": tolerate}
+                await admin.create(
+                    Instance(
+                        metadata=ObjectMeta(name=f"{name}-{kind}", namespace=NS),
+                        spec=msgspec.convert(spec, InstanceSpec),
+                    )
+                )
+
+            async def names() -> set[str]:
+                found = await admin.list(Instance, namespace=NS)
+                return {
+                    i.metadata.name.removeprefix(f"{name}-")
+                    for i in found.items
+                    if i.spec.node_name == "tainted"
+                }
+
+            await wait_for_async("all three bound", lambda: _equals(names, set(tolerations)))
+            await admin.patch(
+                Node, "tainted", {"spec": {"taints": [{"key": "maint", "effect": "NoExecute"}]}}
+            )
+            tainted_at = time.monotonic()
+            await wait_for_async(
+                "the intolerant one evicted", lambda: _equals(names, {"patient", "immune"})
+            )
+            assert time.monotonic() - tainted_at < 2
+            await wait_for_async("the patient one evicted", lambda: _equals(names, {"immune"}))
+            assert time.monotonic() - tainted_at >= 2
+    finally:
+        await agent.stop_renewing()
+
+
+async def _equals(get: Callable[[], Awaitable[set[str]]], wanted: set[str]) -> bool:
+    return await get() == wanted

@@ -436,6 +436,8 @@ RULES: dict[Role, tuple[Rule, ...]] = {
              "binding an Instance to a Node is the scheduler's decision"),
         Rule(STATUS_WRITE, frozenset({"instances"}), STATUS, Scope.ANY,
              "records why an Instance is unschedulable"),
+        Rule(frozenset({"create"}), frozenset({"instances"}), EVICTION, Scope.ANY,
+             "preempts lower-priority Instances within their Deployments' disruption budgets"),
         Rule(LEASE_WRITE, frozenset({"leases"}), MAIN, Scope.ANY, "its leader election"),
         Rule(TELEMETRY_WRITE, frozenset({TELEMETRY}), MAIN, Scope.ANY,
              "scheduling events"),
@@ -459,8 +461,8 @@ ROLE_SUMMARY: dict[Role, str] = {
     "viewer": "a viewer may only get, list and watch",
     "controller": "a controller may read everything, write every kind and its status and "
     "evict Instances, but not bind them",
-    "scheduler": "a scheduler may read everything, bind Instances, write Instance status "
-    "and Leases",
+    "scheduler": "a scheduler may read everything, bind and evict Instances, write Instance "
+    "status and Leases",
     "node": f"a node may write only its own Node, its Lease {NODE_LEASE_NAMESPACE}/NAME, "
     "the status of Instances bound to it, and telemetry about itself",
 }

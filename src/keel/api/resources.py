@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from keel.api.quantity import parse_cpu, parse_memory
+from keel.api.quantity import parse_cpu, parse_memory, parse_quantity
 
 API_GROUP = "keel.dev"
 API_VERSION = "keel.dev/v1"
@@ -104,9 +104,31 @@ class LabelSelector(Model, frozen=True):
     match_labels: dict[str, str] = {}
 
 
+# An extended resource's name: a label-key-like name ("gpu", "example.com/fpga").
+_RESOURCE_NAME_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$"
+)
+
+
 class ResourceList(Model, frozen=True):
+    """cpu and memory, plus any other named resource a Node offers and an Instance requests
+    (`extended: {gpu: "1"}`): counted as whole units, fit checked like cpu and memory."""
+
     cpu: Quantity = "0"
     memory: Quantity = "0"
+    extended: dict[str, Quantity] = {}
+
+    def __post_init__(self) -> None:
+        for name, value in self.extended.items():
+            if name in ("cpu", "memory"):
+                raise ValueError(f"extended.{name}: cpu and memory are not extended resources")
+            if not _RESOURCE_NAME_RE.match(name):
+                raise ValueError(
+                    f"extended: invalid resource name {name!r} (expected a name like 'gpu' "
+                    "or 'example.com/fpga')"
+                )
+            if parse_quantity(value) != parse_quantity(value).to_integral_value():
+                raise ValueError(f"extended.{name}: {value!r} is not a whole number of units")
 
     @property
     def millicpu(self) -> int:
@@ -115,6 +137,10 @@ class ResourceList(Model, frozen=True):
     @property
     def memory_bytes(self) -> int:
         return parse_memory(self.memory)
+
+    @property
+    def extended_units(self) -> dict[str, int]:
+        return {name: parse_memory(value) for name, value in self.extended.items()}
 
 
 class Resource(Model, frozen=True):
@@ -231,6 +257,154 @@ class LivenessCheck(HealthCheck, frozen=True):
     success_threshold: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
 
 
+# ------------------------------------------------------------- scheduling constraints
+#
+# The shapes of Kubernetes' pod scheduling fields, with `instance` for `pod`. What each one
+# does is keel.scheduler.policy's business; here they are only validated.
+
+SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+
+
+def _check_requirement(field: str, operator: str, values: list[str]) -> None:
+    if operator in ("In", "NotIn") and not values:
+        raise ValueError(f"{field}.values: required for operator {operator}")
+    if operator in ("Exists", "DoesNotExist") and values:
+        raise ValueError(f"{field}.values: must be empty for operator {operator}")
+
+
+class NodeSelectorRequirement(Model, frozen=True):
+    """`key` (a Node label) `operator` `values`."""
+
+    key: Annotated[str, msgspec.Meta(min_length=1)]
+    operator: SelectorOperator
+    values: list[str] = []
+
+    def __post_init__(self) -> None:
+        _check_requirement("matchExpressions", self.operator, self.values)
+
+
+class NodeSelectorTerm(Model, frozen=True):
+    """All of its expressions must hold (an empty term matches no Node, as Kubernetes')."""
+
+    match_expressions: list[NodeSelectorRequirement] = []
+
+
+class NodeSelector(Model, frozen=True):
+    """Any one of its terms must hold."""
+
+    node_selector_terms: Annotated[list[NodeSelectorTerm], msgspec.Meta(min_length=1)]
+
+
+class PreferredSchedulingTerm(Model, frozen=True):
+    weight: Annotated[int, msgspec.Meta(ge=1, le=100)]
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(Model, frozen=True):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = []
+
+
+class LabelSelectorRequirement(Model, frozen=True):
+    key: Annotated[str, msgspec.Meta(min_length=1)]
+    operator: SelectorOperator
+    values: list[str] = []
+
+    def __post_init__(self) -> None:
+        _check_requirement("matchExpressions", self.operator, self.values)
+
+
+class InstanceLabelSelector(Model, frozen=True):
+    """Instances whose labels have every `matchLabels` pair and satisfy every expression
+    (an empty selector selects every Instance of the namespace)."""
+
+    match_labels: dict[str, str] = {}
+    match_expressions: list[LabelSelectorRequirement] = []
+
+    def __post_init__(self) -> None:
+        _check_labels("labelSelector.matchLabels", self.match_labels)
+
+
+# The failure domains a topologyKey may name, and the Kubernetes names accepted for them.
+TOPOLOGY_KEYS = {
+    "node": "node",
+    "kubernetes.io/hostname": "node",
+    "cluster": "cluster",
+    "keel.dev/cluster": "cluster",
+    "zone": "zone",
+    "topology.kubernetes.io/zone": "zone",
+    "region": "region",
+    "topology.kubernetes.io/region": "region",
+}
+
+
+def _check_topology_key(field: str, key: str) -> None:
+    if key not in TOPOLOGY_KEYS:
+        raise ValueError(
+            f"{field}: {key!r} is not a topology key (expected node, cluster, zone or region)"
+        )
+
+
+class InstanceAffinityTerm(Model, frozen=True):
+    """The Instances of the same namespace `labelSelector` selects, counted per domain of
+    `topologyKey`: node, cluster, zone or region."""
+
+    label_selector: InstanceLabelSelector
+    topology_key: str
+
+    def __post_init__(self) -> None:
+        _check_topology_key("topologyKey", self.topology_key)
+
+
+class WeightedInstanceAffinityTerm(Model, frozen=True):
+    weight: Annotated[int, msgspec.Meta(ge=1, le=100)]
+    instance_affinity_term: InstanceAffinityTerm
+
+
+class InstanceAffinity(Model, frozen=True):
+    required_during_scheduling_ignored_during_execution: list[InstanceAffinityTerm] = []
+    preferred_during_scheduling_ignored_during_execution: list[WeightedInstanceAffinityTerm] = []
+
+
+class Affinity(Model, frozen=True):
+    node_affinity: NodeAffinity | None = None
+    instance_affinity: InstanceAffinity | None = None
+    instance_anti_affinity: InstanceAffinity | None = None
+
+
+class Toleration(Model, frozen=True):
+    """Tolerates the Node taints it matches: same key (empty key with Exists: every key),
+    same value (Equal) or any (Exists), same effect (empty: every effect). For NoExecute,
+    `tolerationSeconds` bounds how long a running Instance stays after the taint appears."""
+
+    key: str = ""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    toleration_seconds: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("tolerations.value: must be empty for operator Exists")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("tolerations.key: an empty key needs operator Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerations.tolerationSeconds: only for effect NoExecute")
+
+
+class TopologySpreadConstraint(Model, frozen=True):
+    """The Instances `labelSelector` selects may differ by at most `maxSkew` between the
+    domains of `topologyKey` (among the Nodes the Instance may use)."""
+
+    max_skew: Annotated[int, msgspec.Meta(ge=1)]
+    topology_key: str
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"]
+    label_selector: InstanceLabelSelector
+
+    def __post_init__(self) -> None:
+        _check_topology_key("topologySpreadConstraints.topologyKey", self.topology_key)
+
+
 class InstanceSpec(Model, frozen=True):
     command: Annotated[list[str], msgspec.Meta(min_length=1)]
     node_name: OptionalName = ""
@@ -242,7 +416,12 @@ class InstanceSpec(Model, frozen=True):
     liveness_check: LivenessCheck | None = None
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     exclusive: bool = False
-    priority: int = 0
+    # Higher goes first and may preempt lower (preemptionPolicy); see keel.scheduler.
+    priority: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)] = 0
+    preemption_policy: Literal["PreemptLowerPriority", "Never"] = "PreemptLowerPriority"
+    tolerations: list[Toleration] = []
+    affinity: Affinity | None = None
+    topology_spread_constraints: list[TopologySpreadConstraint] = []
     termination_grace_period_seconds: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 10
 
     def __post_init__(self) -> None:
@@ -285,6 +464,8 @@ class InstanceStatus(Model, frozen=True):
     ports: list[PortStatus] = []
     started_at: Timestamp | None = None
     message: str = ""
+    # The Node the scheduler preempts lower-priority Instances on for this one, until bound.
+    nominated_node_name: str = ""
 
 
 # The finalizer the API server adds when it binds an `exclusive` Instance. Deleting such an

@@ -35,10 +35,11 @@ def add_scheduler_command(commands: Any) -> None:
     parser.add_argument("--identity", required=True, help="this replica's name in the lease")
     parser.add_argument("--lease-ttl", type=int, default=2, help="lease TTL, seconds (>= 2)")
     parser.add_argument(
-        "--retry-interval",
-        type=float,
-        default=5.0,
-        help="seconds between looks at an unschedulable Instance",
+        "--scoring",
+        choices=("LeastAllocated", "MostAllocated"),
+        default="LeastAllocated",
+        help="rank fitting Nodes by least (spread load) or most (bin-pack) allocation, "
+        "where the placement does not decide (default LeastAllocated)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     add_metrics_argument(parser)
@@ -63,6 +64,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from keel.scheduler.metrics import SchedulerMetrics
+    from keel.scheduler.policy import SchedulerConfig
     from keel.scheduler.service import new_scheduler
 
     clock = SystemClock()
@@ -75,7 +77,7 @@ async def _serve(args: argparse.Namespace) -> int:
             identity=args.identity,
             clock=clock,
             ttl=args.lease_ttl,
-            retry_after=args.retry_interval,
+            config=SchedulerConfig(scoring=args.scoring),
         )
         metrics = SchedulerMetrics(manager)
         await exits.enter_async_context(serving_metrics(args.metrics_listen, metrics.render))

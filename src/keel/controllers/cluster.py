@@ -44,7 +44,7 @@ from keel.controllers.deployment import is_ready, rollout_budget
 from keel.controllers.nodelifecycle import LEASE_NAMESPACE
 from keel.runtime.controller import Context, Related, Result
 from keel.runtime.informer import Indexer, object_key
-from keel.scheduler.policy import Snapshot, build_snapshot, schedule
+from keel.scheduler.policy import build_snapshot, feasible_nodes
 
 __all__ = [
     "READY",
@@ -604,13 +604,9 @@ def rebalance_room(
     snapshot = build_snapshot(nodes, instances, deployments)
     probe = owned[0]
     room: set[str] = set()
-    for info in snapshot.nodes:
-        group = info.cluster if placement.spread_across == "cluster" else info.name
-        if group in room:
-            continue
-        decision = schedule(probe, Snapshot(nodes=[info], placements=snapshot.placements))
-        if decision.node is not None:
-            room.add(group)
+    for name in feasible_nodes(probe, snapshot):
+        node = snapshot.nodes[name]
+        room.add(node.spec.cluster if placement.spread_across == "cluster" else name)
     return room
 
 

@@ -1,21 +1,36 @@
-"""Keel's first scheduler: a pure policy (`schedule(instance, snapshot) -> Decision`), its
-shell on the controller runtime (`SchedulerController`), and `new_scheduler` to run it under
-leader election with fenced bindings.
+"""Keel's scheduler: a columnar snapshot kept current from watch events (`ClusterState`), a
+pure policy over it (`schedule`, `preempt`), its shell on the controller runtime
+(`SchedulerController`), and `new_scheduler` to run it under leader election with fenced
+bindings.
 """
 
 from keel.scheduler.controller import SCHEDULED, SchedulerController
-from keel.scheduler.policy import Decision, NodeInfo, Snapshot, build_snapshot, schedule
+from keel.scheduler.policy import (
+    Decision,
+    Preemption,
+    SchedulerConfig,
+    Snapshot,
+    build_snapshot,
+    feasible_nodes,
+    preempt,
+    schedule,
+)
 from keel.scheduler.service import LEASE_NAME, LEASE_NAMESPACE, new_scheduler
+from keel.scheduler.state import ClusterState
 
 __all__ = [
     "LEASE_NAME",
     "LEASE_NAMESPACE",
     "SCHEDULED",
+    "ClusterState",
     "Decision",
-    "NodeInfo",
+    "Preemption",
+    "SchedulerConfig",
     "SchedulerController",
     "Snapshot",
     "build_snapshot",
+    "feasible_nodes",
     "new_scheduler",
+    "preempt",
     "schedule",
 ]

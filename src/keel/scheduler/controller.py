@@ -1,35 +1,59 @@
-"""The scheduler's shell on the controller runtime: for each unbound Instance, build a
-snapshot from the caches, ask `schedule`, and bind with OCC (a 409 retries the key), or
-record why it cannot be placed; Node and Deployment changes bring unbound Instances back.
+"""The scheduler's shell on the controller runtime. Watch events keep the columnar
+`ClusterState` current (`attach`); for each unbound Instance, `reconcile` asks the pure
+policy, counts the binding at once (assumed) and writes it in the background with OCC, so
+decisions are not serialized behind store round trips. When nothing fits, a higher-priority
+Instance preempts: it is nominated in status, its victims are evicted through the eviction
+API (budgets and grace periods honoured), and it binds once their deletions free the room.
+Unschedulable Instances say why in a condition and an event, and are retried when a Node is
+added or changes, or an Instance frees resources, never on a timer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import msgspec
 
-from keel.api.resources import Condition, Deployment, Instance, Node, Resource
-from keel.client import Conflict, NotFound
+from keel.api.resources import Cluster, Condition, Deployment, Instance, Node, Resource
+from keel.client import (
+    Conflict,
+    FencingTokenRejected,
+    KeelClientError,
+    NotFound,
+    Preconditions,
+    TooManyRequests,
+)
 from keel.clock import rfc3339
-from keel.runtime.controller import Context, Related, Result
+from keel.runtime.controller import Context, ControllerRunner, Related, Result
 from keel.runtime.informer import Indexer, object_key
 from keel.scheduler.metrics import SchedulerStats
-from keel.scheduler.policy import Decision, build_snapshot, schedule
+from keel.scheduler.policy import (
+    DEFAULT_CONFIG,
+    Decision,
+    Preemption,
+    SchedulerConfig,
+    noexecute_deadline,
+    preempt,
+    schedule,
+)
+from keel.scheduler.state import ClusterState, instance_key
 
 __all__ = [
-    "RETRY_UNSCHEDULABLE",
+    "MAX_IN_FLIGHT",
     "SCHEDULED",
     "SchedulerController",
     "scheduled_condition",
 ]
 
 SCHEDULED = "Scheduled"
-RETRY_UNSCHEDULABLE = 5.0  # seconds: capacity freed by a deletion has no Node event
-ASSUME_FOR = 30.0  # seconds an own binding counts before the cache must have shown it
+MAX_IN_FLIGHT = 64  # bindings written concurrently
+RETRY_BUDGET = 2.0  # seconds: a preemption a disruption budget refused is tried again
 TERMINAL = frozenset({"Succeeded", "Failed"})
+log = logging.getLogger("keel.scheduler")
 
 
 def scheduled_condition(instance: Instance) -> Condition | None:
@@ -38,7 +62,8 @@ def scheduled_condition(instance: Instance) -> Condition | None:
 
 class SchedulerController:
     """Places Instances: see the module docstring. Run it with one worker, so that each
-    decision sees the previous ones (`assumed` bridges the gap until the cache does)."""
+    decision sees the previous ones (the assumed bindings bridge the gap until the watch
+    shows them)."""
 
     name = "scheduler"
     primary = Instance
@@ -47,27 +72,170 @@ class SchedulerController:
         self,
         cache: Callable[[type[Any]], Indexer[Any]],
         *,
-        retry_after: float = RETRY_UNSCHEDULABLE,
+        config: SchedulerConfig = DEFAULT_CONFIG,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._cache = cache
-        self.retry_after = retry_after
+        self.config = config
+        self.state = ClusterState()
         self.related = (
-            Related(Node, self._unbound),
+            Related(Node, lambda _n: ()),
+            Related(Cluster, lambda _c: ()),
             Related(Deployment, self._unbound_of_deployment),
         )
-        self._assumed: dict[str, tuple[str, str, float]] = {}  # key -> (node, uid, when)
+        self._runner: ControllerRunner | None = None
+        self._waiting: dict[str, None] = {}  # unschedulable keys, retried on relevant events
+        self._preempting: dict[str, tuple[str, frozenset[str]]] = {}  # key -> (node, victims)
+        self._victims: dict[str, str] = {}  # victim key -> the preemptor waiting for it
+        self._sweep_pending = False
+        # node -> (taint key, value) -> when this scheduler first saw that NoExecute taint
+        self._tainted: dict[str, dict[tuple[str, str], float]] = {}
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.bound = 0
+        self.preemptions = 0
         self.stats = SchedulerStats()  # counts for /metrics (keel.scheduler.metrics)
         self._pending_since: dict[str, tuple[str, float]] = {}  # key -> (uid, first seen)
 
-    def _unbound(self, _node: Resource) -> Iterable[str]:
-        instances: Indexer[Instance] = self._cache(Instance)
-        return [
-            object_key(i)
-            for i in instances
-            if not i.spec.node_name
-            and not i.metadata.deletion_timestamp
-            and i.status.phase not in TERMINAL
-        ]
+    # ------------------------------------------------------------------ events
+
+    def attach(self, runner: ControllerRunner) -> None:
+        """Keep the state current from the runner's informers (register first)."""
+        self._runner = runner
+        runner.informers[Node].add_handler(self._on_node)
+        runner.informers[Cluster].add_handler(self._on_cluster)
+        runner.informers[Deployment].add_handler(self._on_deployment)
+        runner.informers[Instance].add_handler(self._on_instance)
+
+    def _on_node(self, kind: str, old: Node | None, new: Node | None) -> None:
+        if new is None:
+            if old is not None:
+                self.state.remove_node(old.metadata.name)
+                self._tainted.pop(old.metadata.name, None)
+            return
+        self.state.upsert_node(new)
+        if kind != "RESYNC":
+            self._note_noexecute(new)
+            self._retry_waiting()
+
+    def _note_noexecute(self, node: Node) -> None:
+        """Remember since when each NoExecute taint is on the Node (as first seen here), and
+        look at the Instances on it when they change."""
+        name = node.metadata.name
+        now = self._now()
+        before = self._tainted.get(name, {})
+        current = {
+            (t.key, t.value): before.get((t.key, t.value), now)
+            for t in node.spec.taints
+            if t.effect == "NoExecute"
+        }
+        if current:
+            self._tainted[name] = current
+        else:
+            self._tainted.pop(name, None)
+        if current.keys() != before.keys():
+            slot = self.state.slots.get(name)
+            for key in sorted(self.state.by_slot[slot]) if slot is not None else ():
+                self._enqueue(key)
+
+    def _now(self) -> float:
+        return self._runner.clock.now() if self._runner is not None else 0.0
+
+    async def _noexecute(self, ctx: Context, instance: Instance) -> Result:
+        """Evict a bound Instance that does not (or no longer) tolerates its Node's NoExecute
+        taints, at once or after its tolerationSeconds."""
+        taints = self._tainted.get(instance.spec.node_name)
+        if not taints:
+            return Result()
+        due = noexecute_deadline(
+            instance.spec.tolerations, [(k, v, since) for (k, v), since in taints.items()]
+        )
+        if due is None:
+            return Result()
+        wait = due - ctx.clock.now()
+        if wait > 0:
+            return Result(requeue_after=wait)
+        meta = instance.metadata
+        ctx.log.info(
+            "evicting %s: NoExecute taint on %s", object_key(instance), instance.spec.node_name
+        )
+        try:
+            await ctx.client.evict(
+                meta.name, namespace=meta.namespace, preconditions=Preconditions(uid=meta.uid)
+            )
+        except NotFound:
+            return Result()
+        except TooManyRequests:
+            return Result(requeue_after=RETRY_BUDGET)  # its disruption budget: later
+        await _event(
+            ctx,
+            _involved(instance),
+            "TaintEviction",
+            f"evicted: node {instance.spec.node_name} has a NoExecute taint it does not "
+            "tolerate (any longer)",
+            warning=True,
+        )
+        return Result()
+
+    def _on_cluster(self, kind: str, old: Cluster | None, new: Cluster | None) -> None:
+        if new is None:
+            if old is not None:
+                self.state.remove_cluster(old.metadata.name)
+            return
+        self.state.upsert_cluster(new)
+        if kind != "RESYNC":
+            self._retry_waiting()
+
+    def _on_deployment(self, _kind: str, old: Deployment | None, new: Deployment | None) -> None:
+        if new is not None:
+            self.state.upsert_deployment(new)
+        elif old is not None:
+            self.state.remove_deployment(object_key(old))
+
+    def _on_instance(self, kind: str, old: Instance | None, new: Instance | None) -> None:
+        if new is None:
+            if old is None:
+                return
+            key = instance_key(old)
+            freed = self.state.remove_instance(key)
+            self._forget_preemptor(key)
+        else:
+            key = instance_key(new)
+            freed = self.state.upsert_instance(new)
+        if freed and kind != "RESYNC":
+            preemptor = self._victims.pop(key, None)
+            if preemptor is not None:
+                self._enqueue(preemptor, "high")  # its room may be free now: bind it first
+            self._retry_waiting()
+
+    def _forget_preemptor(self, key: str) -> None:
+        self._waiting.pop(key, None)
+        self.state.release_nomination(key)
+        pending = self._preempting.pop(key, None)
+        if pending is not None:
+            for victim in pending[1]:
+                if self._victims.get(victim) == key:
+                    del self._victims[victim]
+                    self.state.evicting.discard(victim)
+
+    def _retry_waiting(self) -> None:
+        """Look again at every unschedulable Instance, once per burst of events."""
+        if self._sweep_pending or not self._waiting:
+            return
+        self._sweep_pending = True
+        asyncio.get_running_loop().call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_pending = False
+        for key in list(self._waiting):
+            self._enqueue(key)
+
+    def _enqueue(self, key: str, lane: str = "normal") -> None:
+        if self._runner is None:
+            return
+        for partition in list(self._runner.partitions.values()):
+            if not partition.stopped and partition.accepts(key):
+                partition.queues[self.name].add(key, lane)
 
     def _unbound_of_deployment(self, deployment: Resource) -> Iterable[str]:
         instances: Indexer[Instance] = self._cache(Instance)
@@ -77,92 +245,186 @@ class SchedulerController:
             if not i.spec.node_name
         ]
 
-    def _assumptions(self, now: float, instances: Indexer[Instance]) -> dict[str, str]:
-        """Own bindings the cache has not shown yet (dropped once it has, or after a while)."""
-        for key, (_node, uid, when) in list(self._assumed.items()):
-            cached = instances.get(key)
-            if (
-                cached is None
-                or cached.metadata.uid != uid  # deleted and recreated under the same name
-                or cached.spec.node_name
-                or now - when > ASSUME_FOR
-            ):
-                del self._assumed[key]
-        return {key: node for key, (node, _uid, _when) in self._assumed.items()}
+    # ------------------------------------------------------------------ reconcile
 
     async def reconcile(self, ctx: Context, key: str) -> Result:
         instances: Indexer[Instance] = ctx.cache(Instance)
         instance = instances.get(key)
-        now = ctx.clock.now()
-        assumed = self._assumptions(now, instances)
+        state = self.state
         if (
             instance is None
             or instance.metadata.deletion_timestamp
             or instance.status.phase in TERMINAL
         ):
+            self._forget_preemptor(key)
             self._pending_since.pop(key, None)
             return Result()
         if instance.spec.node_name:
+            self._forget_preemptor(key)
             self._pending_since.pop(key, None)
             await self._mark_scheduled(ctx, instance)
-            return Result()
+            return await self._noexecute(ctx, instance)
         since = self._pending_since.get(key)
         if since is None or since[0] != instance.metadata.uid:
-            self._pending_since[key] = (instance.metadata.uid, now)
-        if key in assumed:
-            # Bound by us a moment ago: the cache will show it (look again if it never does).
-            return Result(requeue_after=ASSUME_FOR)
-        snapshot = build_snapshot(
-            ctx.cache(Node), instances, ctx.cache(Deployment), assumed=assumed
-        )
-        decision = schedule(instance, snapshot)
+            self._pending_since[key] = (instance.metadata.uid, ctx.clock.now())
+        placed = state.placed.get(key)
+        if placed is not None and placed.assumed and placed.uid == instance.metadata.uid:
+            return Result()  # our binding is being written
+        state.release_nomination(key)  # its own held room is free for it
+        decision = schedule(instance, state, self.config)
         if decision.node is None:
             self.stats.unschedulable += 1
-            await self._mark_unschedulable(ctx, instance, decision)
-            return Result(requeue_after=self.retry_after)
-        meta = instance.metadata
-        try:
-            await ctx.client.bind(
-                meta.namespace, meta.name, decision.node, resource_version=meta.resource_version
-            )
-        except NotFound:
-            return Result()
-        except Conflict:
-            # Stale resourceVersion, or bound meanwhile: the runner retries the key with
-            # backoff and the next look sees the newer Instance.
-            self.stats.conflicts += 1
-            raise
-        self.stats.placements += 1
-        _uid, first_seen = self._pending_since.pop(key, (meta.uid, now))
-        self.stats.pending_to_bound.observe(max(0.0, ctx.clock.now() - first_seen))
-        self._assumed[key] = (decision.node, meta.uid, now)
-        ctx.log.info("bound %s to %s", key, decision.node)
+            return await self._cannot_place(ctx, instance, decision)
+        await self._slots.acquire()
+        self._forget_preemptor(key)
+        state.assume(instance, decision.node)
+        self._spawn(self._bind(ctx, instance, decision.node), f"bind-{key}")
         return Result()
 
-    async def _mark_unschedulable(self, ctx: Context, instance: Instance, why: Decision) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _bind(self, ctx: Context, instance: Instance, node: str) -> None:
+        meta = instance.metadata
+        key = instance_key(instance)
+        try:
+            await ctx.client.bind(
+                meta.namespace, meta.name, node, resource_version=meta.resource_version
+            )
+        except NotFound:
+            self.state.forget(key)
+        except FencingTokenRejected:
+            self.state.forget(key)  # deposed: the partition is stopping
+        except (Conflict, KeelClientError, OSError) as exc:
+            # The Instance changed since the cache showed it (or the write failed): look
+            # again with what the cache shows next.
+            if isinstance(exc, Conflict):
+                self.stats.conflicts += 1
+            ctx.log.info("binding %s to %s failed: %s", key, node, exc)
+            self.state.forget(key)
+            self._enqueue(key)
+        else:
+            self.bound += 1
+            self.stats.placements += 1
+            _uid, first_seen = self._pending_since.pop(key, (meta.uid, ctx.clock.now()))
+            self.stats.pending_to_bound.observe(max(0.0, ctx.clock.now() - first_seen))
+            ctx.log.debug("bound %s to %s", key, node)
+        finally:
+            self._slots.release()
+
+    async def _cannot_place(self, ctx: Context, instance: Instance, decision: Decision) -> Result:
+        key = instance_key(instance)
+        state = self.state
+        pending = self._preempting.get(key)
+        if pending is not None:
+            node, victims = pending
+            if node in state.slots and any(v in state.placed for v in victims):
+                # Our victims are still going: keep the room held; their deletions wake us.
+                state.nominate(instance, node)
+                return Result()
+            self._forget_preemptor(key)
+        preemption = preempt(instance, state)
+        if preemption is None:
+            self._waiting[key] = None
+            await self._mark_unschedulable(ctx, instance, decision, nominated="")
+            return Result()
+        self._waiting.pop(key, None)
+        state.nominate(instance, preemption.node)
+        self._preempting[key] = (preemption.node, frozenset(preemption.victims))
+        for victim in preemption.victims:
+            self._victims[victim] = key
+            state.evicting.add(victim)
+        self.preemptions += 1
+        self.stats.preemptions += len(preemption.victims)
+        ctx.log.info("%s: %s", key, preemption.reason)
+        # The writes go on in the background, as bindings do: the next decision already
+        # sees the room held and the victims on their way out.
+        await self._slots.acquire()
+        self._spawn(self._preempt(ctx, instance, preemption), f"preempt-{key}")
+        return Result()
+
+    async def _preempt(self, ctx: Context, instance: Instance, preemption: Preemption) -> None:
+        """Evict the victims (the room is held for `instance` meanwhile), then record the
+        nomination; their deletions wake `instance` up to bind."""
+        key = instance_key(instance)
+        state = self.state
+        try:
+            for victim in preemption.victims:
+                placed = state.placed.get(victim)
+                if placed is None:
+                    continue
+                namespace, _, name = victim.partition("/")
+                try:
+                    await ctx.client.evict(
+                        name, namespace=namespace, preconditions=Preconditions(uid=placed.uid)
+                    )
+                except NotFound:
+                    continue
+                if placed.instance is not None:
+                    self._spawn(
+                        _event(
+                            ctx,
+                            _involved(placed.instance),
+                            "Preempted",
+                            f"preempted by {key} (priority {instance.spec.priority}) "
+                            f"on {preemption.node}",
+                            warning=True,
+                        ),
+                        f"event-{victim}",
+                    )
+            why = Decision(None, preemption.reason)
+            # If the Instance changed meanwhile (bound already), nothing is left to say.
+            with contextlib.suppress(Conflict, NotFound):
+                await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
+        except FencingTokenRejected:
+            self._forget_preemptor(key)
+        except (TooManyRequests, Conflict, KeelClientError, OSError) as exc:
+            # A budget refusal (or a changed victim): give the room back and look again
+            # once the budget may allow it.
+            ctx.log.info("%s: preemption on %s stopped: %s", key, preemption.node, exc)
+            self._forget_preemptor(key)
+            asyncio.get_running_loop().call_later(RETRY_BUDGET, self._enqueue, key)
+        finally:
+            self._slots.release()
+
+    async def _mark_unschedulable(
+        self, ctx: Context, instance: Instance, why: Decision, *, nominated: str
+    ) -> None:
         current = scheduled_condition(instance)
-        if current is not None and (current.status, current.reason, current.message) == (
-            "False",
-            "Unschedulable",
-            why.reason,
+        reason = "Preempting" if nominated else "Unschedulable"
+        if (
+            current is not None
+            and (current.status, current.reason, current.message) == ("False", reason, why.reason)
+            and instance.status.nominated_node_name == nominated
         ):
             return
         ctx.log.info("%s is unschedulable: %s", object_key(instance), why.reason)
         condition = Condition(
             type=SCHEDULED,
             status="False",
-            reason="Unschedulable",
+            reason=reason,
             message=why.reason,
             last_transition_time=rfc3339(ctx.clock.wall())
             if current is None or current.status != "False"
             else current.last_transition_time,
         )
-        await self._set_condition(ctx, instance, condition)
+        await self._set_condition(ctx, instance, condition, nominated=nominated)
+        await _event(
+            ctx,
+            _involved(instance),
+            "Preempting" if nominated else "FailedScheduling",
+            why.reason,
+            warning=not nominated,
+        )
 
     async def _mark_scheduled(self, ctx: Context, instance: Instance) -> None:
-        """A bound Instance that was once unschedulable says so no longer."""
+        """A bound Instance that was once unschedulable (or nominated) says so no longer."""
         current = scheduled_condition(instance)
-        if current is None or current.status == "True":
+        if (
+            current is None or current.status == "True"
+        ) and not instance.status.nominated_node_name:
             return
         condition = Condition(
             type=SCHEDULED,
@@ -171,12 +433,46 @@ class SchedulerController:
             message=f"bound to node {instance.spec.node_name}",
             last_transition_time=rfc3339(ctx.clock.wall()),
         )
-        await self._set_condition(ctx, instance, condition)
+        await self._set_condition(ctx, instance, condition, nominated="")
 
     @staticmethod
-    async def _set_condition(ctx: Context, instance: Instance, condition: Condition) -> None:
+    async def _set_condition(
+        ctx: Context, instance: Instance, condition: Condition, *, nominated: str
+    ) -> None:
         others = [c for c in instance.status.conditions if c.type != SCHEDULED]
-        status = msgspec.structs.replace(instance.status, conditions=[*others, condition])
+        status = msgspec.structs.replace(
+            instance.status, conditions=[*others, condition], nominated_node_name=nominated
+        )
         # A Conflict propagates: the runner retries with the newer Instance from the cache.
         with contextlib.suppress(NotFound):
             await ctx.client.update_status(msgspec.structs.replace(instance, status=status))
+
+    async def drain(self) -> None:
+        """Wait for the bindings being written (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _involved(instance: Instance) -> dict[str, str]:
+    meta = instance.metadata
+    return {"kind": "Instance", "name": meta.name, "namespace": meta.namespace}
+
+
+async def _event(
+    ctx: Context, involved: dict[str, str], reason: str, message: str, *, warning: bool
+) -> None:
+    """An event (telemetry, never stored); losing one is not worth failing a reconcile."""
+    if not involved:
+        return
+    event = {
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "type": "Warning" if warning else "Normal",
+        "time": rfc3339(ctx.clock.wall()),
+        "source": "keel-scheduler",
+    }
+    try:
+        await ctx.client.record_event(event, namespace=involved.get("namespace"))
+    except (KeelClientError, OSError) as exc:
+        log.info("event not recorded: %s", exc)

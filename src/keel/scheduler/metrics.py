@@ -28,7 +28,7 @@ class SchedulerStats:
     placements: int = 0  # bindings the API server accepted
     conflicts: int = 0  # bindings refused with 409 (the Instance changed or was bound)
     unschedulable: int = 0  # decisions that found no node
-    preemptions: int = 0  # instances evicted to make room (no preemption yet: stays 0)
+    preemptions: int = 0  # lower-priority Instances evicted to make room for others
     pending_to_bound: Histogram = field(default_factory=lambda: Histogram(PENDING_BUCKETS))
 
 
@@ -65,7 +65,7 @@ class SchedulerMetrics(ControllerManagerMetrics):
         )
         self.preemptions = r.counter(
             "keel_scheduler_preemptions_total",
-            "Instances preempted to make room for others (Keel does not preempt yet: 0).",
+            "Lower-priority Instances evicted to make room for higher-priority ones.",
         )
         r.add_collector(self._collect_scheduler)
 

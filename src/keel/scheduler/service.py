@@ -11,7 +11,8 @@ from keel.client import KeelClient
 from keel.clock import Clock
 from keel.runtime.controller import ControllerRunner
 from keel.runtime.manager import ControllerManager
-from keel.scheduler.controller import RETRY_UNSCHEDULABLE, SchedulerController
+from keel.scheduler.controller import SchedulerController
+from keel.scheduler.policy import DEFAULT_CONFIG, SchedulerConfig
 
 __all__ = ["LEASE_NAME", "LEASE_NAMESPACE", "new_scheduler"]
 
@@ -25,15 +26,18 @@ def new_scheduler(
     identity: str,
     clock: Clock,
     ttl: int = 2,
-    retry_after: float = RETRY_UNSCHEDULABLE,
     rng: random.Random | None = None,
+    config: SchedulerConfig = DEFAULT_CONFIG,
 ) -> ControllerManager:
     """A manager to `run()`: informers always (warm standby), binding only while leading.
 
-    One worker: each decision must see the previous one's binding.
+    One worker: each decision must see the previous one's binding (bindings themselves are
+    written concurrently). Waiting Instances are retried on events, not on a timer.
     """
     runner = ControllerRunner(client, clock=clock, rng=rng)
-    runner.register(SchedulerController(runner.cache, retry_after=retry_after), workers=1)
+    controller = SchedulerController(runner.cache, config=config)
+    runner.register(controller, workers=1)
+    controller.attach(runner)
     return ControllerManager(
         client,
         runner,
