@@ -102,3 +102,14 @@ def netns_required() -> None:
     missing = _netns_missing()
     if missing is not None:
         pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def browser_required() -> None:
+    """The dashboard's browser tests need Debian's chromium and Playwright: fail with what to
+    install rather than skip."""
+    from support.browser import missing
+
+    reason = missing()
+    if reason is not None:
+        pytest.fail(reason, pytrace=False)

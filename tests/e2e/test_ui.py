@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from support import V1, ApiServer, KeelProcess, wait_for
-from support.browser import chromium, missing
+from support.browser import chromium
 
-pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+pytestmark = pytest.mark.usefixtures("browser_required")
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello.yaml"

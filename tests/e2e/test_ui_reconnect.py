@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from support import V1, ApiServer
-from support.browser import chromium, missing
+from support.browser import chromium
 
-pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+pytestmark = pytest.mark.usefixtures("browser_required")
 UI_TIMEOUT = 30_000
 
 
