@@ -913,6 +913,42 @@ class NodeTarget(Model, frozen=True):
     kind: str = "Node"
 
 
+class PlanBinding(Model, frozen=True):
+    """One binding of a BindingPlan: Instance `namespace`/`name` onto Node `node`, only if
+    the Instance is still at `resourceVersion` (when given)."""
+
+    namespace: Name
+    name: Name
+    node: Name
+    resource_version: str = ""
+
+
+class PlanResult(Model, frozen=True, omit_defaults=True):
+    """What became of one binding: bound (and the Instance's new resourceVersion), or the
+    refusal as a Status would give it (code, reason, message)."""
+
+    namespace: str
+    name: str
+    node: str
+    bound: bool = False
+    uid: str = ""  # the bound Instance's
+    resource_version: str = ""
+    code: int = 0
+    reason: str = ""
+    message: str = ""
+
+
+class BindingPlan(Model, frozen=True, omit_defaults=True):
+    """POST body of /apis/keel.dev/v1/bindingplans: bindings the API server commits in one
+    store transaction (those still valid), answered with one result per binding, in order
+    (a scheduler's plan, as Nomad's plan queue applies them). Never stored."""
+
+    bindings: list[PlanBinding] = []
+    api_version: str = API_VERSION
+    kind: str = "BindingPlan"
+    results: list[PlanResult] = []
+
+
 class Precondition(Model, frozen=True, omit_defaults=True):
     uid: str = ""
     resource_version: str = ""

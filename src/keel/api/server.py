@@ -55,12 +55,15 @@ from keel.api.resources import (
     API_GROUP,
     API_VERSION,
     Binding,
+    BindingPlan,
     Deployment,
     EndpointRegistration,
     Eviction,
     Lease,
     LeaseRenewal,
     ListMeta,
+    ObjectMeta,
+    PlanResult,
     PropagationPolicy,
     Resource,
     Service,
@@ -77,7 +80,9 @@ from keel.api.selectors import (
 from keel.api.storage import (
     DEFAULT_MAX_OBJECT_BYTES,
     ApiError,
+    BindingOutcome,
     Fencing,
+    PlannedBinding,
     Preconditions,
     Storage,
     WriteCounter,
@@ -303,6 +308,28 @@ def decode_body(
     return msgspec.structs.replace(obj, kind=info.kind, metadata=fixed)
 
 
+def plan_result(outcome: BindingOutcome) -> PlanResult:
+    binding = outcome.binding
+    if outcome.error is not None:
+        return PlanResult(
+            binding.namespace,
+            binding.name,
+            binding.node,
+            code=outcome.error.code,
+            reason=outcome.error.reason,
+            message=outcome.error.message,
+        )
+    meta = outcome.bound.metadata if outcome.bound is not None else ObjectMeta()
+    return PlanResult(
+        binding.namespace,
+        binding.name,
+        binding.node,
+        bound=True,
+        uid=meta.uid,
+        resource_version=meta.resource_version,
+    )
+
+
 def decode_record(model: type[Any], body: bytes, what: str) -> Any:
     try:
         return msgspec.json.decode(body, type=model)
@@ -514,6 +541,10 @@ class ApiServer:
             admission if admission is not None else TokenBucketAdmission(clock=self.clock)
         )
         self.cache = cache if cache is not None else WatchCache(store, clock=self.clock)
+        # Bindings are checked against node room as this cache knows it (OCC in the txn).
+        self.cache.follow(BY_KIND["Node"], self.storage.rooms.on_node)
+        self.cache.follow(BY_KIND["Instance"], self.storage.rooms.on_instance)
+        self.storage.fresh = self.cache.wait_fresh
         self.telemetry = (
             telemetry if telemetry is not None else telemetry_mod.TelemetryStore(self.clock)
         )
@@ -601,6 +632,7 @@ class ApiServer:
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         routes = [
             # the hot path first: Starlette tries routes in order
+            Route(f"/apis/{API_GROUP}/v1/bindingplans", self.binding_plans, methods=methods),
             Route(f"/apis/{API_GROUP}/v1/{{rest:path}}", self.resource_endpoint, methods=methods),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/livez", self.healthz, methods=["GET"]),
@@ -1509,6 +1541,41 @@ class ApiServer:
             propagation=cast("PropagationPolicy | None", propagation),
         )
         return self._object(obj)
+
+    async def binding_plans(self, request: Request) -> Response:
+        """`POST /apis/keel.dev/v1/bindingplans`: a scheduler's bindings, committed in one
+        store transaction (those still valid) with a result per binding (`BindingPlan`).
+        Whoever may create instances/binding in every namespace of the plan may send it."""
+        started = time.perf_counter()
+        try:
+            if request.method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "bindingplans take POST")
+            principal = self._authenticate(request)
+            plan: BindingPlan = decode_record(BindingPlan, await self._body(request), "BindingPlan")
+            info = BY_KIND["Instance"]
+            for namespace in sorted({b.namespace for b in plan.bindings}):
+                target = Target(info, namespace, None, "binding")
+                self._authorize(principal, self._auth_request("create", target))
+            outcomes = await self.storage.bind_plan(
+                info,
+                [
+                    PlannedBinding(b.namespace, b.name, b.node, b.resource_version)
+                    for b in plan.bindings
+                ],
+                fencing=self._fencing(request),
+                writer=writer_of(request, principal),
+            )
+            response = _json(BindingPlan(results=[plan_result(o) for o in outcomes]), 201)
+        except ApiError as exc:
+            response = _error(exc)
+        except StoreError as exc:
+            response = _error(store_error(exc))
+        except Exception as exc:
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            response = _error(ApiError(500, "InternalError", f"internal error: {exc!r}"))
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request("create", "BindingPlan", response.status_code, elapsed)
+        return response
 
     async def bind(
         self, request: Request, target: Target, *, writer: Writer | None = None

@@ -11,12 +11,13 @@ import datetime as dt
 import random
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
+from keel.api.allocation import NodeRooms, binding_key, requested
 from keel.api.disruption import EvictionDecision, controller_ref, decide_eviction
 from keel.api.managedfields import Conflict as FieldConflict
 from keel.api.managedfields import apply as apply_fields
@@ -228,6 +229,30 @@ def too_large(size: int, limit: int) -> ApiError:
 # ------------------------------------------------------------------------------ records
 
 
+MAX_PLAN_BINDINGS = 50  # per plan: instances + nodes + fencing compares within etcd's 128
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedBinding:
+    """One binding of a plan: bind Instance namespace/name to `node`."""
+
+    namespace: str
+    name: str
+    node: str
+    resource_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BindingOutcome:
+    """What became of one binding of a plan: `bound` (the Instance as stored) or `error`
+    (why it was refused; `no_room` when the Node had no room for it)."""
+
+    binding: PlannedBinding
+    bound: Resource | None = None
+    error: ApiError | None = None
+    no_room: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Fencing:
     """A `Keel-Fencing-Token: {namespace}/{lease}={token}` header, parsed."""
@@ -286,6 +311,12 @@ def _decoder(model: type[Resource]) -> msgspec.json.Decoder[Any]:
 
 def encode(obj: Resource) -> bytes:
     return _encoder.encode(obj)
+
+
+def _only(response: object) -> KeyValue | None:
+    """The key a txn's get op found, or None."""
+    assert isinstance(response, RangeResult)
+    return response.kvs[0] if response.kvs else None
 
 
 def from_kv(info: KindInfo, kv: KeyValue) -> Resource:
@@ -618,6 +649,10 @@ class Storage:
         self.renewals: dict[tuple[str, str], float] = {}
         # Generated names and uids; a seeded one makes a simulation replay exactly.
         self._rng = rng or random.Random()
+        # Node room for bindings: fed by the API server's watch cache (`NodeRooms`), and
+        # how to wait until that cache has applied a revision (None: no cache to wait on).
+        self.rooms = NodeRooms()
+        self.fresh: Callable[[int], Awaitable[bool]] | None = None
 
     # -- helpers
 
@@ -1015,21 +1050,136 @@ class Storage:
         fencing: Fencing | None = None,
         writer: Writer | None = None,
     ) -> Resource:
-        """Set spec.nodeName once (the scheduler's binding), with OCC."""
-
-        def mutate(current: Resource) -> Resource:
-            return bind_instance(info, current, node, resource_version)
-
-        return await self.update(
+        """Set spec.nodeName once (the scheduler's binding), with OCC on the Instance and on
+        the Node's room: see `bind_plan`."""
+        [outcome] = await self.bind_plan(
             info,
-            namespace,
-            name,
-            mutate,
-            subresource="binding",
+            [PlannedBinding(namespace, name, node, resource_version)],
             fencing=fencing,
-            verb="binding",
             writer=writer,
         )
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.bound is not None
+        return outcome.bound
+
+    async def bind_plan(
+        self,
+        info: KindInfo,
+        plan: list[PlannedBinding],
+        *,
+        fencing: Fencing | None = None,
+        writer: Writer | None = None,
+    ) -> list[BindingOutcome]:
+        """Commit every binding of `plan` that is still valid in ONE store transaction and
+        say, per binding, why the others were refused (Nomad's plan apply).
+
+        Each binding is checked against the Instance as stored (not found, being deleted,
+        already bound, resourceVersion moved) and against its Node's room: the Node's
+        offer minus what the Instances bound to it request (this server's watch cache,
+        waited on until it has seen the Node's last binding) minus earlier bindings of the
+        plan. The transaction compares each Instance's mod_revision and each Node's binding
+        key (`keel.api.allocation.binding_key`), so a binding another scheduler committed
+        meanwhile on one of those Nodes makes it fail and the plan is checked again:
+        nothing that would overcommit a Node is ever applied."""
+        if len(plan) > MAX_PLAN_BINDINGS:
+            raise bad_request(
+                f"bindings: at most {MAX_PLAN_BINDINGS} per plan (one store transaction), "
+                f"got {len(plan)}"
+            )
+        outcomes: list[BindingOutcome | None] = [None] * len(plan)
+        pending = list(range(len(plan)))
+        for _ in range(_UPDATE_ATTEMPTS):
+            keys = [info.key(plan[i].namespace, plan[i].name) for i in pending]
+            nodes = sorted({plan[i].node for i in pending})
+            read = await self.store.txn(
+                [], [*(Op.get(k) for k in keys), *(Op.get(binding_key(n)) for n in nodes)], []
+            )
+            found = [_only(r) for r in read.responses[: len(keys)]]
+            marks = dict(zip(nodes, (_only(r) for r in read.responses[len(keys) :]), strict=True))
+            seen = max((kv.mod_revision for kv in marks.values() if kv is not None), default=0)
+            if seen and self.fresh is not None and not await self.fresh(seen):
+                # The cache must have seen each Node's last binding before it can vouch
+                # for the room left: every binding writes its Node's key in its own txn.
+                raise ApiError(
+                    503,
+                    "ServiceUnavailable",
+                    "the watch cache is behind the store, so node room cannot be checked "
+                    "now; retry the binding",
+                    retry_after=1,
+                )
+            staged: dict[str, dict[str, int]] = {}
+            accepted: list[tuple[int, KeyValue, Resource]] = []
+            for i, kv in zip(pending, found, strict=True):
+                binding = plan[i]
+                try:
+                    current, updated = self._bound(info, binding, kv)
+                    if writer is not None:
+                        now = self.clock.wall()
+                        updated = owned(info, current, updated, writer, now, subresource="binding")
+                except ApiError as exc:
+                    outcomes[i] = BindingOutcome(binding, error=exc)
+                    continue
+                want = requested(updated.spec)  # type: ignore[attr-defined]
+                short = self.rooms.check(binding.node, want, staged.get(binding.node))
+                if short:
+                    error = conflict(info, binding.name, short)
+                    outcomes[i] = BindingOutcome(binding, error=error, no_room=True)
+                    continue
+                room = staged.setdefault(binding.node, {})
+                for resource, amount in want.items():
+                    room[resource] = room.get(resource, 0) + amount
+                assert kv is not None
+                accepted.append((i, kv, updated))
+            if not accepted:
+                break
+            compares = [
+                Compare.mod_revision(kv.key, "==", kv.mod_revision) for _, kv, _ in accepted
+            ]
+            ops = [
+                Op.put(kv.key, self._encode_checked(updated), kv.lease or None)
+                for _, kv, updated in accepted
+            ]
+            last_bound: dict[str, bytes] = {}
+            for i, kv, _ in accepted:
+                last_bound[plan[i].node] = kv.key
+            for node, instance_key in sorted(last_bound.items()):
+                mark = marks[node]
+                compares.append(
+                    Compare.mod_revision(binding_key(node), "==", mark.mod_revision)
+                    if mark is not None
+                    else Compare.create_revision(binding_key(node), "==", 0)
+                )
+                ops.append(Op.put(binding_key(node), instance_key))
+            fence_compares, fence_ops = self._guards(fencing)
+            result = await self.store.txn([*compares, *fence_compares], ops, fence_ops)
+            if result.succeeded:
+                for i, kv, updated in accepted:
+                    self.writes.add(info.kind, "binding")
+                    stored = with_revision(updated, result.revision, kv.create_revision)
+                    outcomes[i] = BindingOutcome(plan[i], bound=stored)
+                break
+            fenced = self._fencing_failed(fencing, result)
+            if fenced is not None:
+                raise fenced
+            pending = [i for i, _, _ in accepted]  # a race lost: check those again
+        for i, outcome in enumerate(outcomes):
+            if outcome is None:
+                why = conflict(info, plan[i].name, "too many concurrent writers; try again")
+                outcomes[i] = BindingOutcome(plan[i], error=why)
+        return [o for o in outcomes if o is not None]
+
+    @staticmethod
+    def _bound(
+        info: KindInfo, binding: PlannedBinding, kv: KeyValue | None
+    ) -> tuple[Resource, Resource]:
+        """The Instance as stored and as `binding` would store it (ApiError when it may
+        not be bound)."""
+        if kv is None:
+            raise not_found(info, binding.name)
+        current = from_kv(info, kv)
+        proposed = bind_instance(info, current, binding.node, binding.resource_version)
+        return current, prepare_update(info, current, proposed, subresource="binding")
 
     # -- delete
 

@@ -72,6 +72,7 @@ class CachedObject:
 
 
 Predicate = Callable[[CachedObject], bool]
+Listener = Callable[[bytes, Resource | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,12 +290,16 @@ class _KindCache:
         self.groups: dict[str | None, dict[Predicate | None, dict[CacheWatch, None]]] = {}
         # Watchers starting ahead of the cache, which must skip changes one by one.
         self.slow: dict[CacheWatch, None] = {}
+        # Told every object as the cache now holds it (None: gone), by store key.
+        self.listeners: list[Listener] = []
 
     def put(self, cached: CachedObject) -> CachedObject | None:
         index = self.by_ns.get(cached.namespace)
         if index is None:
             index = self.by_ns[cached.namespace] = _Index()
         index.put(cached)
+        for listener in self.listeners:
+            listener(cached.key, cached.obj)
         return self.all.put(cached)
 
     def remove(self, key: bytes, namespace: str) -> CachedObject | None:
@@ -303,7 +308,11 @@ class _KindCache:
             index.remove(key)
             if not index.items:
                 del self.by_ns[namespace]
-        return self.all.remove(key)
+        removed = self.all.remove(key)
+        if removed is not None:
+            for listener in self.listeners:
+                listener(key, None)
+        return removed
 
     def ring_len(self) -> int:
         return self.ring.size
@@ -597,6 +606,14 @@ class WatchCache:
 
     def get(self, info: KindInfo, namespace: str, name: str) -> CachedObject | None:
         return self._kinds[info.plural].all.items.get(info.key(namespace, name))
+
+    def follow(self, info: KindInfo, listener: Listener) -> None:
+        """Tell `listener` every object of `info`'s kind the cache holds from now on, and
+        each later change (store key, object or None when gone), as the cache applies it."""
+        kind = self._kinds[info.plural]
+        kind.listeners.append(listener)
+        for key, cached in kind.all.items.items():
+            listener(key, cached.obj)
 
     def list(
         self,

@@ -41,6 +41,15 @@ def add_scheduler_command(commands: Any) -> None:
         help="rank fitting Nodes by least (spread load) or most (bin-pack) allocation, "
         "where the placement does not decide (default LeastAllocated)",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="run several schedulers at once: split the Instances into this many shards, "
+        "each replica takes its share of the shard leases and places their Instances on "
+        "any Node (every replica must give the same number; 0, the default: one leader "
+        "places everything)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     add_metrics_argument(parser)
     parser.set_defaults(run=run_scheduler)
@@ -54,6 +63,9 @@ def run_scheduler(args: argparse.Namespace) -> int:
     )
     if args.lease_ttl < 2:
         print("scheduler: --lease-ttl must be at least 2", file=sys.stderr)
+        return 2
+    if not 0 <= args.shards <= 64:
+        print(f"scheduler: --shards must be between 0 and 64, got {args.shards}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_serve(args))
@@ -78,6 +90,7 @@ async def _serve(args: argparse.Namespace) -> int:
             clock=clock,
             ttl=args.lease_ttl,
             config=SchedulerConfig(scoring=args.scoring),
+            shards=args.shards,
         )
         metrics = SchedulerMetrics(manager)
         await exits.enter_async_context(serving_metrics(args.metrics_listen, metrics.render))

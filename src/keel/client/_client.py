@@ -11,7 +11,7 @@ import builtins
 import os
 import random
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,6 +23,7 @@ import msgspec
 from keel.api.registry import BY_KIND, KindInfo, lookup
 from keel.api.resources import (
     Binding,
+    BindingPlan,
     DeleteOptions,
     Eviction,
     Instance,
@@ -31,6 +32,8 @@ from keel.api.resources import (
     LeaseSpec,
     NodeTarget,
     ObjectMeta,
+    PlanBinding,
+    PlanResult,
     Precondition,
     Resource,
     Status,
@@ -157,6 +160,9 @@ _bookmark_decoder = msgspec.json.Decoder(Bookmark)
 _any_decoder = msgspec.json.Decoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _list_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+_plan_decoder = msgspec.json.Decoder(BindingPlan)
 
 
 def _decoder(model: type[R]) -> msgspec.json.Decoder[R]:
@@ -687,6 +693,14 @@ class KeelClient:
         )
         result = _decode_object_or_status(info, data)
         return result if isinstance(result, Instance) else None
+
+    async def bind_plan(self, bindings: Sequence[PlanBinding]) -> builtins.list[PlanResult]:
+        """Submit bindings as one plan: the server commits every one still valid (Instance
+        unchanged, room left on its Node) in one store transaction and answers per binding,
+        in order. At most 50 per plan."""
+        plan = BindingPlan(bindings=list(bindings))
+        data = await self._write("POST", f"{self._base}/bindingplans", body=_encoder.encode(plan))
+        return _plan_decoder.decode(data).results
 
     async def evict(
         self,

@@ -18,7 +18,16 @@ from typing import Any
 
 import msgspec
 
-from keel.api.resources import Cluster, Condition, Deployment, Instance, Node, Resource
+from keel.api.resources import (
+    Cluster,
+    Condition,
+    Deployment,
+    Instance,
+    Node,
+    PlanBinding,
+    PlanResult,
+    Resource,
+)
 from keel.client import (
     Conflict,
     FencingTokenRejected,
@@ -50,7 +59,9 @@ __all__ = [
 ]
 
 SCHEDULED = "Scheduled"
-MAX_IN_FLIGHT = 64  # bindings written concurrently
+PLAN_SIZE = 50  # bindings per plan: the API server commits a plan in one store transaction
+PLANS_IN_FLIGHT = 4  # plans sent concurrently (per partition)
+MAX_IN_FLIGHT = PLAN_SIZE * PLANS_IN_FLIGHT  # bindings decided but not yet answered
 RETRY_BUDGET = 2.0  # seconds: a preemption a disruption budget refused is tried again
 TERMINAL = frozenset({"Succeeded", "Failed"})
 log = logging.getLogger("keel.scheduler")
@@ -92,6 +103,8 @@ class SchedulerController:
         self._tainted: dict[str, dict[tuple[str, str], float]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._plans: dict[int, _PlanBuffer] = {}  # id(ctx) -> bindings waiting to be sent
+        self.use_plans = True  # False once an API server without plans answered 404
         self.bound = 0
         self.preemptions = 0
         self.stats = SchedulerStats()  # counts for /metrics (keel.scheduler.metrics)
@@ -278,7 +291,7 @@ class SchedulerController:
         await self._slots.acquire()
         self._forget_preemptor(key)
         state.assume(instance, decision.node)
-        self._spawn(self._bind(ctx, instance, decision.node), f"bind-{key}")
+        self._queue_binding(ctx, instance, decision.node)
         return Result()
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -286,7 +299,97 @@ class SchedulerController:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _queue_binding(self, ctx: Context, instance: Instance, node: str) -> None:
+        """Send the binding in the next plan of this partition. While plans are in flight
+        the decisions made meanwhile gather into the next one, so plans grow with load and
+        a lone binding goes out at once."""
+        buffer = self._plans.get(id(ctx))
+        if buffer is None or buffer.ctx is not ctx:
+            buffer = self._plans[id(ctx)] = _PlanBuffer(ctx)
+        buffer.bindings.append((instance, node))
+        if buffer.senders < PLANS_IN_FLIGHT:
+            buffer.senders += 1
+            self._spawn(self._send_plans(buffer), "binding-plans")
+
+    async def _send_plans(self, buffer: _PlanBuffer) -> None:
+        try:
+            while buffer.bindings:
+                batch = buffer.bindings[:PLAN_SIZE]
+                del buffer.bindings[:PLAN_SIZE]
+                try:
+                    await self._send_plan(buffer.ctx, batch)
+                finally:
+                    for _ in batch:
+                        self._slots.release()
+        finally:
+            buffer.senders -= 1
+
+    async def _send_plan(self, ctx: Context, batch: list[tuple[Instance, str]]) -> None:
+        if not self.use_plans:
+            await asyncio.gather(*(self._bind(ctx, instance, node) for instance, node in batch))
+            return
+        plan = [
+            PlanBinding(i.metadata.namespace, i.metadata.name, node, i.metadata.resource_version)
+            for i, node in batch
+        ]
+        try:
+            results = await ctx.client.bind_plan(plan)
+        except NotFound:
+            # An API server from before binding plans: bind one by one from now on.
+            ctx.log.warning("the API server has no bindingplans: binding one at a time")
+            self.use_plans = False
+            await asyncio.gather(*(self._bind(ctx, instance, node) for instance, node in batch))
+            return
+        except FencingTokenRejected:
+            for instance, _ in batch:
+                self.state.forget(instance_key(instance))  # deposed: the partition stops
+            return
+        except (KeelClientError, OSError) as exc:
+            ctx.log.info("a plan of %d bindings failed: %s", len(batch), exc)
+            for instance, _ in batch:
+                self._refused(instance_key(instance), retry=True)
+            return
+        self.stats.plans += 1
+        for (instance, node), result in zip(batch, results, strict=True):
+            self._answered(ctx, instance, node, result)
+
+    def _answered(self, ctx: Context, instance: Instance, node: str, result: PlanResult) -> None:
+        key = instance_key(instance)
+        if result.bound:
+            self._bound(ctx, instance, node)
+            return
+        if result.code == 404:
+            self.state.forget(key)
+            return
+        # 409: the Instance changed (or was bound by another scheduler), or the Node had no
+        # room left for it (another scheduler bound there first): look again with what the
+        # cache shows next, after a short backoff so the watch can catch up.
+        self.stats.conflicts += 1
+        ctx.log.info("binding %s to %s refused: %s", key, node, result.message)
+        self._refused(key, retry=True, backoff=True)
+
+    def _refused(self, key: str, *, retry: bool, backoff: bool = False) -> None:
+        self.state.forget(key)
+        if not retry or self._runner is None:
+            return
+        if not backoff:
+            self._enqueue(key)
+            return
+        for partition in list(self._runner.partitions.values()):
+            if not partition.stopped and partition.accepts(key):
+                partition.queues[self.name].add_rate_limited(key)
+
+    def _bound(self, ctx: Context, instance: Instance, node: str) -> None:
+        meta = instance.metadata
+        key = instance_key(instance)
+        self.bound += 1
+        self.stats.placements += 1
+        _uid, first_seen = self._pending_since.pop(key, (meta.uid, ctx.clock.now()))
+        self.stats.pending_to_bound.observe(max(0.0, ctx.clock.now() - first_seen))
+        ctx.log.debug("bound %s to %s", key, node)
+
     async def _bind(self, ctx: Context, instance: Instance, node: str) -> None:
+        """One binding through the `binding` subresource (API servers without plans)."""
         meta = instance.metadata
         key = instance_key(instance)
         try:
@@ -297,22 +400,15 @@ class SchedulerController:
             self.state.forget(key)
         except FencingTokenRejected:
             self.state.forget(key)  # deposed: the partition is stopping
-        except (Conflict, KeelClientError, OSError) as exc:
-            # The Instance changed since the cache showed it (or the write failed): look
-            # again with what the cache shows next.
-            if isinstance(exc, Conflict):
-                self.stats.conflicts += 1
+        except Conflict as exc:
+            self.stats.conflicts += 1
+            ctx.log.info("binding %s to %s refused: %s", key, node, exc)
+            self._refused(key, retry=True, backoff=True)
+        except (KeelClientError, OSError) as exc:
             ctx.log.info("binding %s to %s failed: %s", key, node, exc)
-            self.state.forget(key)
-            self._enqueue(key)
+            self._refused(key, retry=True)
         else:
-            self.bound += 1
-            self.stats.placements += 1
-            _uid, first_seen = self._pending_since.pop(key, (meta.uid, ctx.clock.now()))
-            self.stats.pending_to_bound.observe(max(0.0, ctx.clock.now() - first_seen))
-            ctx.log.debug("bound %s to %s", key, node)
-        finally:
-            self._slots.release()
+            self._bound(ctx, instance, node)
 
     async def _cannot_place(self, ctx: Context, instance: Instance, decision: Decision) -> Result:
         key = instance_key(instance)
@@ -451,6 +547,15 @@ class SchedulerController:
         """Wait for the bindings being written (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class _PlanBuffer:
+    """Bindings decided in one partition (one fenced client), waiting for a plan."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.bindings: list[tuple[Instance, str]] = []
+        self.senders = 0
 
 
 def _involved(instance: Instance) -> dict[str, str]:

@@ -26,7 +26,8 @@ PENDING_BUCKETS: tuple[float, ...] = (
 @dataclass
 class SchedulerStats:
     placements: int = 0  # bindings the API server accepted
-    conflicts: int = 0  # bindings refused with 409 (the Instance changed or was bound)
+    conflicts: int = 0  # bindings refused with 409 (the Instance changed, or no room left)
+    plans: int = 0  # binding plans the API server answered
     unschedulable: int = 0  # decisions that found no node
     preemptions: int = 0  # lower-priority Instances evicted to make room for others
     pending_to_bound: Histogram = field(default_factory=lambda: Histogram(PENDING_BUCKETS))
@@ -59,6 +60,10 @@ class SchedulerMetrics(ControllerManagerMetrics):
             "keel_scheduler_binding_conflicts_total",
             "Bindings refused with 409 Conflict (optimistic concurrency: retried).",
         )
+        self.plans = r.counter(
+            "keel_scheduler_binding_plans_total",
+            "Binding plans answered by the API server (each one store transaction).",
+        )
         self.unschedulable = r.counter(
             "keel_scheduler_unschedulable_total",
             "Scheduling attempts that found no feasible node (retried later).",
@@ -73,6 +78,7 @@ class SchedulerMetrics(ControllerManagerMetrics):
         stats = self.stats
         self.placements.labels().set_total(stats.placements)
         self.conflicts.labels().set_total(stats.conflicts)
+        self.plans.labels().set_total(stats.plans)
         self.unschedulable.labels().set_total(stats.unschedulable)
         self.preemptions.labels().set_total(stats.preemptions)
         hist = stats.pending_to_bound

@@ -1,6 +1,12 @@
 """The scheduler as a service: its controller on a `ControllerRunner` under leader election
 on Lease `keel-system/scheduler`, so only one replica binds and every binding carries the
 lease's fencing token (a deposed leader's late binding is rejected by the store).
+
+With `shards` > 0 several replicas place at once (Omega's shared state): the Instances are
+split by key hash over `shards` shard leases, each replica holds its share of them, and all
+see every Node. Two replicas choosing the same Node's last room is settled by the API
+server: bindings are checked against node room in their store transaction, so the later
+one is refused (409) and that replica looks again.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ def new_scheduler(
     ttl: int = 2,
     rng: random.Random | None = None,
     config: SchedulerConfig = DEFAULT_CONFIG,
+    shards: int = 0,
 ) -> ControllerManager:
     """A manager to `run()`: informers always (warm standby), binding only while leading.
 
@@ -43,6 +50,7 @@ def new_scheduler(
         runner,
         identity=identity,
         ttl=ttl,
+        shards=shards,
         clock=clock,
         rng=rng,
         namespace=LEASE_NAMESPACE,

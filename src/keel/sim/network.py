@@ -10,6 +10,7 @@ below is the real API server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import msgspec
 
 from keel.api.registry import KindInfo
-from keel.api.resources import API_GROUP, Resource, Status
+from keel.api.resources import API_GROUP, BindingPlan, PlanResult, Resource, Status
 from keel.api.server import parse_path
 from keel.api.storage import ApiError
 from keel.api.watchcache import expired_line
@@ -36,6 +37,7 @@ Stall = Callable[[float], None]
 Revision = Callable[[], Awaitable[int]]
 
 _RESOURCE_PREFIX = f"/apis/{API_GROUP}/v1/"
+_PLANS_PATH = f"{_RESOURCE_PREFIX}bindingplans"
 # How long a request to an unreachable server takes to fail (the client's connect timeout).
 CONNECT_TIMEOUT = 1.0
 _FENCING_HEADER = "keel-fencing-token"
@@ -57,6 +59,7 @@ class Mutation:
     outcome: str
     revision: int
     obj: Resource | None  # the object as written (the last state for a delete)
+    uid: str = ""  # the object's, when known without `obj` (a binding of a plan)
 
     @property
     def accepted(self) -> bool:
@@ -81,6 +84,7 @@ class _WatchLine(msgspec.Struct):
 _head_decoder = msgspec.json.Decoder(_Head)
 _line_decoder = msgspec.json.Decoder(_WatchLine)
 _status_decoder = msgspec.json.Decoder(Status)
+_plan_decoder = msgspec.json.Decoder(BindingPlan)
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -125,6 +129,9 @@ class MutationLog:
         path = request.url.split("://", 1)[-1]
         path = path[path.find("/") :] if "/" in path else "/"
         if request.method not in _MUTATING or not path.startswith(_RESOURCE_PREFIX):
+            return
+        if request.method == "POST" and path.split("?", 1)[0] == _PLANS_PATH:
+            self._record_plan(caller, request, response)
             return
         try:
             target = parse_path(path[len(_RESOURCE_PREFIX) :])
@@ -184,6 +191,59 @@ class MutationLog:
         self.trace.record(
             loop.time(), caller, f"{verb} {info.kind} {where}{token} -> {outcome} rv={revision}"
         )
+
+    def _record_plan(
+        self, caller: str, request: HttpRequest, response: HttpResponse | None
+    ) -> None:
+        """A binding plan: one "bind" mutation per binding, as the server answered each."""
+        try:
+            plan = _plan_decoder.decode(request.body or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        results: list[PlanResult] = []
+        failed = "lost"
+        if response is not None and response.status < 400:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                results = _plan_decoder.decode(response.body).results
+        elif response is not None:
+            try:
+                failed = _status_decoder.decode(response.body).reason or str(response.status)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                failed = str(response.status)
+        loop = asyncio.get_running_loop()
+        fencing = _fencing(request.headers)
+        answers = {(r.namespace, r.name): r for r in results}
+        for binding in plan.bindings:
+            result = answers.get((binding.namespace, binding.name))
+            if result is None:
+                outcome, revision, uid = failed, 0, ""
+            elif result.bound:
+                outcome, revision, uid = "ok", int(result.resource_version or 0), result.uid
+            else:
+                outcome, revision, uid = result.reason or str(result.code), 0, ""
+            self.mutations.append(
+                Mutation(
+                    next(self._seq),
+                    loop.time(),
+                    caller,
+                    "bind",
+                    "Instance",
+                    binding.namespace,
+                    binding.name,
+                    fencing,
+                    outcome,
+                    revision,
+                    None,
+                    uid,
+                )
+            )
+            token = f" fenced={fencing[0]}={fencing[1]}" if fencing else ""
+            self.trace.record(
+                loop.time(),
+                caller,
+                f"bind Instance {binding.namespace}/{binding.name} to {binding.node} (plan)"
+                f"{token} -> {outcome} rv={revision}",
+            )
 
 
 @dataclass

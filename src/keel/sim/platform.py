@@ -189,9 +189,12 @@ def _user_changes(shape: PlatformShape, until: float) -> Setup:
 
 def bound_twice(mutation: Mutation) -> str | None:
     """Binding an Instance is dangerous: it must happen once per Instance (uid)."""
-    if mutation.verb != "bind" or mutation.obj is None:
+    if mutation.verb != "bind":
         return None
-    return f"bind Instance {mutation.namespace}/{mutation.name} uid={mutation.obj.metadata.uid}"
+    uid = mutation.obj.metadata.uid if mutation.obj is not None else mutation.uid
+    if not uid:
+        return None
+    return f"bind Instance {mutation.namespace}/{mutation.name} uid={uid}"
 
 
 def _converged(room: SimMachineRoom) -> Invariants:
