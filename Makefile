@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup tools kubectl etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler bench-ui screenshots soak verify verify-smoke clean
+.PHONY: run test setup tools kubectl etcd lint typecheck unit proto bench bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler bench-scheduler-parallel bench-ui screenshots soak verify verify-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,11 @@ screenshots: setup
 # spread, required anti-affinity, preemption; with the store's own binding rate as baseline.
 bench-scheduler: setup
 	$(PY) benchmarks/scheduler.py --nodes 5000 --instances 50000 --backends sqlite,etcd3
+
+# Parallel schedulers (--shards): throughput and conflict rate with 1, 2 and 4 of them.
+bench-scheduler-parallel: setup
+	$(PY) benchmarks/scheduler.py --nodes 5000 --instances 50000 --backends sqlite \
+		--scenarios basic,anti-affinity --schedulers 1,2,4
 
 bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler bench-ui
 

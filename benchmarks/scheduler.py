@@ -17,8 +17,14 @@ the same API server). Baseline, same run: as many binding transactions (compare
 mod_revision, put the bound Instance) written straight to the store, 64 in flight as the
 scheduler's bindings.
 
+With `--schedulers 1,2,4` each count runs on a fresh platform: 1 is one leader, more are that
+many `keel scheduler --shards 4` processes placing at once over all Nodes; the table adds
+the conflict rate (bindings the API server refused because another scheduler took the room
+or the Instance first, over all bindings sent), scraped from each scheduler's /metrics.
+
     python benchmarks/scheduler.py [--nodes 5000] [--instances 50000] [--quick]
         [--backends sqlite,etcd3] [--scenarios basic,spread,anti-affinity,preemption]
+        [--schedulers 1,2,4]
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +76,8 @@ class Row:
     p50: float
     p99: float
     baseline: float
+    schedulers: int = 1
+    conflict_rate: float = 0.0  # refused bindings / bindings sent, all schedulers
     notes: list[str] = field(default_factory=list)
 
 
@@ -193,9 +203,59 @@ async def ready_nodes(client: KeelClient) -> int:
     )
 
 
+class Schedulers:
+    """The scheduler processes of one platform, with their /metrics ports."""
+
+    def __init__(self, api: ApiServer, base: Path, count: int) -> None:
+        self.ports = [_free_port() for _ in range(count)]
+        # Several: shard leases with a short TTL, so that the first replica gives shards back
+        # to the others within seconds (one alone keeps its lease for the whole run).
+        shards = ("--shards", "4", "--lease-ttl", "5") if count > 1 else ("--lease-ttl", "600")
+        self.processes = [
+            KeelProcess(
+                "scheduler",
+                "--kubeconfig",
+                str(api.kubeconfig_for("scheduler")),
+                "--identity",
+                f"bench-{n}",
+                "--log-level",
+                "WARNING",
+                *shards,
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+                log_dir=base,
+                name=f"scheduler-{n}",
+            ).start()
+            for n, port in enumerate(self.ports)
+        ]
+
+    def signal(self, sig: signal.Signals) -> None:
+        for process in self.processes:
+            process.signal(sig)
+
+    def totals(self) -> tuple[float, float]:
+        """Bindings accepted and refused so far, over every scheduler."""
+        placed = refused = 0.0
+        for port in self.ports:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("keel_scheduler_placements_total"):
+                        placed += float(line.rsplit(" ", 1)[1])
+                    elif line.startswith("keel_scheduler_binding_conflicts_total"):
+                        refused += float(line.rsplit(" ", 1)[1])
+        return placed, refused
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def run_scenario(
     client: KeelClient,
-    scheduler: KeelProcess,
+    scheduler: Schedulers,
     scenario: str,
     count: int,
     *,
@@ -285,7 +345,7 @@ async def store_baseline(url: str, count: int) -> float:
 
 
 async def bench_backend(
-    backend: str, store_url: str | None, base: Path, args: argparse.Namespace
+    backend: str, store_url: str | None, base: Path, args: argparse.Namespace, schedulers: int
 ) -> list[Row]:
     api = ApiServer(
         base / "api",
@@ -310,13 +370,8 @@ async def bench_backend(
             log_dir=base, name="hollow",
         ).start()  # fmt: skip
         processes.append(hollow)
-        scheduler = KeelProcess(
-            "scheduler",
-            "--kubeconfig", str(api.kubeconfig_for("scheduler")), "--identity", "bench",
-            "--lease-ttl", "600", "--log-level", "WARNING",
-            log_dir=base, name="scheduler",
-        ).start()  # fmt: skip
-        processes.append(scheduler)
+        scheduler = Schedulers(api, base, schedulers)
+        processes += scheduler.processes
         async with KeelClient.from_kubeconfig(api.kubeconfig) as client:
             started = time.monotonic()
 
@@ -332,9 +387,14 @@ async def bench_backend(
 
             async def leading() -> bool:
                 leases = (await client.list(Lease, namespace="keel-system")).items
-                return any(lease.metadata.name == "scheduler" for lease in leases)
+                held = {
+                    lease.spec.holder_identity
+                    for lease in leases
+                    if lease.metadata.name.startswith("scheduler") and lease.spec.holder_identity
+                }
+                return len(held) >= schedulers  # each holds a lease (or shards)
 
-            await wait_until("the scheduler leading", leading, 60)
+            await wait_until("the schedulers leading", leading, 60)
             baseline_url = store_url or f"sqlite:///{base / 'baseline.db'}"
             baseline = await store_baseline(baseline_url, args.instances)
             used = 0
@@ -343,6 +403,7 @@ async def bench_backend(
                 if scenario == "preemption":
                     await fill_nodes(client, args.nodes, used, args.timeout)
                     count = max(1, args.instances // 10)
+                placed_before, refused_before = scheduler.totals()
                 rate, p50, p99 = await run_scenario(
                     client,
                     scheduler,
@@ -353,7 +414,13 @@ async def bench_backend(
                 )
                 if scenario != "preemption":
                     used += 100 * count // args.nodes
-                row = Row(backend, scenario, count, args.nodes, rate, p50, p99, baseline)
+                placed, refused = scheduler.totals()
+                sent = (placed - placed_before) + (refused - refused_before)
+                conflicts = (refused - refused_before) / sent if sent else 0.0
+                row = Row(
+                    backend, scenario, count, args.nodes, rate, p50, p99, baseline,
+                    schedulers=schedulers, conflict_rate=conflicts,
+                )  # fmt: skip
                 rows.append(row)
                 print(format_row(row), flush=True)
     finally:
@@ -363,8 +430,9 @@ async def bench_backend(
 
 
 HEADER = (
-    f"{'backend':<8} {'scenario':<14} {'instances':>9} {'nodes':>6} {'placements/s':>12} "
-    f"{'p50 ms':>8} {'p99 ms':>8} {'store binds/s':>13} {'goal':>6}"
+    f"{'backend':<8} {'sched':>5} {'scenario':<14} {'instances':>9} {'nodes':>6} "
+    f"{'placements/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'conflicts':>9} "
+    f"{'store binds/s':>13} {'goal':>6}"
 )
 
 
@@ -372,9 +440,9 @@ def format_row(row: Row) -> str:
     goal = GOALS.get(row.scenario)
     verdict = "" if goal is None else ("met" if row.rate >= goal else f"<{goal}")
     return (
-        f"{row.backend:<8} {row.scenario:<14} {row.instances:>9,} {row.nodes:>6,} "
-        f"{row.rate:>12,.0f} {row.p50:>8,.0f} {row.p99:>8,.0f} {row.baseline:>13,.0f} "
-        f"{verdict:>6}"
+        f"{row.backend:<8} {row.schedulers:>5} {row.scenario:<14} {row.instances:>9,} "
+        f"{row.nodes:>6,} {row.rate:>12,.0f} {row.p50:>8,.0f} {row.p99:>8,.0f} "
+        f"{row.conflict_rate:>8.1%} {row.baseline:>13,.0f} {verdict:>6}"
     )
 
 
@@ -386,6 +454,11 @@ async def main() -> None:
     parser.add_argument("--backends", default="sqlite")
     parser.add_argument("--scenarios", default="basic,spread,anti-affinity,preemption")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--schedulers",
+        default="1",
+        help="comma-separated scheduler counts, each on a fresh platform (e.g. 1,2,4)",
+    )
     parser.add_argument("--quick", action="store_true", help="50 nodes, 500 instances")
     parser.add_argument(
         "--backlog",
@@ -410,23 +483,30 @@ async def main() -> None:
     unknown = set(args.scenarios) - {"basic", "spread", "anti-affinity", "preemption"}
     if unknown:
         raise SystemExit(f"--scenarios: unknown {sorted(unknown)}")
+    try:
+        counts = [int(c) for c in args.schedulers.split(",") if c]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--schedulers: expected counts like 1,2,4, got {args.schedulers!r}")
     rows: list[Row] = []
     for backend in [b for b in args.backends.split(",") if b]:
-        with tempfile.TemporaryDirectory(prefix=f"keel-bench-sched-{backend}-") as tmp:
-            base = Path(tmp)
-            if backend == "sqlite":
-                rows += await bench_backend(backend, None, base, args)
-            elif backend.startswith("etcd"):
-                from keel.dev.etcd_cluster import EtcdCluster
+        for count in counts:
+            with tempfile.TemporaryDirectory(prefix=f"keel-bench-sched-{backend}-") as tmp:
+                base = Path(tmp)
+                if backend == "sqlite":
+                    rows += await bench_backend(backend, None, base, args, count)
+                elif backend.startswith("etcd"):
+                    from keel.dev.etcd_cluster import EtcdCluster
 
-                members = int(backend[4:] or "1")
-                cluster = EtcdCluster.start(base / "etcd", members)
-                try:
-                    rows += await bench_backend(backend, cluster.url, base, args)
-                finally:
-                    cluster.stop()
-            else:
-                raise SystemExit(f"--backends: unknown {backend!r} (sqlite, etcd1, etcd3)")
+                    members = int(backend[4:] or "1")
+                    cluster = EtcdCluster.start(base / "etcd", members)
+                    try:
+                        rows += await bench_backend(backend, cluster.url, base, args, count)
+                    finally:
+                        cluster.stop()
+                else:
+                    raise SystemExit(f"--backends: unknown {backend!r} (sqlite, etcd1, etcd3)")
     print()
     print(HEADER)
     for row in rows:

@@ -182,11 +182,11 @@ def test_scheduler_benchmark_quick_run_prints_every_figure() -> None:
             check=True,
         )
         out += proc.stdout
-    assert "placements/s   p50 ms   p99 ms store binds/s" in out, out
+    assert "placements/s   p50 ms   p99 ms conflicts store binds/s" in out, out
     for scenario, count in (
         ("basic", 500),
         ("spread", 500),
         ("anti-affinity", 500),
         ("preemption", 50),
     ):
-        assert re.search(rf"\nsqlite\s+{scenario}\s+{count}\s+50\s+[0-9,]+\s", out), out
+        assert re.search(rf"\nsqlite\s+1\s+{scenario}\s+{count}\s+50\s+[0-9,]+\s", out), out
