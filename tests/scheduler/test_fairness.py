@@ -160,7 +160,7 @@ def test_a_flood_is_served_by_live_shares() -> None:
     weights = {"a": 1.0, "b": 2.0}
 
     def place(key: str) -> None:
-        held[key.split("/")[0]] += 1
+        held[key.partition("/")[0]] += 1
 
     order = drain(pushes, lambda t: held[t] / weights[t], place)
     assert [k[0] for k in order[:9]] == ["a", "b", "b", "a", "b", "b", "a", "b", "b"]
@@ -264,7 +264,7 @@ def flood(weights: Mapping[str, float], per_tenant: int, nodes: int = 4) -> dict
         used = state.namespace_used.get(tenant, {})
         return weighted_share(used, state.schedulable_capacity(), weights[tenant])
 
-    lane = FairLane(lambda key: (key.split("/")[0], 0), share)
+    lane = FairLane(lambda key: (key.partition("/")[0], 0), share)
     for seq, key in enumerate(pending):
         lane.append((key, seq))
     while lane:
