@@ -215,7 +215,15 @@ class NamespaceScheduling(Model, frozen=True):
     # among pending Instances of equal priority, the tenant whose dominant share divided by
     # its weight is lowest goes first, so a namespace of weight 2 converges to twice the
     # dominant share of one of weight 1 (keel.scheduler.fairness).
-    weight: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 1.0
+    weight: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=1_000_000,
+            description="The namespace's weight in the scheduler's dominant-resource "
+            "fairness (default 1): weight 2 gets twice the share of weight 1 under contention.",
+        ),
+    ] = 1.0
 
 
 class NamespaceSpec(Model, frozen=True):
