@@ -18,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
-import pytest
 from scheduler.keel_platform import FakeAgent, platform
 from support import ApiServer, wait_for_async
 
@@ -43,15 +42,14 @@ NODES = 4
 NODE_CPU = 4  # cores; a job asks for 500m (cpu is every tenant's dominant resource)
 SLOTS = NODES * NODE_CPU * 2  # 32 jobs fit at once
 PER_SLOT = 1 / SLOTS  # one job's dominant share
+RUNTIME = 1.0  # seconds a job runs once bound
 TERMINAL = ("Succeeded", "Failed")
 
 
 def job(namespace: str, name: str) -> Instance:
     return Instance(
         metadata=ObjectMeta(name=name, namespace=namespace),
-        spec=InstanceSpec(
-            command=["job"], resources=ResourceList(cpu="500m", memory="256Mi")
-        ),
+        spec=InstanceSpec(command=["job"], resources=ResourceList(cpu="500m", memory="256Mi")),
     )
 
 
@@ -206,10 +204,10 @@ async def test_a_backlog_at_start_is_placed_in_proportion_to_the_weights(
         await submit(admin, b, 48)
         async with scheduler(apiserver):
 
-            def full() -> bool:
+            def packed() -> bool:
                 return state.counts(a)[0] + state.counts(b)[0] == SLOTS
 
-            await wait_for_async("the cluster full", full)
+            await wait_for_async("the cluster full", packed)
             await asyncio.sleep(0.5)  # nothing more is bound: the rest waits
             running = {t: state.counts(t)[0] for t in (a, b)}
             assert sum(running.values()) == SLOTS
@@ -220,11 +218,12 @@ async def test_a_backlog_at_start_is_placed_in_proportion_to_the_weights(
 async def test_two_tenants_under_contention_converge_to_a_1_to_2_dominant_share(
     apiserver: ApiServer, admin: KeelClient, name: str
 ) -> None:
-    """Both tenants submit at once, far more than fits, while jobs keep finishing. While
-    the queue is short the first fill follows arrival (16:16); from then on every freed
-    slot goes to the tenant furthest below its weighted share, so within a few job
-    lifetimes the full cluster holds 1/3 a and 2/3 b, and stays there. Tolerance: every
-    sample of the full cluster within two jobs of the fair point, their mean within one."""
+    """Both tenants submit at once, far more than fits, while jobs keep finishing. Where
+    the scheduler keeps up with the submissions the first fill follows arrival (up to
+    16:16); from then on every freed slot goes to the tenant furthest below its weighted
+    share, so within a few job lifetimes the full cluster holds 1/3 a and 2/3 b (11:21),
+    and stays there. Tolerance: every sample of the full cluster within two jobs of the
+    fair point, their mean within one."""
     a, b = await tenants(admin, name)
     async with (
         cluster(apiserver, admin, name),
@@ -261,9 +260,6 @@ async def test_a_tenant_arriving_after_a_flood_gets_its_share(
         await flood
     assert took <= 4 * RUNTIME, took
     check_fair(samples)
-
-
-RUNTIME = 1.0  # seconds a job runs once bound
 
 
 def full(state: Tenants, a: str, b: str) -> bool:
