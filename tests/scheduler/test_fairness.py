@@ -5,10 +5,13 @@ allocations ClusterState keeps, and a pure flood of two tenants converging to th
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keel.api.resources import (
     Condition,
@@ -143,6 +146,21 @@ def test_equal_weights_and_an_empty_tenant_keep_arrival_order() -> None:
     pushes: list[Push] = [(f"a/{i}", "a", 0) for i in range(6)]
     shares = {"a": 0.4, "b": 0.1}
     assert drain(pushes, shares.__getitem__) == [f"a/{i}" for i in range(6)]
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(0, 30)), max_size=60))
+def test_one_tenant_alone_is_served_exactly_as_fifo(ops: list[int | None]) -> None:
+    """Any interleaving of adds (a number: that key) and pops (None), one tenant at one
+    priority, whatever the shares say: the fair lane hands out what a deque would."""
+    fair = FairLane(lambda _key: ("a", 0), lambda _t: 0.7)
+    fifo: deque[tuple[str, int]] = deque()
+    for seq, op in enumerate(ops):
+        if op is None:
+            assert (fair.popleft() if fair else None) == (fifo.popleft() if fifo else None)
+        else:
+            fair.append((f"a/{op}", seq))
+            fifo.append((f"a/{op}", seq))
+    assert [fair.popleft() for _ in range(len(fair))] == list(fifo)
 
 
 def test_other_work_goes_first_in_arrival_order() -> None:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from scheduler.keel_platform import FakeAgent, platform
-from support import ApiServer, wait_for_async
+from support import V1, ApiServer, wait_for_async
 
 from keel.api.resources import (
     Instance,
@@ -300,3 +300,16 @@ def check_fair(samples: list[tuple[int, int]]) -> None:
     gaps = [(ran_a - ran_b / 2) * PER_SLOT for ran_a, ran_b in samples]
     assert max(abs(g) for g in gaps) <= 2 * PER_SLOT, samples
     assert abs(statistics.fmean(gaps)) <= PER_SLOT, samples
+
+
+def test_a_weight_that_is_not_positive_is_refused_naming_the_field(
+    apiserver: ApiServer, name: str
+) -> None:
+    http = apiserver.http()
+    for weight in (0, -1, "heavy"):
+        body = {"metadata": {"name": name}, "spec": {"scheduling": {"weight": weight}}}
+        answer = http.post(f"{V1}/namespaces", body)
+        assert answer.status == 422, answer.json
+        assert "spec.scheduling.weight" in str(answer.json), answer.json
+    body = {"metadata": {"name": name}, "spec": {"scheduling": {"weight": 2.5}}}
+    assert http.post(f"{V1}/namespaces", body).json["spec"]["scheduling"] == {"weight": 2.5}
