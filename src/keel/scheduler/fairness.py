@@ -106,7 +106,3 @@ class FairLane:
 
     def __len__(self) -> int:
         return self._size
-
-    def pending(self) -> dict[str, int]:
-        """Pending Instances queued per namespace (entries, some possibly stale)."""
-        return {tenant: len(heap) for tenant, heap in self._tenants.items()}
