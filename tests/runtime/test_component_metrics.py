@@ -14,13 +14,26 @@ from support.prometheus import parse, value_of
 from keel.agent import Agent, AgentConfig, AgentMetrics, MemoryState
 from keel.agent._metrics import count_phases
 from keel.agent._plan import Record
-from keel.api.resources import Instance, InstanceSpec
+from keel.api.resources import (
+    Condition,
+    Instance,
+    InstanceSpec,
+    Namespace,
+    NamespaceScheduling,
+    NamespaceSpec,
+    Node,
+    NodeSpec,
+    NodeStatus,
+    ObjectMeta,
+    ResourceList,
+)
 from keel.client import KeelClient
 from keel.metrics import CONTENT_TYPE, MetricsServer, Registry, parse_listen
 from keel.runtime.controller import ControllerRunner, Result
 from keel.runtime.manager import ControllerManager
 from keel.runtime.metrics import ControllerManagerMetrics
 from keel.runtime.workqueue import WorkQueue
+from keel.scheduler.controller import SchedulerController
 from keel.scheduler.metrics import SchedulerMetrics
 from keel.scheduler.service import new_scheduler
 
@@ -104,6 +117,48 @@ def test_scheduler_metrics_include_the_runtime_and_its_own() -> None:
     assert value_of(samples, "keel_reconciles_total", controller="scheduler") == 0
     with pytest.raises(ValueError, match="no scheduler controller"):
         SchedulerMetrics(manager_with_noop(ManualClock()))
+
+
+def test_scheduler_metrics_give_each_namespace_its_dominant_share() -> None:
+    manager = new_scheduler(KeelClient(NOWHERE), identity="s-1", clock=ManualClock())
+    controller = manager.runner.controllers["scheduler"]
+    assert isinstance(controller, SchedulerController)
+    heavy = Namespace(
+        metadata=ObjectMeta(name="team-b"),
+        spec=NamespaceSpec(scheduling=NamespaceScheduling(weight=2)),
+    )
+    manager.runner.cache(Namespace)._put("team-b", heavy)  # as its informer would
+    ready = NodeStatus(conditions=[Condition(type="Ready", status="True")])
+    node = Node(
+        metadata=ObjectMeta(name="n1"),
+        spec=NodeSpec(cluster="c1", capacity=ResourceList(cpu="4", memory="8Gi")),
+        status=ready,
+    )
+    controller.state.upsert_node(node)
+    for namespace, name, cpu, memory in (
+        ("team-a", "x", "1", "1Gi"), ("team-b", "y", "1", "4Gi"), ("team-b", "z", "1", "0"),
+    ):  # fmt: skip
+        controller.state.upsert_instance(
+            Instance(
+                metadata=ObjectMeta(name=name, namespace=namespace),
+                spec=InstanceSpec(
+                    command=["x"], node_name="n1", resources=ResourceList(cpu=cpu, memory=memory)
+                ),
+            )
+        )
+    metrics = SchedulerMetrics(manager)
+    _, types, samples = parse(metrics.render())
+    assert types["keel_scheduler_dominant_share"] == "gauge"
+    assert value_of(samples, "keel_scheduler_dominant_share", namespace="team-a") == 0.25
+    assert value_of(samples, "keel_scheduler_dominant_share", namespace="team-b") == 0.5
+    share = "keel_scheduler_weighted_dominant_share"
+    assert value_of(samples, share, namespace="team-a") == 0.25
+    assert value_of(samples, share, namespace="team-b") == 0.25
+    controller.state.remove_instance("team-a/x")  # gone: its series goes too
+    _, _, samples = parse(metrics.render())
+    assert [dict(labels) for name, labels, _ in samples if name == share] == [
+        {"namespace": "team-b"}
+    ]
 
 
 def record(name: str, **fields: object) -> Record:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 
 import pytest
 from hypothesis import given, settings
@@ -145,6 +146,23 @@ def test_an_add_to_a_higher_lane_moves_a_pending_key_up() -> None:
     q.add("b")
     q.add("a", "high")
     assert drain(q) == ["a", "b"]
+
+
+class Lifo(list[tuple[str, int]]):
+    """A lane that hands out the newest key first (any `ReadyLane` will do)."""
+
+    def popleft(self) -> tuple[str, int]:
+        return self.pop()
+
+
+def test_a_lane_may_have_its_own_order_and_the_others_stay_fifo() -> None:
+    q = queue(ManualClock(), ready_lane=lambda lane: Lifo() if lane == "normal" else deque())
+    for key in ("ns/a", "ns/b", "ns/c"):
+        q.add(key)
+        q.add(f"{key}-urgent", "high")
+    q.add("ns/b")  # dedup holds whatever the order
+    q.add("ns/a", "high")  # moved up: its stale entry in the normal lane is skipped
+    assert drain(q) == ["ns/a-urgent", "ns/b-urgent", "ns/c-urgent", "ns/a", "ns/c", "ns/b"]
 
 
 def test_unknown_lane_is_rejected() -> None:

@@ -208,8 +208,27 @@ class Cluster(Resource, frozen=True, kw_only=True):
     status: ClusterStatus = ClusterStatus()
 
 
+class NamespaceScheduling(Model, frozen=True):
+    """How the scheduler treats the namespace as a tenant (`spec.scheduling`)."""
+
+    # The namespace's share of the cluster under weighted dominant-resource fairness:
+    # among pending Instances of equal priority, the tenant whose dominant share divided by
+    # its weight is lowest goes first, so a namespace of weight 2 converges to twice the
+    # dominant share of one of weight 1 (keel.scheduler.fairness).
+    weight: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=1_000_000,
+            description="The namespace's weight in the scheduler's dominant-resource "
+            "fairness (default 1): weight 2 gets twice the share of weight 1 under contention.",
+        ),
+    ] = 1.0
+
+
 class NamespaceSpec(Model, frozen=True):
     finalizers: list[str] = []
+    scheduling: NamespaceScheduling = NamespaceScheduling()
 
 
 class NamespaceStatus(Model, frozen=True):

@@ -42,7 +42,7 @@ from keel.client import Conflict, FencingTokenRejected, KeelClient
 from keel.clock import Clock
 from keel.runtime.checkpoint import Checkpoint
 from keel.runtime.informer import Indexer, Informer, object_key
-from keel.runtime.workqueue import Histogram, WorkQueue
+from keel.runtime.workqueue import Histogram, ReadyLane, WorkQueue
 
 __all__ = [
     "Context",
@@ -164,7 +164,7 @@ class Partition:
         self._on_fenced = on_fenced
         self.client = client.guarded(self._rejected)
         self.queues: dict[str, WorkQueue] = {
-            c.name: runner._new_queue() for c in runner.controllers.values()
+            c.name: runner._new_queue(c.name) for c in runner.controllers.values()
         }
         self.stopped = False
         self._task: asyncio.Task[None] | None = None
@@ -315,6 +315,7 @@ class ControllerRunner:
         self._queue_factory = queue_factory
         self.controllers: dict[str, Controller] = {}
         self.workers: dict[str, int] = {}
+        self._ready_lanes: dict[str, Callable[[str], ReadyLane]] = {}
         self.metrics: dict[str, ControllerMetrics] = {}
         self.metrics_fenced = 0
         # Queue counts of stopped partitions, per controller: [adds, retries] (the live
@@ -327,14 +328,23 @@ class ControllerRunner:
 
     # -- setup
 
-    def register(self, controller: Controller, *, workers: int = 2) -> None:
-        """Add a controller (before `start`); its kinds get informers if they have none."""
+    def register(
+        self,
+        controller: Controller,
+        *,
+        workers: int = 2,
+        ready_lane: Callable[[str], ReadyLane] | None = None,
+    ) -> None:
+        """Add a controller (before `start`); its kinds get informers if they have none.
+        `ready_lane(lane)` orders its work queue's lanes (FIFO without; see `WorkQueue`)."""
         if controller.name in self.controllers:
             raise ValueError(f"controller {controller.name!r} registered twice")
         if self._partitions:
             raise RuntimeError("register controllers before starting partitions")
         self.controllers[controller.name] = controller
         self.workers[controller.name] = max(1, workers)
+        if ready_lane is not None:
+            self._ready_lanes[controller.name] = ready_lane
         self.metrics[controller.name] = ControllerMetrics()
         self._route(controller.primary, controller.name, _primary_key)
         for related in controller.related:
@@ -369,10 +379,14 @@ class ControllerRunner:
             checkpoint=checkpoint,
         )
 
-    def _new_queue(self) -> WorkQueue:
+    def _new_queue(self, controller: str) -> WorkQueue:
         if self._queue_factory is not None:
             return self._queue_factory()
-        return WorkQueue(clock=self.clock, rng=random.Random(self.rng.random()))
+        return WorkQueue(
+            clock=self.clock,
+            rng=random.Random(self.rng.random()),
+            ready_lane=self._ready_lanes.get(controller),
+        )
 
     def _retire_queues(self, queues: dict[str, WorkQueue]) -> None:
         for name, queue in queues.items():

@@ -13,12 +13,20 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from keel.clock import Clock
 
-__all__ = ["Histogram", "TokenBucket", "WorkQueue", "WorkQueueMetrics", "backoff_delay"]
+__all__ = [
+    "Histogram",
+    "ReadyLane",
+    "TokenBucket",
+    "WorkQueue",
+    "WorkQueueMetrics",
+    "backoff_delay",
+]
 
 # Latency buckets (seconds): from an in-memory reconcile to a stuck one.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -122,6 +130,21 @@ class TokenBucket:
         return now if self.tokens >= 1.0 else now + (1.0 - self.tokens) / self.rate
 
 
+class ReadyLane(Protocol):
+    """The ready keys of one lane, as `(key, seq)` pairs (`seq` rises with every add, so it
+    is the arrival order). A `deque` is the default: first in, first out. A controller may
+    order a lane otherwise (the scheduler's fair lane, keel.scheduler.fairness); the queue
+    still deduplicates, and skips entries whose key was moved or handed out since."""
+
+    def append(self, item: tuple[str, int], /) -> None: ...
+
+    def popleft(self) -> tuple[str, int]: ...
+
+    def clear(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass(slots=True)
 class _Waiting:
     """A key's one delayed add: the earliest requested wins."""
@@ -147,6 +170,8 @@ class WorkQueue:
     - With `max_depth` keys pending, `add` of a new key returns False (counted in
       `metrics.dropped`); the informer's periodic resync offers the key again later.
       Delayed adds and retries are never dropped.
+    - `ready_lane(name)`, if given, makes the container of each lane's ready keys (FIFO
+      otherwise): it decides the order within the lane (see `ReadyLane`).
     """
 
     def __init__(
@@ -163,6 +188,7 @@ class WorkQueue:
         jitter: float = 0.5,
         clock: Clock,
         rng: random.Random | None = None,
+        ready_lane: Callable[[str], ReadyLane] | None = None,
     ) -> None:
         if not lanes or len(set(lanes)) != len(lanes):
             raise ValueError("work queue: lanes must be distinct names")
@@ -185,9 +211,12 @@ class WorkQueue:
         self._rng = rng or random.Random()
         self._bucket = TokenBucket(retry_rate, retry_burst, clock.now())
         self._seq = itertools.count()
-        # Ready keys: per lane a FIFO of (key, seq); an entry is live only while
-        # `_queued[key]` holds the same seq (moving a key up a lane leaves a dead entry).
-        self._ready: list[deque[tuple[str, int]]] = [deque() for _ in self.lanes]
+        # Ready keys: per lane a FIFO (or the lane's own order) of (key, seq); an entry is
+        # live only while `_queued[key]` holds the same seq (moving a key up a lane leaves a
+        # dead entry).
+        self._ready: list[ReadyLane] = [
+            ready_lane(name) if ready_lane is not None else deque() for name in self.lanes
+        ]
         self._queued: dict[str, tuple[int, int, float]] = {}  # key -> (lane, seq, added at)
         self._passed_over = [0] * len(self.lanes)
         self._processing: dict[str, tuple[int, float]] = {}  # key -> (lane, started at)

@@ -5,7 +5,9 @@ decisions are not serialized behind store round trips. When nothing fits, a high
 Instance preempts: it is nominated in status, its victims are evicted through the eviction
 API (budgets and grace periods honoured), and it binds once their deletions free the room.
 Unschedulable Instances say why in a condition and an event, and are retried when a Node is
-added or changes, or an Instance frees resources, never on a timer.
+added or changes, or an Instance frees resources, never on a timer. Pending Instances are
+taken from the work queue in fair order (keel.scheduler.fairness: priority, then weighted
+dominant-resource fairness across namespaces), retries of waiting ones included.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
@@ -23,6 +26,7 @@ from keel.api.resources import (
     Condition,
     Deployment,
     Instance,
+    Namespace,
     Node,
     PlanBinding,
     PlanResult,
@@ -39,6 +43,8 @@ from keel.client import (
 from keel.clock import rfc3339
 from keel.runtime.controller import Context, ControllerRunner, Related, Result
 from keel.runtime.informer import Indexer, object_key
+from keel.runtime.workqueue import ReadyLane
+from keel.scheduler.fairness import FairLane, weighted_share
 from keel.scheduler.metrics import SchedulerStats
 from keel.scheduler.policy import (
     DEFAULT_CONFIG,
@@ -49,7 +55,7 @@ from keel.scheduler.policy import (
     preempt,
     schedule,
 )
-from keel.scheduler.state import ClusterState, instance_key
+from keel.scheduler.state import ClusterState, effective_priority, instance_key
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -85,14 +91,17 @@ class SchedulerController:
         *,
         config: SchedulerConfig = DEFAULT_CONFIG,
         max_in_flight: int = MAX_IN_FLIGHT,
+        fairness: bool = True,
     ) -> None:
         self._cache = cache
         self.config = config
+        self.fairness = fairness  # False: pending Instances in arrival order (FIFO)
         self.state = ClusterState()
         self.related = (
             Related(Node, lambda _n: ()),
             Related(Cluster, lambda _c: ()),
             Related(Deployment, self._unbound_of_deployment),
+            Related(Namespace, lambda _n: ()),  # their scheduling weights
         )
         self._runner: ControllerRunner | None = None
         self._waiting: dict[str, None] = {}  # unschedulable keys, retried on relevant events
@@ -257,6 +266,40 @@ class SchedulerController:
             for i in instances.by_index("owner", deployment.metadata.uid)
             if not i.spec.node_name
         ]
+
+    # ------------------------------------------------------------------ fairness
+
+    def ready_lane(self, lane: str) -> ReadyLane:
+        """The order of the work queue's lane `lane` (pass to `ControllerRunner.register`):
+        the normal lane is fair; the high lane (preemptors whose room is free) stays FIFO."""
+        if self.fairness and lane == "normal":
+            return FairLane(self._classify, self.weighted_share)
+        return deque()
+
+    def _classify(self, key: str) -> tuple[str, int] | None:
+        instance: Instance | None = self._cache(Instance).get(key)
+        if (
+            instance is None
+            or instance.spec.node_name
+            or instance.metadata.deletion_timestamp
+            or instance.status.phase in TERMINAL
+        ):
+            return None  # not pending: quick work, no capacity taken
+        priority = effective_priority(instance, self.state.deployment_of(instance))
+        return instance.metadata.namespace, priority
+
+    def weight(self, namespace: str) -> float:
+        """The namespace's `spec.scheduling.weight` (1 until its Namespace is seen)."""
+        found: Namespace | None = self._cache(Namespace).get(namespace)
+        return found.spec.scheduling.weight if found is not None else 1.0
+
+    def weighted_share(self, namespace: str) -> float:
+        """The namespace's dominant share of the schedulable capacity over its weight,
+        counting bound and assumed Instances (so each decision sees the previous ones)."""
+        used = self.state.namespace_used.get(namespace)
+        if not used:
+            return 0.0
+        return weighted_share(used, self.state.schedulable_capacity(), self.weight(namespace))
 
     # ------------------------------------------------------------------ reconcile
 

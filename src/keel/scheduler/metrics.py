@@ -1,12 +1,14 @@
 """The scheduler's Prometheus metrics: its own counts (placements, pending-to-bound latency,
-binding conflicts, unschedulable decisions, preemptions) on top of the runtime's (work
-queue, reconciles, leadership, fencing). Counted as plain numbers by `SchedulerController`,
-copied into the registry only when /metrics is scraped.
+binding conflicts, unschedulable decisions, preemptions) and each namespace's dominant
+share, on top of the runtime's (work queue, reconciles, leadership, fencing). Counted as
+plain numbers by `SchedulerController`, copied into the registry only when /metrics is
+scraped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from keel.api.resources import Instance
 from keel.metrics import Registry
@@ -14,6 +16,8 @@ from keel.runtime.informer import Indexer
 from keel.runtime.manager import ControllerManager
 from keel.runtime.metrics import ControllerManagerMetrics
 from keel.runtime.workqueue import Histogram
+from keel.scheduler.fairness import dominant_share
+from keel.scheduler.state import ClusterState
 
 __all__ = ["PENDING_BUCKETS", "SchedulerMetrics", "SchedulerStats"]
 
@@ -33,16 +37,27 @@ class SchedulerStats:
     pending_to_bound: Histogram = field(default_factory=lambda: Histogram(PENDING_BUCKETS))
 
 
+@runtime_checkable
+class _Tenants(Protocol):
+    """What the dominant-share gauges read from the scheduler's controller."""
+
+    state: ClusterState
+
+    def weight(self, namespace: str) -> float: ...
+
+
 class SchedulerMetrics(ControllerManagerMetrics):
     """The runtime's metrics of the scheduler's manager, plus `stats` and the pending count
     read from the Instance cache at scrape time."""
 
     def __init__(self, manager: ControllerManager, registry: Registry | None = None) -> None:
         super().__init__(manager, registry)
-        stats = getattr(manager.runner.controllers.get("scheduler"), "stats", None)
+        controller = manager.runner.controllers.get("scheduler")
+        stats = getattr(controller, "stats", None)
         if not isinstance(stats, SchedulerStats):
             raise ValueError("SchedulerMetrics: the manager runs no scheduler controller")
         self.stats = stats
+        self.tenants = controller if isinstance(controller, _Tenants) else None
         r = self.registry
         self.pending = r.gauge(
             "keel_scheduler_pending_instances",
@@ -72,6 +87,18 @@ class SchedulerMetrics(ControllerManagerMetrics):
             "keel_scheduler_preemptions_total",
             "Lower-priority Instances evicted to make room for higher-priority ones.",
         )
+        self.dominant_share = r.gauge(
+            "keel_scheduler_dominant_share",
+            "A namespace's largest share of any one resource of the schedulable capacity, "
+            "held by its bound Instances.",
+            ("namespace",),
+        )
+        self.weighted_share = r.gauge(
+            "keel_scheduler_weighted_dominant_share",
+            "The dominant share divided by the namespace's spec.scheduling.weight: "
+            "fairness serves the lowest first.",
+            ("namespace",),
+        )
         r.add_collector(self._collect_scheduler)
 
     def _collect_scheduler(self) -> None:
@@ -83,6 +110,7 @@ class SchedulerMetrics(ControllerManagerMetrics):
         self.preemptions.labels().set_total(stats.preemptions)
         hist = stats.pending_to_bound
         self.pending_latency.labels().copy_from(hist.counts, hist.sum, hist.count)
+        self._collect_shares()
         try:
             instances: Indexer[Instance] = self.manager.runner.cache(Instance)
         except KeyError:
@@ -96,3 +124,16 @@ class SchedulerMetrics(ControllerManagerMetrics):
                 and i.status.phase not in ("Succeeded", "Failed")
             )
         )
+
+    def _collect_shares(self) -> None:
+        self.dominant_share.clear()
+        self.weighted_share.clear()
+        tenants = self.tenants
+        if tenants is None:
+            return
+        state = tenants.state
+        capacity = state.schedulable_capacity()
+        for namespace, used in sorted(state.namespace_used.items()):
+            share = dominant_share(used, capacity)
+            self.dominant_share.labels(namespace).set(share)
+            self.weighted_share.labels(namespace).set(share / tenants.weight(namespace))

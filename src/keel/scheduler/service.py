@@ -35,15 +35,17 @@ def new_scheduler(
     rng: random.Random | None = None,
     config: SchedulerConfig = DEFAULT_CONFIG,
     shards: int = 0,
+    fairness: bool = True,
 ) -> ControllerManager:
     """A manager to `run()`: informers always (warm standby), binding only while leading.
 
     One worker: each decision must see the previous one's binding (bindings themselves are
-    written concurrently). Waiting Instances are retried on events, not on a timer.
+    written concurrently). Waiting Instances are retried on events, not on a timer. Pending
+    Instances are taken in fair order (`fairness=False`: arrival order).
     """
     runner = ControllerRunner(client, clock=clock, rng=rng)
-    controller = SchedulerController(runner.cache, config=config)
-    runner.register(controller, workers=1)
+    controller = SchedulerController(runner.cache, config=config, fairness=fairness)
+    runner.register(controller, workers=1, ready_lane=controller.ready_lane)
     controller.attach(runner)
     return ControllerManager(
         client,

@@ -211,6 +211,12 @@ class ClusterState:
         self.nominated_cpu = np.zeros(capacity, dtype=np.int64)
         self.nominated_memory = np.zeros(capacity, dtype=np.int64)
         self._rank: IntArray | None = None  # slot -> rank of its name
+        # Per namespace, what its placed Instances request ("cpu", "memory", extended
+        # resources) and how many there are: the tenants' allocations fairness weighs,
+        # kept with every placement rather than summed per decision.
+        self.namespace_used: dict[str, dict[str, int]] = {}
+        self._namespace_count: dict[str, int] = {}
+        self._capacity: dict[str, int] | None = None  # schedulable_capacity(), until a Node changes
 
     # ------------------------------------------------------------------ growth
 
@@ -264,6 +270,7 @@ class ClusterState:
             self.names[slot] = name
             self._rank = None
         self.nodes[name] = node
+        self._capacity = None
         self.live[slot] = True
         self.ready[slot] = node_is_ready(node) and not node.metadata.deletion_timestamp
         self.schedulable[slot] = not node.spec.unschedulable
@@ -301,6 +308,7 @@ class ClusterState:
         self.nodes.pop(name, None)
         if slot is None:
             return
+        self._capacity = None
         self.live[slot] = False
         self.ready[slot] = False
         self.names[slot] = ""
@@ -369,6 +377,21 @@ class ClusterState:
             rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order), dtype=np.int64)
             self._rank = rank
         return self._rank
+
+    def schedulable_capacity(self) -> dict[str, int]:
+        """The total cpu, memory and extended capacity of the Nodes that take new Instances
+        (Ready, schedulable): what dominant shares are fractions of."""
+        if self._capacity is None:
+            n = self.high
+            mask = self.live[:n] & self.ready[:n] & self.schedulable[:n]
+            totals = {
+                "cpu": int(self.cpu[:n][mask].sum()),
+                "memory": int(self.memory[:n][mask].sum()),
+            }
+            for resource, column in self.ext_capacity.items():
+                totals[resource] = int(column[:n][mask].sum())
+            self._capacity = totals
+        return self._capacity
 
     def domain_of(self, topology_key: str) -> IntArray:
         return self.domains[TOPOLOGY_KEYS[topology_key]]
@@ -488,6 +511,7 @@ class ClusterState:
         self.count[slot] += sign
         for resource, amount in placed.extended.items():
             self._ext(resource)[1][slot] += sign * amount
+        self._account_namespace(placed, sign)
         if placed.owner is not None:
             owner = self.owners.get(placed.owner)
             if owner is None:
@@ -534,6 +558,20 @@ class ClusterState:
                 self.ready_by_owner[placed.owner_uid] = (
                     self.ready_by_owner.get(placed.owner_uid, 0) + sign
                 )
+
+    def _account_namespace(self, placed: Placed, sign: int) -> None:
+        namespace = placed.namespace
+        count = self._namespace_count.get(namespace, 0) + sign
+        if count <= 0:  # its last Instance went: every sum is back at zero
+            self._namespace_count.pop(namespace, None)
+            self.namespace_used.pop(namespace, None)
+            return
+        self._namespace_count[namespace] = count
+        used = self.namespace_used.setdefault(namespace, {})
+        used["cpu"] = used.get("cpu", 0) + sign * placed.cpu
+        used["memory"] = used.get("memory", 0) + sign * placed.memory
+        for resource, amount in placed.extended.items():
+            used[resource] = used.get(resource, 0) + sign * amount
 
     def selected(self, namespace: str, selector: InstanceLabelSelector) -> IntArray:
         """Per slot, how many placed Instances of `namespace` the selector selects (the
