@@ -91,7 +91,7 @@ bench-scheduler: setup
 # Parallel schedulers (--shards): throughput and conflict rate with 1, 2 and 4 of them.
 bench-scheduler-parallel: setup
 	$(PY) benchmarks/scheduler.py --nodes 5000 --instances 50000 --backends sqlite \
-		--scenarios basic,anti-affinity --schedulers 1,2,4
+		--scenarios basic,fill --schedulers 1,2,4
 
 bench: bench-store bench-api bench-runtime bench-checker bench-registration bench-failover bench-rollout bench-scheduler bench-ui
 

@@ -9,6 +9,9 @@ resume instead. Scenarios:
 - spread: a topology spread constraint over zones (maxSkew 1, DoNotSchedule);
 - anti-affinity: groups of at most one Instance per node (10 groups for 50,000 on 5,000),
   required anti-affinity within a group over nodes: the last of a group fit one node only;
+- fill: Instances of 1 cpu, exactly as many as whole cpus are left on the nodes (counted
+  from the Instances bound so far), so that the nodes end up full and several schedulers
+  race for their last rooms (the conflict rate shows it);
 - preemption: the nodes are first filled with priority-0 Instances, then N/10 Instances of
   priority 100 each preempt one (eviction, nomination, binding).
 Hollow nodes hold their leases but do not report Instances Running unless --hollow-reports
@@ -110,7 +113,7 @@ def spec_of(scenario: str, index: int) -> dict[str, Any]:
     elif scenario == "preemption":
         base["priority"] = 100
         base["resources"] = {"cpu": "1", "memory": "64Mi"}
-    elif scenario == "filler":
+    elif scenario in ("filler", "fill"):
         base["resources"] = {"cpu": "1", "memory": "64Mi"}
     return base
 
@@ -294,6 +297,18 @@ async def run_scenario(
     return count / max(last - start, 1e-9), pct(latencies, 0.5), pct(latencies, 0.99)
 
 
+async def free_cpu_slots(client: KeelClient) -> int:
+    """Whole cpus left over all Nodes, from the Instances bound to them."""
+    used: dict[str, int] = {}
+    for item in (await client.list(Instance)).items:
+        if item.spec.node_name:
+            used[item.spec.node_name] = (
+                used.get(item.spec.node_name, 0) + item.spec.resources.millicpu
+            )
+    nodes = [n.metadata.name for n in (await client.list(Node)).items]
+    return sum((NODE_CPU * 1000 - used.get(name, 0)) // 1000 for name in nodes)
+
+
 async def fill_nodes(client: KeelClient, nodes: int, used_millicpu: int, timeout: float) -> None:
     """Priority-0 Instances of 1 cpu until every node is full (not timed)."""
     per_node = (NODE_CPU * 1000 - used_millicpu) // 1000
@@ -403,6 +418,8 @@ async def bench_backend(
                 if scenario == "preemption":
                     await fill_nodes(client, args.nodes, used, args.timeout)
                     count = max(1, args.instances // 10)
+                elif scenario == "fill":
+                    count = max(1, await free_cpu_slots(client))
                 placed_before, refused_before = scheduler.totals()
                 rate, p50, p99 = await run_scenario(
                     client,
@@ -412,7 +429,9 @@ async def bench_backend(
                     timeout=args.timeout,
                     backlog=args.backlog,
                 )
-                if scenario != "preemption":
+                if scenario == "fill":
+                    used += 1000 * count // args.nodes
+                elif scenario != "preemption":
                     used += 100 * count // args.nodes
                 placed, refused = scheduler.totals()
                 sent = (placed - placed_before) + (refused - refused_before)
@@ -480,7 +499,7 @@ async def main() -> None:
     per_node = -(-args.instances // args.nodes)
     GROUPS = max(10, per_node)
     NODE_CPU = max(4, -(-3 * per_node // 10) + 1)
-    unknown = set(args.scenarios) - {"basic", "spread", "anti-affinity", "preemption"}
+    unknown = set(args.scenarios) - {"basic", "spread", "anti-affinity", "fill", "preemption"}
     if unknown:
         raise SystemExit(f"--scenarios: unknown {sorted(unknown)}")
     try:
