@@ -19,16 +19,21 @@ from support import V1, ApiServer, wait_for
 MERGE = "application/merge-patch+json"
 
 
-def keel(server: ApiServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def keel(server: ApiServer, *args: str) -> subprocess.Popen[str]:
+    """A client command, started (its output read with `communicate`)."""
+    return subprocess.Popen(
         [sys.executable, "-m", "keel", *args],
-        input=stdin,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-        check=False,
         env={**os.environ, "KEEL_KUBECONFIG": str(server.kubeconfig)},
     )
+
+
+def finished(process: subprocess.Popen[str], stdin: str = "") -> tuple[int, str, str]:
+    out, err = process.communicate(stdin, timeout=60)
+    return process.returncode, out, err
 
 
 def replica_failure(deployment: dict[str, Any]) -> dict[str, Any] | None:
@@ -75,9 +80,15 @@ def test_a_quota_refusal_sets_replica_failure_once_and_clears_when_raised(
         assert 'exceeded quota "team-a"' in condition["message"]
         assert "limited instances=3" in condition["message"]
 
-        # Refused over and over (the controller retries with backoff), written once.
+        # Refused over and over (the controller retries with backoff), written once. The
+        # CLI reads meanwhile (reads write nothing) and shows why.
         attempts = manager.log().count("create instance web-")
         versions = {current()["metadata"]["resourceVersion"]}
+        readers = {
+            "wide": keel(apiserver, "get", "deployments", "-n", ns, "-o", "wide"),
+            "status": keel(apiserver, "rollout", "status", "deployment/web", "-n", ns),
+            "describe": keel(apiserver, "describe", "deployment", "web", "-n", ns),
+        }
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             versions.add(current()["metadata"]["resourceVersion"])
@@ -86,25 +97,24 @@ def test_a_quota_refusal_sets_replica_failure_once_and_clears_when_raised(
         assert len(versions) == 1, f"the Deployment was rewritten while refused: {versions}"
         assert len(http.get(instances).json["items"]) == 3
 
-        # The CLI shows why (reads only: the window above is over).
-        wide = keel(apiserver, "get", "deployments", "-n", ns, "-o", "wide")
-        assert wide.returncode == 0, wide.stderr
-        assert "MESSAGE" in wide.stdout.splitlines()[0]
-        assert "FailedCreate: " in wide.stdout and "limited instances=3" in wide.stdout
-        status = keel(apiserver, "rollout", "status", "deployment/web", "-n", ns)
-        assert status.returncode == 0, status.stderr  # not failed: it may still go on
-        assert "ReplicaFailure: FailedCreate: " in status.stdout
-        assert "limited instances=3" in status.stdout
-        described = keel(apiserver, "describe", "deployment", "web", "-n", ns)
-        assert "ReplicaFailure" in described.stdout and "FailedCreate" in described.stdout
-        waited = keel(
-            apiserver, "apply", "-f", "-", "--wait", "--timeout", "2",
-            stdin=yaml.safe_dump(deployment),
-        )  # fmt: skip
-        assert waited.returncode != 0
-        output = waited.stdout + waited.stderr
-        assert "warning: deployment/web cannot create instances: FailedCreate: " in output
-        assert "timed out" in output and "limited instances=3" in output
+        code, wide, err = finished(readers["wide"])
+        assert code == 0, err
+        assert "MESSAGE" in wide.splitlines()[0]
+        assert "FailedCreate: " in wide and "limited instances=3" in wide
+        code, status, err = finished(readers["status"])
+        assert code == 0, err  # not failed: it may still go on
+        assert "ReplicaFailure: FailedCreate: " in status
+        assert "limited instances=3" in status
+        code, described, err = finished(readers["describe"])
+        assert code == 0, err
+        assert "ReplicaFailure" in described and "FailedCreate" in described
+        code, out, err = finished(
+            keel(apiserver, "apply", "-f", "-", "--wait", "--timeout", "1"),
+            yaml.safe_dump(deployment),
+        )
+        assert code != 0
+        assert "warning: deployment/web cannot create instances: FailedCreate: " in out + err
+        assert "timed out" in err and "limited instances=3" in err
 
         # Raising the limit: the quota change wakes the Deployment, creates pass, and the
         # condition goes.
