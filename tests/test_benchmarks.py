@@ -144,15 +144,33 @@ def test_failover_benchmark_quick_run_prints_every_figure() -> None:
     failover_benchmark("kill", "pause", "partition")
 
 
-def test_rollout_benchmark_quick_run_prints_every_figure() -> None:
+def rollout_benchmark(*sizes: int) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "rollout.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "rollout.py"), "--quick",
+         *(["--sizes", ",".join(map(str, sizes))] if sizes else [])],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
-    )
-    out = proc.stdout
+    )  # fmt: skip
+    return proc.stdout
+
+
+def test_rollout_benchmark_quick_run_at_one_size_prints_every_figure() -> None:
+    # Both quick sizes (3 and 6 replicas) under `make soak`.
+    out = rollout_benchmark(3)
+    for line in (
+        "roll out, 3 replicas: median",
+        "bad release, 3 replicas: first failure to rollback started: median",
+        "bad release, 3 replicas: first failure to stable restored: median",
+    ):
+        assert line in out, out
+    assert "6 replicas" not in out, out
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_quick_run_prints_every_figure() -> None:
+    out = rollout_benchmark()
     for line in (
         "roll out, 3 replicas: median",
         "roll out, 6 replicas: median",
