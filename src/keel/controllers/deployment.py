@@ -1477,15 +1477,26 @@ class DeploymentController:
             seen = live
         requeue: float | None = None
         refused: Forbidden | None = None
-        # The status goes last, once: with the ReplicaFailure condition as the creates left it.
-        planned = deployment.status
         creates = 0
+        written = False
+
+        async def write_status(planned: DeploymentStatus) -> None:
+            """The planned status with the ReplicaFailure condition as the creates (all
+            before it in the plan's order) left it; nothing when that is what is stored."""
+            nonlocal written
+            written = True
+            why = refusal_message(refused) if refused is not None else None
+            outcome = create_outcome(deployment, seen, creates=creates, refused=why)
+            settled = settle_creates(deployment, planned, outcome, refused=why, now=now)
+            if settled != deployment.status:
+                await execute(ctx.client, deployment, UpdateStatus(settled))
+
         for action in actions:
             if isinstance(action, RequeueAfter):
                 requeue = action.seconds if requeue is None else min(requeue, action.seconds)
                 continue
             if isinstance(action, UpdateStatus):
-                planned = action.status
+                await write_status(action.status)
                 continue
             if isinstance(action, CreateInstance):
                 if refused is not None:
@@ -1499,11 +1510,8 @@ class DeploymentController:
                     raise
                 refused = exc
                 await execute(ctx.client, deployment, failed_create(exc), now=ctx.clock.wall())
-        why = refusal_message(refused) if refused is not None else None
-        outcome = create_outcome(deployment, seen, creates=creates, refused=why)
-        settled = settle_creates(deployment, planned, outcome, refused=why, now=now)
-        if settled != deployment.status:
-            await execute(ctx.client, deployment, UpdateStatus(settled))
+        if not written:  # the plan changed nothing in status; the creates may have
+            await write_status(deployment.status)
         if refused is not None:
             # Everything else is done; failing the reconcile backs this key off
             # (exponentially) instead of retrying hot. A quota change brings it back early.

@@ -245,11 +245,10 @@ class EtcdCluster:
         """Stop every member this cluster started (SIGTERM, then SIGKILL after 10 s), one
         after another: members told to stop all at once wait on each other's departure
         (a 3-member cluster took 7 s to stop so, 1 s in turn). Paused ones resume first."""
-        running = [m.process for m in self.members if m.process is not None]
-        for proc in running:
-            if proc.poll() is None:
+        for paused in [m.process for m in self.members if m.process is not None]:
+            if paused.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGCONT)
+                    os.kill(paused.pid, signal.SIGCONT)
         for member in self.members:
             proc = member.process
             if proc is None:
