@@ -140,3 +140,37 @@ def test_the_plan_carries_the_condition_without_rewriting_it() -> None:
         a.status for a in plan(dep, revisions, instances, 105.0) if isinstance(a, UpdateStatus)
     ]
     assert statuses == []  # the plan alone sees nothing to write either
+
+
+# ------------------------------------------------------------------ what the CLI shows
+
+
+def test_rollout_status_wait_and_get_wide_say_why_creates_are_refused() -> None:
+    from keel.api.columns import TABLES, Extras
+    from keel.api.registry import BY_KIND
+    from keel.cli._wait import readiness
+    from keel.cli.rollout import describe
+
+    dep, instances, _ = reconcile(deployment(5), [], limit=3, now=100.0)
+    dep, _, _ = reconcile(dep, instances, limit=3, now=101.0)
+    line, done = describe(dep)
+    assert done is None  # not failed: freed usage may end it
+    assert line.endswith("ReplicaFailure: FailedCreate: " + refusal(
+        f"web-{template_hash(dep)}-3", 3, 3
+    ))  # fmt: skip
+    verdict = readiness(BY_KIND["Deployment"], dep)
+    assert not verdict.ready and not verdict.failed
+    assert verdict.warning.startswith("deployment/web cannot create instances: FailedCreate: ")
+    assert "limited instances=3" in verdict.reason
+    table = TABLES["Deployment"]
+    assert table.wide_row is not None
+    wide = dict(zip(table.wide_headers, table.wide_row(dep, Extras()), strict=True))
+    assert wide["MESSAGE"].startswith("FailedCreate: ") and "limited instances=3" in wide["MESSAGE"]
+
+    cleared, _, _ = reconcile(dep, instances, limit=5, now=110.0)
+    assert "ReplicaFailure" not in describe(cleared)[0]
+    assert readiness(BY_KIND["Deployment"], cleared).warning == ""
+    assert (
+        dict(zip(table.wide_headers, table.wide_row(cleared, Extras()), strict=True))["MESSAGE"]
+        == "<none>"
+    )
