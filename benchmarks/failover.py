@@ -17,6 +17,7 @@ benchmarks/registration.py, which build platforms of their own; they run here as
 Each section is a function in SECTIONS; add one there.
 
     python benchmarks/failover.py [--trials N] [--quick] [--sections node,cluster,registration]
+                                  [--faults kill,pause,partition]
 """
 
 from __future__ import annotations
@@ -335,8 +336,8 @@ def figures(samples: list[float]) -> str:
     )
 
 
-def node_failover(plat: Platform, trials: int) -> list[str]:
-    """Node failover, ordinary then exclusive instances, for every fault."""
+def node_failover(plat: Platform, trials: int, faults: tuple[str, ...] = FAULTS) -> list[str]:
+    """Node failover, ordinary then exclusive instances, for every fault of `faults`."""
     lines = []
     for exclusive in (False, True):
         kind = "exclusive" if exclusive else "ordinary"
@@ -348,7 +349,7 @@ def node_failover(plat: Platform, trials: int) -> list[str]:
         base = statistics.median(baseline)
         lines.append(f"{kind:9} replacement of a deleted instance (baseline): {figures(baseline)}")
         print(lines[-1], flush=True)
-        for fault in FAULTS:
+        for fault in faults:
             samples = []
             for _ in range(trials):
                 samples.append(failover_once(plat, app, fault))
@@ -392,6 +393,11 @@ def main() -> int:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
     )
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"node section, comma-separated: {', '.join(FAULTS)} (default all)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("failover benchmark: needs root (network namespaces for partitions)", file=sys.stderr)
@@ -401,12 +407,20 @@ def main() -> int:
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    wrong = [f for f in faults if f not in FAULTS]
+    if wrong or not faults:
+        known = ", ".join(FAULTS)
+        parser.error(f"--faults: unknown {', '.join(wrong) or '(none)'}; known: {known}")
     summary: list[str] = []
     with tempfile.TemporaryDirectory(prefix="keel-bench-failover-") as tmp:
         work = Path(tmp)
         with Platform.running(work) as plat:
             for section in chosen:
-                summary += SECTIONS[section](plat, trials)
+                if section == "node":
+                    summary += node_failover(plat, trials, faults)
+                else:
+                    summary += SECTIONS[section](plat, trials)
     print("\nfailover figures (default settings, this machine, "
           f"{os.cpu_count()} cores):")  # fmt: skip
     for line in summary:

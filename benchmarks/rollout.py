@@ -10,7 +10,7 @@ trial and size (3 and 30 replicas; maxSurge/maxUnavailable 25%):
   signal (a new Instance reported exited) until the stable revision runs in full again,
   Ready, with the Deployment RolledBack; the detection part (until RollingBack) apart.
 
-    python benchmarks/rollout.py [--trials N] [--quick]
+    python benchmarks/rollout.py [--trials N] [--quick] [--sizes 3,30]
 """
 
 from __future__ import annotations
@@ -207,9 +207,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke: 1 trial, 3 and 6 replicas")
+    parser.add_argument(
+        "--sizes", default="", metavar="N,N", help="replica counts (default 3,30; --quick 3,6)"
+    )
     args = parser.parse_args()
     trials = 1 if args.quick else args.trials
-    sizes = (3, 6) if args.quick else (3, 30)
+    sizes: tuple[int, ...] = (3, 6) if args.quick else (3, 30)
+    if args.sizes:
+        try:
+            sizes = tuple(int(n) for n in args.sizes.split(","))
+        except ValueError:
+            parser.error(f"--sizes: expected replica counts like 3,30, got {args.sizes!r}")
+        if any(n < 1 for n in sizes):
+            parser.error(f"--sizes: every replica count must be at least 1, got {args.sizes!r}")
     with tempfile.TemporaryDirectory(prefix="keel-bench-rollout-") as tmp:
         lines = run(Path(tmp), trials, sizes)
     print("\n".join(lines))

@@ -112,32 +112,65 @@ def test_registration_benchmark_quick_run_meets_its_goals() -> None:
         assert line in out, out
 
 
-@pytest.mark.usefixtures("netns_required")
-def test_failover_benchmark_quick_run_prints_every_figure() -> None:
+def failover_benchmark(*faults: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--quick", "--sections", "node"],
+        [sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--quick", "--sections", "node",
+         "--faults", ",".join(faults)],
         capture_output=True,
         text=True,
         timeout=600,
         check=True,
-    )
+    )  # fmt: skip
     out = proc.stdout
     for kind in ("ordinary ", "exclusive"):
         assert f"{kind} replacement of a deleted instance (baseline)" in out, out
         for fault in ("kill", "pause", "partition"):
-            assert f"{kind} node failover after {fault}" in out, out
+            assert (f"{kind} node failover after {fault}" in out) == (fault in faults), out
     assert "x the baseline)" in out, out
+    return out
 
 
-def test_rollout_benchmark_quick_run_prints_every_figure() -> None:
+@pytest.mark.usefixtures("netns_required")
+def test_failover_benchmark_quick_run_prints_the_figures_of_the_faults_asked_for() -> None:
+    # One fault here (a pause: the exclusive copy must fence itself); every fault in
+    # test_failover_benchmark_quick_run_prints_every_figure (`make soak`), and each fault
+    # against ordinary replicas in tests/e2e/test_node_failover.py.
+    failover_benchmark("pause")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("netns_required")
+def test_failover_benchmark_quick_run_prints_every_figure() -> None:
+    failover_benchmark("kill", "pause", "partition")
+
+
+def rollout_benchmark(*sizes: int) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "rollout.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "rollout.py"), "--quick",
+         *(["--sizes", ",".join(map(str, sizes))] if sizes else [])],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
-    )
-    out = proc.stdout
+    )  # fmt: skip
+    return proc.stdout
+
+
+def test_rollout_benchmark_quick_run_at_one_size_prints_every_figure() -> None:
+    # Both quick sizes (3 and 6 replicas) under `make soak`.
+    out = rollout_benchmark(3)
+    for line in (
+        "roll out, 3 replicas: median",
+        "bad release, 3 replicas: first failure to rollback started: median",
+        "bad release, 3 replicas: first failure to stable restored: median",
+    ):
+        assert line in out, out
+    assert "6 replicas" not in out, out
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_quick_run_prints_every_figure() -> None:
+    out = rollout_benchmark()
     for line in (
         "roll out, 3 replicas: median",
         "roll out, 6 replicas: median",

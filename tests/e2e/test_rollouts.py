@@ -99,7 +99,7 @@ def new_deployment(name: str, replicas: int = 2, **spec: object) -> Deployment:
         spec=DeploymentSpec(
             replicas=replicas,
             template=template(SLEEP),
-            bake_seconds=2,
+            bake_seconds=1,
             **{  # type: ignore[arg-type]
                 "strategy": Strategy(rolling_update=RollingUpdate(max_surge=1, max_unavailable=0)),
                 **spec,

@@ -23,6 +23,7 @@ from keel.api.resources import (
     Instance,
     InstanceSpec,
     InstanceTemplate,
+    Node,
     ObjectMeta,
     Placement,
     RollingUpdate,
@@ -62,6 +63,17 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         others.append(server.scheduler("sched"))
         for cluster, node in CLUSTERS.items():
             agents.append(server.agent(node, root / "agents" / node, cluster=cluster).start())
+        # Every node Ready before the Deployment: else the scheduler may place all three
+        # replicas on the one node Ready first (one per cluster is what the test expects).
+        with server.sync_client() as admin:
+            wait_for(
+                "every node Ready",
+                lambda: (
+                    {n.metadata.name for n in admin.list(Node).items if ready(n)}
+                    == set(CLUSTERS.values())
+                ),
+                timeout=60,
+            )
         yield server
     finally:
         for agent in agents:
@@ -69,6 +81,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         for process in others:
             process.stop()
         server.stop()
+
+
+def ready(node: Node) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
 
 
 def template(command: list[str]) -> InstanceTemplate:
@@ -84,7 +100,7 @@ def instances(client: SyncClient) -> dict[str, Instance]:
 
 
 def test_a_failing_wave_stops_the_rollout_before_the_last_cluster(platform: ApiServer) -> None:
-    waves = [Wave(clusters=[c], bake_seconds=2) for c in CLUSTERS]
+    waves = [Wave(clusters=[c], bake_seconds=1) for c in CLUSTERS]
     deployment = Deployment(
         metadata=ObjectMeta(name="waves", namespace=NS),
         spec=DeploymentSpec(
@@ -94,7 +110,7 @@ def test_a_failing_wave_stops_the_rollout_before_the_last_cluster(platform: ApiS
                 rolling_update=RollingUpdate(max_surge=1, max_unavailable=0), waves=waves
             ),
             placement=Placement(spread_across="cluster"),
-            bake_seconds=2,
+            bake_seconds=1,
         ),
     )
     v1, v2 = hash_of(template(STABLE)), hash_of(template(BAD_IN_W2))
@@ -132,7 +148,7 @@ def test_a_failing_wave_stops_the_rollout_before_the_last_cluster(platform: ApiS
         )
         running = instances(client)
         assert running["w1-node"].metadata.labels[HASH_LABEL] == v2
-        time.sleep(4)  # longer than any bake: still nothing moves on the last cluster
+        time.sleep(2)  # twice any bake: still nothing moves on the last cluster
         now = instances(client)["w3-node"]
         assert (now.metadata.uid, now.metadata.labels[HASH_LABEL]) == (last.metadata.uid, v1)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}

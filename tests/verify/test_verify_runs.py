@@ -101,9 +101,9 @@ def test_deliberately_broken_clients_are_each_caught(tmp_path: Path) -> None:
         "--faults",
         "kill",
         "--duration",
-        "20",
+        "10",
         "--seed",
-        "2",
+        "9",  # at 10 s: one kill, of the controller-manager leader, while the clients run
         "--workloads",
         "register,watch,fencing,exclusive",
         "--broken",

@@ -166,10 +166,15 @@ def _deployment(obj: Deployment, extras: Extras) -> list[str]:
 
 
 def _deployment_wide(obj: Deployment, extras: Extras) -> list[str]:
+    # Why it cannot create its Instances (a ResourceQuota refusing them), as `get -o wide`
+    # shows an Instance's message.
+    failure = condition(obj.status.conditions, "ReplicaFailure")
+    failing = failure is not None and failure.status == "True"
     return [
         " ".join(obj.spec.template.spec.command),
         obj.spec.strategy.type,
         _labels(obj.spec.template.metadata.labels),
+        f"{failure.reason}: {failure.message}" if failure is not None and failing else "<none>",
     ]
 
 
@@ -305,7 +310,7 @@ TABLES: dict[str, Table] = {
     "Deployment": Table(
         ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         _deployment,
-        ["COMMAND", "STRATEGY", "LABELS"],
+        ["COMMAND", "STRATEGY", "LABELS", "MESSAGE"],
         _deployment_wide,
     ),
     "Node": Table(

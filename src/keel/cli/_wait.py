@@ -17,7 +17,7 @@ from keel.api.registry import KindInfo
 from keel.api.resources import Deployment, Instance, Node, Resource
 from keel.cli._common import qualified
 from keel.cli._progress import Progress
-from keel.cli.rollout import describe
+from keel.cli.rollout import describe, replica_failure
 from keel.client import KeelClient, NotFound
 
 __all__ = ["Readiness", "not_ready_instances", "readiness", "wait_ready"]
@@ -32,6 +32,7 @@ class Readiness:
     failed: bool  # will not become ready by waiting (a failed or rolled-back rollout)
     summary: str  # a few words for the progress line
     reason: str = ""  # why it is not ready (for the error message)
+    warning: str = ""  # a problem waiting may outlast (a Deployment's creates refused)
 
 
 class _Condition(Protocol):
@@ -94,7 +95,10 @@ def readiness(
             more = len(stuck) - MAX_INSTANCES_SHOWN
             shown = stuck[:MAX_INSTANCES_SHOWN] + ([f"and {more} more"] if more > 0 else [])
             why.append("; ".join(shown))
-        return Readiness(False, done is False, f"{short} {counts}", "; ".join(why))
+        failure = replica_failure(obj)
+        summary = f"{short} {counts}" + (" (ReplicaFailure)" if failure else "")
+        warning = f"{short} cannot create instances: {failure}" if failure else ""
+        return Readiness(False, done is False, summary, "; ".join(why), warning)
     if isinstance(obj, Node):
         ready = _condition(obj.status.conditions, "Ready")
         state = ready.status if ready is not None else "Unknown"
@@ -139,6 +143,7 @@ async def wait_ready(
     rollout at once, anything else once `timeout` seconds have passed)."""
     started = time.monotonic()
     verdicts: dict[int, Readiness] = {}
+    warned: dict[int, str] = {}
     total = len(objects)
     progress.step(f"waiting for {total} object(s) to become ready")
     while True:
@@ -146,6 +151,11 @@ async def wait_ready(
             if index in verdicts and verdicts[index].ready:
                 continue
             verdicts[index] = await _look(client, info, obj)
+            warning = verdicts[index].warning
+            if warning and warned.get(index) != warning:
+                # A line of its own, at once, on a terminal or not: waiting may not end it.
+                progress.line(f"warning: {warning}")
+            warned[index] = warning
         elapsed = time.monotonic() - started
         failed = [i for i, v in verdicts.items() if v.failed]
         waiting = [i for i, v in verdicts.items() if not v.ready]

@@ -101,8 +101,26 @@ async def _revisions(session: Session, deployment: Deployment) -> list[Revision]
     return sorted(owned, key=lambda r: r.spec.revision)
 
 
+def replica_failure(deployment: Deployment) -> str:
+    """Why the Deployment cannot create its Instances (its ReplicaFailure condition, e.g. a
+    ResourceQuota refusing them), or "" when it can."""
+    failure = next((c for c in deployment.status.conditions if c.type == "ReplicaFailure"), None)
+    if failure is None or failure.status != "True":
+        return ""
+    return f"{failure.reason}: {failure.message}" if failure.message else failure.reason
+
+
 def describe(deployment: Deployment) -> tuple[str, bool | None]:
-    """One line on the rollout and whether it is over: True done, False failed, None not yet."""
+    """One line on the rollout and whether it is over: True done, False failed, None not yet;
+    a rollout not done that cannot create its Instances says why (ReplicaFailure)."""
+    line, done = _describe(deployment)
+    failure = replica_failure(deployment)
+    if failure and done is not True:
+        line = f"{line} ReplicaFailure: {failure}"
+    return line, done
+
+
+def _describe(deployment: Deployment) -> tuple[str, bool | None]:
     name = deployment.metadata.name
     status = deployment.status
     spec = deployment.spec

@@ -66,7 +66,10 @@ from keel.runtime.informer import Indexer
 __all__ = [
     "DEPLOYMENT_LABEL",
     "HASH_LABEL",
+    "REPLICA_FAILURE",
+    "REPLICA_FAILURE_TRANSITIONS",
     "CreateInstance",
+    "CreateOutcome",
     "CreateRevision",
     "DeleteInstance",
     "DeleteRevision",
@@ -76,6 +79,7 @@ __all__ = [
     "RequeueAfter",
     "UpdateStatus",
     "confirm",
+    "create_outcome",
     "execute",
     "hash_of",
     "instance_name",
@@ -87,9 +91,11 @@ __all__ = [
     "plan",
     "plan_instances",
     "plan_split",
+    "refusal_message",
     "revision_name",
     "rollout_budget",
     "selects",
+    "settle_creates",
     "template_hash",
 ]
 
@@ -1172,6 +1178,10 @@ def _status(
                 now=now,
             )
         )
+    failure = _condition(previous, REPLICA_FAILURE)
+    if failure is not None:
+        # Set and cleared by what the creates met (`settle_creates`), not by the plan.
+        conditions.append(failure)
     return msgspec.structs.replace(
         previous,
         observed_generation=generation,
@@ -1191,6 +1201,84 @@ def _status(
         else previous.step_started_at,
         conditions=conditions,
     )
+
+
+# --------------------------------------------------------------------------- creates refused
+
+REPLICA_FAILURE = "ReplicaFailure"
+
+# What this reconcile's Instance creates met: a 403 (a ResourceQuota, most often), success,
+# or nothing to create; "short" adds that the Deployment still has fewer Instances than
+# replicas (a create not tried yet, e.g. a paused rollout).
+CreateOutcome = Literal["refused", "created", "idle", "short"]
+_Change = Literal["set", "keep", "clear"]
+
+# (ReplicaFailure True now?, outcome) -> what becomes of the condition. Only "set" with a new
+# message and "clear" of a present condition change the status: a retry refused alike
+# writes nothing.
+# fmt: off
+REPLICA_FAILURE_TRANSITIONS: dict[tuple[bool, CreateOutcome], _Change] = {
+    # Refused: say why, with the 403's message (it names the quota and the limit).
+    (False, "refused"): "set",
+    # Refused again: the same message keeps the condition as it is; another one (a
+    # different quota or limit) replaces the message, lastTransitionTime kept.
+    (True,  "refused"): "set",
+    # Creates pass again (a limit raised, usage freed): the failure is over.
+    (True,  "created"): "clear",
+    # Nothing to create and as many Instances as replicas (scaled down, say): over too.
+    (True,  "idle"):    "clear",
+    # Still short but nothing tried this time (paused, a stale cache's plan not
+    # confirmed): nothing learnt, so nothing written.
+    (True,  "short"):   "keep",
+    (False, "created"): "keep",
+    (False, "idle"):    "keep",
+    (False, "short"):   "keep",
+}
+# fmt: on
+
+
+def create_outcome(
+    deployment: Deployment, instances: Sequence[Instance], *, creates: int, refused: str | None
+) -> CreateOutcome:
+    """Classify what the reconcile's `creates` Instance creates met (`refused`: the first
+    refusal's message), given the Instances the plan saw."""
+    if refused is not None:
+        return "refused"
+    if creates:
+        return "created"
+    running = [i for i in instances if selects(deployment, i) and not i.metadata.deletion_timestamp]
+    return "short" if len(running) < deployment.spec.replicas else "idle"
+
+
+def settle_creates(
+    deployment: Deployment,
+    status: DeploymentStatus,
+    outcome: CreateOutcome,
+    *,
+    refused: str | None,
+    now: float,
+) -> DeploymentStatus:
+    """`status` (the planned one) with the ReplicaFailure condition as `outcome` leaves it:
+    True with reason FailedCreate and the refusal's message, or removed. Pure; the shell
+    writes the result only when it differs from the stored status."""
+    current = _condition(status, REPLICA_FAILURE)
+    present = current is not None and current.status == "True"
+    change = REPLICA_FAILURE_TRANSITIONS[(present, outcome)]
+    others = [c for c in status.conditions if c.type != REPLICA_FAILURE]
+    if change == "keep":
+        return status
+    if change == "clear":
+        return msgspec.structs.replace(status, conditions=others)
+    failure = _set_condition(
+        current,
+        REPLICA_FAILURE,
+        "True",
+        reason="FailedCreate",
+        message=refused or "",
+        generation=deployment.metadata.generation,
+        now=now,
+    )
+    return msgspec.structs.replace(status, conditions=[*others, failure])
 
 
 def _prune(
@@ -1348,7 +1436,7 @@ class DeploymentController:
         return [
             f"{namespace}/{d.metadata.name}"
             for d in self._cache(Deployment).by_index("namespace", namespace)
-            if d.status.replicas < d.spec.replicas
+            if d.status.replicas < d.spec.replicas or _failing_creates(d)
         ]
 
     async def reconcile(self, ctx: Context, key: str) -> Result:
@@ -1375,6 +1463,7 @@ class DeploymentController:
             "analysis": analysis,
         }
         actions = plan(deployment, revisions, owned, now, restarts, **inputs)
+        seen: Sequence[Instance] = owned
         if needs_confirmation(actions):
             listed = await ctx.client.list(
                 Instance, namespace=meta.namespace, label_selector={DEPLOYMENT_LABEL: meta.name}
@@ -1385,16 +1474,35 @@ class DeploymentController:
                 if any(r.uid == meta.uid for r in i.metadata.owner_references)
             ]
             actions = confirm(actions, plan(deployment, revisions, live, now, restarts, **inputs))
+            seen = live
         requeue: float | None = None
         refused: Forbidden | None = None
+        creates = 0
+        written = False
+
+        async def write_status(planned: DeploymentStatus) -> None:
+            """The planned status with the ReplicaFailure condition as the creates (all
+            before it in the plan's order) left it; nothing when that is what is stored."""
+            nonlocal written
+            written = True
+            why = refusal_message(refused) if refused is not None else None
+            outcome = create_outcome(deployment, seen, creates=creates, refused=why)
+            settled = settle_creates(deployment, planned, outcome, refused=why, now=now)
+            if settled != deployment.status:
+                await execute(ctx.client, deployment, UpdateStatus(settled))
+
         for action in actions:
             if isinstance(action, RequeueAfter):
                 requeue = action.seconds if requeue is None else min(requeue, action.seconds)
                 continue
-            if isinstance(action, CreateInstance) and refused is not None:
-                continue  # the namespace's quota refused one: the others would fail alike
-            if not isinstance(action, UpdateStatus):
-                ctx.log.info("deployment %s: %s", key, _describe(action))
+            if isinstance(action, UpdateStatus):
+                await write_status(action.status)
+                continue
+            if isinstance(action, CreateInstance):
+                if refused is not None:
+                    continue  # the namespace's quota refused one: the others would fail alike
+                creates += 1
+            ctx.log.info("deployment %s: %s", key, _describe(action))
             try:
                 await execute(ctx.client, deployment, action, now=ctx.clock.wall())
             except Forbidden as exc:
@@ -1402,6 +1510,8 @@ class DeploymentController:
                     raise
                 refused = exc
                 await execute(ctx.client, deployment, failed_create(exc), now=ctx.clock.wall())
+        if not written:  # the plan changed nothing in status; the creates may have
+            await write_status(deployment.status)
         if refused is not None:
             # Everything else is done; failing the reconcile backs this key off
             # (exponentially) instead of retrying hot. A quota change brings it back early.
@@ -1437,9 +1547,22 @@ class DeploymentController:
         return await self.analyses.verdict(ctx, deployment, analysis, canaries, now)
 
 
+def _failing_creates(deployment: Deployment) -> bool:
+    """Its creates were refused (status counts the Instances it planned, so only the
+    condition tells it is short)."""
+    failure = _condition(deployment.status, REPLICA_FAILURE)
+    return failure is not None and failure.status == "True"
+
+
+def refusal_message(error: Forbidden) -> str:
+    """Why the API server refused a create: its message, which for a quota names the quota
+    and every limit exceeded."""
+    return error.message or str(error)
+
+
 def failed_create(error: Forbidden) -> RecordEvent:
     """The Warning event of a create the API server refused (a quota, most often)."""
-    return RecordEvent("FailedCreate", f"Error creating: {error.message or error}", True)
+    return RecordEvent("FailedCreate", f"Error creating: {refusal_message(error)}", True)
 
 
 def needs_confirmation(actions: Sequence[Action]) -> bool:
