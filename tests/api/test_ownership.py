@@ -92,9 +92,7 @@ def test_the_scheduler_nominates_the_node_a_preemption_frees() -> None:
         status=InstanceStatus(conditions=[preempting], nominated_node_name="n1"),
     )
     track("Instance", base, nominated, Writer("scheduler", enforced=True), now=NOW)
-    only_nominated = msgspec.structs.replace(
-        base, status=InstanceStatus(nominated_node_name="n1")
-    )
+    only_nominated = msgspec.structs.replace(base, status=InstanceStatus(nominated_node_name="n1"))
     with pytest.raises(FieldsOwnedElsewhere, match=r'\.status\.nominatedNodeName is owned by "sc'):
         track("Instance", base, only_nominated, Writer("agent", enforced=True), now=NOW)
 
