@@ -234,10 +234,28 @@ async def run_scenario(
     return count / max(last - start, 1e-9), pct(latencies, 0.5), pct(latencies, 0.99)
 
 
-async def fill_nodes(client: KeelClient, nodes: int, used_millicpu: int, timeout: float) -> None:
-    """Priority-0 Instances of 1 cpu until every node is full (not timed)."""
-    per_node = (NODE_CPU * 1000 - used_millicpu) // 1000
-    count = per_node * nodes
+async def fill_nodes(client: KeelClient, timeout: float) -> None:
+    """Priority-0 Instances of 1 cpu until every node is full (not timed): as many as fit in
+    the room the earlier scenarios left on each node (spread over zones of unequal sizes
+    leaves unequal room)."""
+    capacity = {n.metadata.name: n.spec.capacity for n in (await client.list(Node)).items}
+    used_cpu = dict.fromkeys(capacity, 0)
+    used_memory = dict.fromkeys(capacity, 0)
+    for i in (await client.list(Instance)).items:
+        if i.spec.node_name in capacity and i.status.phase not in ("Succeeded", "Failed"):
+            used_cpu[i.spec.node_name] += i.spec.resources.millicpu
+            used_memory[i.spec.node_name] += i.spec.resources.memory_bytes
+    filler = instance("", "filler", 0).spec.resources
+    count = sum(
+        max(
+            0,
+            min(
+                (c.millicpu - used_cpu[name]) // filler.millicpu,
+                (c.memory_bytes - used_memory[name]) // filler.memory_bytes,
+            ),
+        )
+        for name, c in capacity.items()
+    )
     if count <= 0:
         return
     ns = "bench-filler"
@@ -337,11 +355,10 @@ async def bench_backend(
             await wait_until("the scheduler leading", leading, 60)
             baseline_url = store_url or f"sqlite:///{base / 'baseline.db'}"
             baseline = await store_baseline(baseline_url, args.instances)
-            used = 0
             for scenario in args.scenarios:
                 count = args.instances
                 if scenario == "preemption":
-                    await fill_nodes(client, args.nodes, used, args.timeout)
+                    await fill_nodes(client, args.timeout)
                     count = max(1, args.instances // 10)
                 rate, p50, p99 = await run_scenario(
                     client,
@@ -351,8 +368,6 @@ async def bench_backend(
                     timeout=args.timeout,
                     backlog=args.backlog,
                 )
-                if scenario != "preemption":
-                    used += 100 * count // args.nodes
                 row = Row(backend, scenario, count, args.nodes, rate, p50, p99, baseline)
                 rows.append(row)
                 print(format_row(row), flush=True)
