@@ -942,3 +942,21 @@ def test_largest_lower_priority_instance_per_node_follows_removals() -> None:
     state.remove_instance("default/a-mem")
     assert (cpu[slot], memory[slot]) == (500, 64 << 20)
     assert state.largest[5][0][slot] == 3000
+
+
+def test_largest_free_room_sets_nominated_room_aside() -> None:
+    """What a freed-resources sweep checks before looking at a waiting Instance again."""
+    down = msgspec.structs.replace(node("down", cpu="16"), status=NodeStatus(conditions=[]))
+    state = build_snapshot(
+        [node("a", cpu="4"), node("b", cpu="2"), down],
+        [inst("x", on="a", resources={"cpu": "2", "memory": "1Gi"})],
+    )
+    room = state.largest_free()
+    assert (room.cpu, room.memory) == (2000, 8 << 30)  # the NotReady Node does not count
+    assert room.may_fit(inst("fits", resources={"cpu": "2"}))
+    assert not room.may_fit(inst("too-big", resources={"cpu": "3"}))
+    state.nominate(inst("hi", priority=10, resources={"cpu": "2"}), "b")
+    assert state.largest_free().cpu == 2000  # a's 2 cpus; b's are held for "hi"
+    state.nominate(inst("hi2", priority=10, resources={"cpu": "1"}), "a")
+    assert state.largest_free().cpu == 1000
+    assert not state.largest_free().may_fit(inst("waiting", resources={"cpu": "2"}))
