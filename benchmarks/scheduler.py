@@ -309,10 +309,28 @@ async def free_cpu_slots(client: KeelClient) -> int:
     return sum((NODE_CPU * 1000 - used.get(name, 0)) // 1000 for name in nodes)
 
 
-async def fill_nodes(client: KeelClient, nodes: int, used_millicpu: int, timeout: float) -> None:
-    """Priority-0 Instances of 1 cpu until every node is full (not timed)."""
-    per_node = (NODE_CPU * 1000 - used_millicpu) // 1000
-    count = per_node * nodes
+async def fill_nodes(client: KeelClient, timeout: float) -> None:
+    """Priority-0 Instances of 1 cpu until every node is full (not timed): as many as fit in
+    the room the earlier scenarios left on each node (spread over zones of unequal sizes
+    leaves unequal room)."""
+    capacity = {n.metadata.name: n.spec.capacity for n in (await client.list(Node)).items}
+    used_cpu = dict.fromkeys(capacity, 0)
+    used_memory = dict.fromkeys(capacity, 0)
+    for i in (await client.list(Instance)).items:
+        if i.spec.node_name in capacity and i.status.phase not in ("Succeeded", "Failed"):
+            used_cpu[i.spec.node_name] += i.spec.resources.millicpu
+            used_memory[i.spec.node_name] += i.spec.resources.memory_bytes
+    filler = instance("", "filler", 0).spec.resources
+    count = sum(
+        max(
+            0,
+            min(
+                (c.millicpu - used_cpu[name]) // filler.millicpu,
+                (c.memory_bytes - used_memory[name]) // filler.memory_bytes,
+            ),
+        )
+        for name, c in capacity.items()
+    )
     if count <= 0:
         return
     ns = "bench-filler"
@@ -412,11 +430,10 @@ async def bench_backend(
             await wait_until("the schedulers leading", leading, 60)
             baseline_url = store_url or f"sqlite:///{base / 'baseline.db'}"
             baseline = await store_baseline(baseline_url, args.instances)
-            used = 0
             for scenario in args.scenarios:
                 count = args.instances
                 if scenario == "preemption":
-                    await fill_nodes(client, args.nodes, used, args.timeout)
+                    await fill_nodes(client, args.timeout)
                     count = max(1, args.instances // 10)
                 elif scenario == "fill":
                     count = max(1, await free_cpu_slots(client))
@@ -429,10 +446,6 @@ async def bench_backend(
                     timeout=args.timeout,
                     backlog=args.backlog,
                 )
-                if scenario == "fill":
-                    used += 1000 * count // args.nodes
-                elif scenario != "preemption":
-                    used += 100 * count // args.nodes
                 placed, refused = scheduler.totals()
                 sent = (placed - placed_before) + (refused - refused_before)
                 conflicts = (refused - refused_before) / sent if sent else 0.0

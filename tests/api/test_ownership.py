@@ -84,6 +84,19 @@ def test_the_scheduler_binds_and_says_why_not_the_agent_the_rest() -> None:
         track("Instance", base, instance(node="n1"), Writer("deployment", enforced=True), now=NOW)
 
 
+def test_the_scheduler_nominates_the_node_a_preemption_frees() -> None:
+    base = instance()
+    preempting = Condition(type="Scheduled", status="False", reason="Preempting")
+    nominated = msgspec.structs.replace(
+        instance(preempting),
+        status=InstanceStatus(conditions=[preempting], nominated_node_name="n1"),
+    )
+    track("Instance", base, nominated, Writer("scheduler", enforced=True), now=NOW)
+    only_nominated = msgspec.structs.replace(base, status=InstanceStatus(nominated_node_name="n1"))
+    with pytest.raises(FieldsOwnedElsewhere, match=r'\.status\.nominatedNodeName is owned by "sc'):
+        track("Instance", base, only_nominated, Writer("agent", enforced=True), now=NOW)
+
+
 def test_the_most_specific_owner_wins() -> None:
     ready = owner_of("Node", ("f:status", "f:conditions", 'k:{"type":"Ready"}', "f:status"))
     assert ready is not None and ready.managers == {"agent", "nodelifecycle"}

@@ -111,6 +111,7 @@ def test_scheduler_metrics_include_the_runtime_and_its_own() -> None:
     assert value_of(samples, "keel_scheduler_placements_total") == 4
     assert value_of(samples, "keel_scheduler_binding_conflicts_total") == 1
     assert value_of(samples, "keel_scheduler_preemptions_total") == 0
+    assert value_of(samples, "keel_scheduler_preemptions_stopped_total") == 0
     assert value_of(samples, "keel_scheduler_pending_to_bound_seconds_count") == 1
     assert value_of(samples, "keel_scheduler_pending_instances") == 0
     assert value_of(samples, "keel_leader_is_leader", lease="keel-system/scheduler") == 0

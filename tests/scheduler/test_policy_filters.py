@@ -880,3 +880,83 @@ def test_one_large_victim_rather_than_many_small_ones() -> None:
     pod = inst("hi", priority=10, resources={"cpu": "1"})
     chosen = preempt(pod, build_snapshot([node("a", cpu="4")], [*small, large, pod]))
     assert chosen is not None and chosen.victims == ("default/large",)
+
+
+def test_after_other_work_preemption_still_takes_one_large_victim() -> None:
+    """Nodes also hold many small Instances of other work. Where earlier preemptors took the
+    large victims already, only small ones are left (ten to make room): those Nodes, first
+    by name, must not be chosen while a Node elsewhere frees the room with one eviction."""
+    nodes = [node(f"n{i:02d}", cpu="4") for i in range(40)]
+    placed = [
+        inst(f"small-{i}-{j}", on=f"n{i:02d}", resources={"cpu": "100m"})
+        for i in range(40)
+        for j in range(10)
+    ]
+    placed += [
+        inst(f"done-{i}-{j}", on=f"n{i:02d}", priority=10, resources={"cpu": "1"})
+        for i in range(20)
+        for j in range(3)
+    ]
+    placed += [
+        inst(f"filler-{i}-{j}", on=f"n{i:02d}", resources={"cpu": "1"})
+        for i in range(20, 40)
+        for j in range(3)
+    ]
+    state = build_snapshot(nodes, placed)
+    # Preemptors one after another, the state moved on as the shell does: the room held,
+    # the victims going, then gone, then the preemptor bound (half of them before the next
+    # decision, half after it).
+    going: list[tuple[Instance, str, tuple[str, ...]]] = []
+    for k in range(60):
+        pod = inst(f"hi-{k}", priority=10, resources={"cpu": "1"})
+        chosen = preempt(pod, state)
+        assert chosen is not None
+        assert len(chosen.victims) == 1 and "filler" in chosen.victims[0], (k, chosen)
+        state.nominate(pod, chosen.node)
+        state.evicting.update(chosen.victims)
+        going.append((pod, chosen.node, chosen.victims))
+        while len(going) > k % 2:
+            done, where, victims = going.pop(0)
+            for victim in victims:
+                state.remove_instance(victim)
+            state.assume(done, where)
+    # Every filler is gone or going: now ten small ones must go (the only way left).
+    chosen = preempt(inst("last", priority=10, resources={"cpu": "1"}), state)
+    assert chosen is not None and len(chosen.victims) == 10
+
+
+def test_largest_lower_priority_instance_per_node_follows_removals() -> None:
+    placed = [
+        inst("a-big", on="a", resources={"cpu": "2", "memory": "64Mi"}),
+        inst("a-mem", on="a", resources={"cpu": "100m", "memory": "1Gi"}),
+        inst("a-small", on="a", resources={"cpu": "500m", "memory": "64Mi"}),
+        inst("a-high", on="a", priority=5, resources={"cpu": "3", "memory": "2Gi"}),
+    ]
+    state = build_snapshot([node("a", cpu="8"), node("b", cpu="8")], placed)
+    cpu, memory = state.largest[0]
+    slot = state.slots["a"]
+    assert (cpu[slot], memory[slot]) == (2000, 1 << 30)
+    assert (cpu[state.slots["b"]], memory[state.slots["b"]]) == (0, 0)
+    state.remove_instance("default/a-big")
+    assert (cpu[slot], memory[slot]) == (500, 1 << 30)
+    state.remove_instance("default/a-mem")
+    assert (cpu[slot], memory[slot]) == (500, 64 << 20)
+    assert state.largest[5][0][slot] == 3000
+
+
+def test_largest_free_room_sets_nominated_room_aside() -> None:
+    """What a freed-resources sweep checks before looking at a waiting Instance again."""
+    down = msgspec.structs.replace(node("down", cpu="16"), status=NodeStatus(conditions=[]))
+    state = build_snapshot(
+        [node("a", cpu="4"), node("b", cpu="2"), down],
+        [inst("x", on="a", resources={"cpu": "2", "memory": "1Gi"})],
+    )
+    room = state.largest_free()
+    assert (room.cpu, room.memory) == (2000, 8 << 30)  # the NotReady Node does not count
+    assert room.may_fit(inst("fits", resources={"cpu": "2"}))
+    assert not room.may_fit(inst("too-big", resources={"cpu": "3"}))
+    state.nominate(inst("hi", priority=10, resources={"cpu": "2"}), "b")
+    assert state.largest_free().cpu == 2000  # a's 2 cpus; b's are held for "hi"
+    state.nominate(inst("hi2", priority=10, resources={"cpu": "1"}), "a")
+    assert state.largest_free().cpu == 1000
+    assert not state.largest_free().may_fit(inst("waiting", resources={"cpu": "2"}))

@@ -70,6 +70,11 @@ FIELD_OWNERS: dict[str, tuple[FieldOwner, ...]] = {
             {"scheduler"},
             "the scheduler says why an Instance is not placed",
         ),
+        _owner(
+            ("f:status", "f:nominatedNodeName"),
+            {"scheduler"},
+            "the scheduler nominates the node a preemption frees",
+        ),
     ),
     "Node": (
         _owner(("f:status",), {"agent"}, "a node's agent reports its node"),

@@ -108,6 +108,8 @@ class SchedulerController:
         self._preempting: dict[str, tuple[str, frozenset[str]]] = {}  # key -> (node, victims)
         self._victims: dict[str, str] = {}  # victim key -> the preemptor waiting for it
         self._sweep_pending = False
+        self._sweep_all = False  # the pending sweep looks at every waiting Instance
+        self._marking: set[str] = set()  # bound keys whose Scheduled=True is being written
         # node -> (taint key, value) -> when this scheduler first saw that NoExecute taint
         self._tainted: dict[str, dict[tuple[str, str], float]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -228,7 +230,7 @@ class SchedulerController:
             preemptor = self._victims.pop(key, None)
             if preemptor is not None:
                 self._enqueue(preemptor, "high")  # its room may be free now: bind it first
-            self._retry_waiting()
+            self._retry_waiting(freed=True)
 
     def _forget_preemptor(self, key: str) -> None:
         self._waiting.pop(key, None)
@@ -240,8 +242,21 @@ class SchedulerController:
                     del self._victims[victim]
                     self.state.evicting.discard(victim)
 
-    def _retry_waiting(self) -> None:
-        """Look again at every unschedulable Instance, once per burst of events."""
+    def _victims_going(self, key: str) -> bool:
+        """`key` preempts, and some of its victims are still there (being evicted)."""
+        pending = self._preempting.get(key)
+        if pending is None:
+            return False
+        node, victims = pending
+        return node in self.state.slots and any(v in self.state.placed for v in victims)
+
+    def _retry_waiting(self, *, freed: bool = False) -> None:
+        """Look again at the unschedulable Instances, once per burst of events: all of them
+        after a Node or Cluster changed, only those that fit the room free on some Node
+        when Instances merely freed resources (each deletion of a victim frees some: to
+        look at every waiting Instance each time would be quadratic)."""
+        if not freed:
+            self._sweep_all = True
         if self._sweep_pending or not self._waiting:
             return
         self._sweep_pending = True
@@ -249,7 +264,13 @@ class SchedulerController:
 
     def _sweep(self) -> None:
         self._sweep_pending = False
+        everything, self._sweep_all = self._sweep_all, False
+        instances: Indexer[Instance] = self._cache(Instance)
+        room = None if everything else self.state.largest_free()
         for key in list(self._waiting):
+            instance = instances.get(key)
+            if room is not None and instance is not None and not room.may_fit(instance):
+                continue
             self._enqueue(key)
 
     def _enqueue(self, key: str, lane: str = "normal") -> None:
@@ -318,7 +339,11 @@ class SchedulerController:
         if instance.spec.node_name:
             self._forget_preemptor(key)
             self._pending_since.pop(key, None)
-            await self._mark_scheduled(ctx, instance)
+            if _was_unscheduled(instance) and key not in self._marking:
+                # Written in the background, as bindings are: the next decision need not
+                # wait for it.
+                self._marking.add(key)
+                self._spawn(self._mark_scheduled(ctx, instance), f"scheduled-{key}")
             return await self._noexecute(ctx, instance)
         since = self._pending_since.get(key)
         if since is None or since[0] != instance.metadata.uid:
@@ -326,6 +351,8 @@ class SchedulerController:
         placed = state.placed.get(key)
         if placed is not None and placed.assumed and placed.uid == instance.metadata.uid:
             return Result()  # our binding is being written
+        if self._victims_going(key):
+            return Result()  # its room is held; its victims' deletions wake it up
         state.release_nomination(key)  # its own held room is free for it
         decision = schedule(instance, state, self.config)
         if decision.node is None:
@@ -456,14 +483,8 @@ class SchedulerController:
     async def _cannot_place(self, ctx: Context, instance: Instance, decision: Decision) -> Result:
         key = instance_key(instance)
         state = self.state
-        pending = self._preempting.get(key)
-        if pending is not None:
-            node, victims = pending
-            if node in state.slots and any(v in state.placed for v in victims):
-                # Our victims are still going: keep the room held; their deletions wake us.
-                state.nominate(instance, node)
-                return Result()
-            self._forget_preemptor(key)
+        if key in self._preempting:
+            self._forget_preemptor(key)  # its victims are gone, yet it does not fit
         preemption = preempt(instance, state)
         if preemption is None:
             self._waiting[key] = None
@@ -479,21 +500,30 @@ class SchedulerController:
         self.stats.preemptions += len(preemption.victims)
         ctx.log.info("%s: %s", key, preemption.reason)
         # The writes go on in the background, as bindings do: the next decision already
-        # sees the room held and the victims on their way out.
-        await self._slots.acquire()
+        # sees the room held and the victims on their way out, and need not wait for a
+        # slot (the task does).
         self._spawn(self._preempt(ctx, instance, preemption), f"preempt-{key}")
         return Result()
 
     async def _preempt(self, ctx: Context, instance: Instance, preemption: Preemption) -> None:
-        """Evict the victims (the room is held for `instance` meanwhile), then record the
-        nomination; their deletions wake `instance` up to bind."""
+        """Record the nomination, then evict the victims (the room is held for `instance`
+        meanwhile); their deletions wake `instance` up to bind. The nomination goes first
+        (as Kubernetes does it), so that the cache shows it by the time the deletions do and
+        the binding is written against the Instance's current version."""
         key = instance_key(instance)
         state = self.state
+        await self._slots.acquire()
         try:
+            why = Decision(None, preemption.reason)
+            # If the Instance changed meanwhile (bound already), nothing is left to say.
+            with contextlib.suppress(Conflict, NotFound):
+                await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
             for victim in preemption.victims:
                 placed = state.placed.get(victim)
                 if placed is None:
                     continue
+                if key not in self._preempting:
+                    return  # it was placed (or deleted) meanwhile: no victim need go
                 namespace, _, name = victim.partition("/")
                 try:
                     await ctx.client.evict(
@@ -513,16 +543,13 @@ class SchedulerController:
                         ),
                         f"event-{victim}",
                     )
-            why = Decision(None, preemption.reason)
-            # If the Instance changed meanwhile (bound already), nothing is left to say.
-            with contextlib.suppress(Conflict, NotFound):
-                await self._mark_unschedulable(ctx, instance, why, nominated=preemption.node)
         except FencingTokenRejected:
             self._forget_preemptor(key)
         except (TooManyRequests, Conflict, KeelClientError, OSError) as exc:
             # A budget refusal (or a changed victim): give the room back and look again
             # once the budget may allow it.
             ctx.log.info("%s: preemption on %s stopped: %s", key, preemption.node, exc)
+            self.stats.preemptions_stopped += 1
             self._forget_preemptor(key)
             asyncio.get_running_loop().call_later(RETRY_BUDGET, self._enqueue, key)
         finally:
@@ -550,21 +577,20 @@ class SchedulerController:
             else current.last_transition_time,
         )
         await self._set_condition(ctx, instance, condition, nominated=nominated)
-        await _event(
-            ctx,
-            _involved(instance),
-            "Preempting" if nominated else "FailedScheduling",
-            why.reason,
-            warning=not nominated,
+        self._spawn(
+            _event(
+                ctx,
+                _involved(instance),
+                "Preempting" if nominated else "FailedScheduling",
+                why.reason,
+                warning=not nominated,
+            ),
+            f"event-{object_key(instance)}",
         )
 
     async def _mark_scheduled(self, ctx: Context, instance: Instance) -> None:
         """A bound Instance that was once unschedulable (or nominated) says so no longer."""
-        current = scheduled_condition(instance)
-        if (
-            current is None or current.status == "True"
-        ) and not instance.status.nominated_node_name:
-            return
+        key = instance_key(instance)
         condition = Condition(
             type=SCHEDULED,
             status="True",
@@ -572,7 +598,15 @@ class SchedulerController:
             message=f"bound to node {instance.spec.node_name}",
             last_transition_time=rfc3339(ctx.clock.wall()),
         )
-        await self._set_condition(ctx, instance, condition, nominated="")
+        try:
+            await self._set_condition(ctx, instance, condition, nominated="")
+        except FencingTokenRejected:
+            pass  # deposed: the partition is stopping
+        except (Conflict, KeelClientError, OSError) as exc:
+            ctx.log.info("marking %s scheduled failed: %s; again", key, exc)
+            self._enqueue(key)  # look again with what the cache shows next
+        finally:
+            self._marking.discard(key)
 
     @staticmethod
     async def _set_condition(
@@ -599,6 +633,14 @@ class _PlanBuffer:
         self.ctx = ctx
         self.bindings: list[tuple[Instance, str]] = []
         self.senders = 0
+
+
+def _was_unscheduled(instance: Instance) -> bool:
+    """Bound, but its status still says it was not placed (or nominated somewhere)."""
+    current = scheduled_condition(instance)
+    return (current is not None and current.status != "True") or bool(
+        instance.status.nominated_node_name
+    )
 
 
 def _involved(instance: Instance) -> dict[str, str]:

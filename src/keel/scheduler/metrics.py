@@ -34,6 +34,7 @@ class SchedulerStats:
     plans: int = 0  # binding plans the API server answered
     unschedulable: int = 0  # decisions that found no node
     preemptions: int = 0  # lower-priority Instances evicted to make room for others
+    preemptions_stopped: int = 0  # preemptions given up on a refused write (retried later)
     pending_to_bound: Histogram = field(default_factory=lambda: Histogram(PENDING_BUCKETS))
 
 
@@ -99,6 +100,11 @@ class SchedulerMetrics(ControllerManagerMetrics):
             "fairness serves the lowest first.",
             ("namespace",),
         )
+        self.preemptions_stopped = r.counter(
+            "keel_scheduler_preemptions_stopped_total",
+            "Preemptions given up because a write was refused (a disruption budget's 429, a "
+            "conflict): the room is given back and the preemptor looks again later.",
+        )
         r.add_collector(self._collect_scheduler)
 
     def _collect_scheduler(self) -> None:
@@ -108,6 +114,7 @@ class SchedulerMetrics(ControllerManagerMetrics):
         self.plans.labels().set_total(stats.plans)
         self.unschedulable.labels().set_total(stats.unschedulable)
         self.preemptions.labels().set_total(stats.preemptions)
+        self.preemptions_stopped.labels().set_total(stats.preemptions_stopped)
         hist = stats.pending_to_bound
         self.pending_latency.labels().copy_from(hist.counts, hist.sum, hist.count)
         self._collect_shares()

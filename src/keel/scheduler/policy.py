@@ -521,7 +521,7 @@ CANDIDATES = 16  # Nodes whose eviction sets are worked out exactly, per preempt
 def _budgets(state: ClusterState, victims: Iterable[Placed]) -> dict[str, int]:
     """Ready Instances each victim's Deployment may lose now (its disruption budget)."""
     allowed: dict[str, int] = {}
-    by_uid = {d.metadata.uid: d for d in state.deployments.values()}
+    by_uid = state.deployment_by_uid
     for victim in victims:
         uid = victim.owner_uid
         if not uid or uid in allowed or uid not in by_uid:
@@ -556,24 +556,37 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
     want_ext = resources.extended_units
     free_cpu = state.cpu[:n] - state.used_cpu[:n] - state.nominated_cpu[:n]
     free_memory = state.memory[:n] - state.used_memory[:n] - state.nominated_memory[:n]
-    # Per Node, the lowest priority level whose Instances (with all below it) would make
-    # room: a lower bound of the highest victim priority, to look at the likeliest first.
+    # Per Node, a lower bound of the cost (highest victim priority, number of victims): the
+    # lowest priority level whose Instances (with all below it) would make room, and how
+    # many of them at least, the deficit over the largest one of those levels. Nodes are
+    # looked at cheapest bound first, and the search stops once no bound can beat the best
+    # set found (a Node whose lower-priority room is in many small Instances, say those of
+    # other workloads, ranks after one where a single eviction makes room).
     level = np.full(n, len(lower), dtype=np.int64)
-    victims_needed = np.zeros(n, dtype=np.int64)
+    bound = np.zeros(n, dtype=np.int64)
     reclaim_cpu = np.zeros(n, dtype=np.int64)
     reclaim_memory = np.zeros(n, dtype=np.int64)
-    reclaim_count = np.zeros(n, dtype=np.int64)
+    largest_cpu = np.zeros(n, dtype=np.int64)
+    largest_memory = np.zeros(n, dtype=np.int64)
+    need_cpu = np.maximum(want_cpu - free_cpu, 0)
+    need_memory = np.maximum(want_memory - free_memory, 0)
     for index, p in enumerate(lower):
-        cpu, memory, count = state.by_priority[p]
+        cpu, memory, _count = state.by_priority[p]
         reclaim_cpu += cpu[:n]
         reclaim_memory += memory[:n]
-        reclaim_count += count[:n]
+        big_cpu, big_memory = state.largest[p]
+        np.maximum(largest_cpu, big_cpu[:n], out=largest_cpu)
+        np.maximum(largest_memory, big_memory[:n], out=largest_memory)
         enough = (free_cpu + reclaim_cpu >= want_cpu) & (
             free_memory + reclaim_memory >= want_memory
         )
         first = enough & (level == len(lower))
-        level[first] = index
-        victims_needed[first] = reclaim_count[first]
+        if first.any():
+            level[first] = index
+            bound[first] = np.maximum(
+                _ceil_div(need_cpu[first], largest_cpu[first]),
+                _ceil_div(need_memory[first], largest_memory[first]),
+            )
     candidates = candidates & (level < len(lower))
     idx = np.flatnonzero(candidates)
     if not idx.size:
@@ -585,10 +598,17 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
             (want_cpu - free_cpu[idx]) / max(want_cpu, 1),
             (want_memory - free_memory[idx]) / max(want_memory, 1),
         )
-    order = np.lexsort((state.rank()[idx], victims_needed[idx], deficit, level[idx]))
+    order = np.lexsort((state.rank()[idx], deficit, bound[idx], level[idx]))
     best: tuple[tuple[int, int, int, int], int, list[Placed]] | None = None
     for candidate in idx[order[:CANDIDATES]]:
         slot = int(candidate)
+        if best is not None:
+            floor = (lower[int(level[slot])], int(bound[slot]))
+            top, count = best[0][0], best[0][1]
+            if (top, count) < floor or (top == lower[0] and count <= floor[1]):
+                # No Node from here on can beat it: their bounds are no lower (and at the
+                # lowest priority, no lower priority sum is possible either).
+                break
         found = _victims_on(state, slot, priority, want_cpu, want_memory, want_ext)
         if found is None:
             continue
@@ -610,6 +630,13 @@ def preempt(instance: Instance, state: ClusterState) -> Preemption | None:
         tuple(v.key for v in victims),
         f"preempting {len(victims)} lower-priority instance(s) on {node}: {shown}",
     )
+
+
+def _ceil_div(need: IntArray, size: IntArray) -> IntArray:
+    """How many Instances of at most `size` free `need` at least (0 when nothing is needed;
+    `need` itself when there is no Instance: no finite number would do)."""
+    result: IntArray = np.where(need <= 0, 0, -(-need // np.maximum(size, 1)))
+    return result
 
 
 def _victims_on(  # noqa: PLR0917

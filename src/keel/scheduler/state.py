@@ -32,6 +32,7 @@ __all__ = [
     "ZONE_LABEL",
     "ClusterState",
     "Placed",
+    "Room",
     "effective_priority",
     "instance_key",
     "node_is_ready",
@@ -105,6 +106,19 @@ def selector_signature(namespace: str, selector: InstanceLabelSelector) -> tuple
             sorted((e.key, e.operator, tuple(sorted(e.values))) for e in selector.match_expressions)
         ),
     )
+
+
+@dataclass(frozen=True)
+class Room:
+    """The most cpu and the most memory free on any one usable Node (each on its own, the
+    room held for nominated Instances set aside): an Instance asking for more fits nowhere."""
+
+    cpu: int
+    memory: int
+
+    def may_fit(self, instance: Instance) -> bool:
+        resources = instance.spec.resources
+        return resources.millicpu <= self.cpu and resources.memory_bytes <= self.memory
 
 
 @dataclass
@@ -185,6 +199,7 @@ class ClusterState:
         self.ext_used: dict[str, IntArray] = {}
         self.clusters: dict[str, Cluster] = {}
         self.deployments: dict[str, Deployment] = {}
+        self.deployment_by_uid: dict[str, Deployment] = {}
         self.placed: dict[str, Placed] = {}
         # Instances bound to a Node not (or no longer) known: placed once it appears.
         self.orphans: dict[str, dict[str, Instance]] = {}
@@ -203,6 +218,9 @@ class ClusterState:
         # priority -> (cpu, memory, count) of the placed, not terminating Instances per slot:
         # what preemption could reclaim from Instances below a priority, as array sums.
         self.by_priority: dict[int, tuple[IntArray, IntArray, IntArray]] = {}
+        # priority -> (cpu, memory) of the largest such Instance per slot (each dimension on
+        # its own): how few victims could free a deficit, a bound preemption ranks Nodes by.
+        self.largest: dict[int, tuple[IntArray, IntArray]] = {}
         self.ready_by_owner: dict[str, int] = {}  # Deployment uid -> Ready Instances placed
         # Resources reserved on a Node for an Instance whose preemption is in flight.
         self.nominated: dict[str, tuple[int, int, int, dict[str, int], int]] = {}
@@ -244,6 +262,7 @@ class ClusterState:
         self.by_priority = {
             p: (widen(c), widen(m), widen(n)) for p, (c, m, n) in self.by_priority.items()
         }
+        self.largest = {p: (widen(c), widen(m)) for p, (c, m) in self.largest.items()}
         for counter in self._counters.values():
             counter.counts = widen(counter.counts)
         self.names.extend([""] * old)
@@ -369,6 +388,16 @@ class ClusterState:
             return -2
         return values.ids.get(value, -2)
 
+    def largest_free(self) -> Room:
+        """See `Room`: over the live, Ready and schedulable Nodes."""
+        n = self.high
+        usable = self.live[:n] & self.ready[:n] & self.schedulable[:n]
+        if not usable.any():
+            return Room(0, 0)
+        cpu = self.cpu[:n] - self.used_cpu[:n] - self.nominated_cpu[:n]
+        memory = self.memory[:n] - self.used_memory[:n] - self.nominated_memory[:n]
+        return Room(int(cpu[usable].max()), int(memory[usable].max()))
+
     def rank(self) -> IntArray:
         """Each slot's position in the order of Node names (for deterministic ties)."""
         if self._rank is None:
@@ -400,10 +429,18 @@ class ClusterState:
 
     def upsert_deployment(self, deployment: Deployment) -> None:
         meta = deployment.metadata
-        self.deployments[f"{meta.namespace}/{meta.name}"] = deployment
+        key = f"{meta.namespace}/{meta.name}"
+        old = self.deployments.get(key)
+        if old is not None:
+            self.deployment_by_uid.pop(old.metadata.uid, None)
+        self.deployments[key] = deployment
+        if meta.uid:
+            self.deployment_by_uid[meta.uid] = deployment
 
     def remove_deployment(self, key: str) -> None:
-        self.deployments.pop(key, None)
+        old = self.deployments.pop(key, None)
+        if old is not None:
+            self.deployment_by_uid.pop(old.metadata.uid, None)
 
     def deployment_of(self, instance: Instance) -> Deployment | None:
         key = deployment_key(instance)
@@ -554,6 +591,7 @@ class ClusterState:
             columns[0][slot] += sign * placed.cpu
             columns[1][slot] += sign * placed.memory
             columns[2][slot] += sign
+            self._track_largest(placed, sign)
             if placed.ready and placed.owner_uid:
                 self.ready_by_owner[placed.owner_uid] = (
                     self.ready_by_owner.get(placed.owner_uid, 0) + sign
@@ -572,6 +610,29 @@ class ClusterState:
         used["memory"] = used.get("memory", 0) + sign * placed.memory
         for resource, amount in placed.extended.items():
             used[resource] = used.get(resource, 0) + sign * amount
+
+    def _track_largest(self, placed: Placed, sign: int) -> None:
+        """Keep `largest` current: a placement may raise its slot's maximum; a removal of
+        the largest looks again at the slot's other Instances of that priority (a few)."""
+        slot, priority = placed.slot, placed.priority
+        columns = self.largest.get(priority)
+        if columns is None:
+            columns = self.largest[priority] = (self._zeros(), self._zeros())
+        cpu, memory = columns
+        if sign > 0:
+            cpu[slot] = max(int(cpu[slot]), placed.cpu)
+            memory[slot] = max(int(memory[slot]), placed.memory)
+            return
+        if placed.cpu < cpu[slot] and placed.memory < memory[slot]:
+            return
+        top_cpu = top_memory = 0
+        for key in self.by_slot[slot]:  # `placed` has left it already
+            other = self.placed[key]
+            if other.priority == priority and not other.terminating and other is not placed:
+                top_cpu = max(top_cpu, other.cpu)
+                top_memory = max(top_memory, other.memory)
+        cpu[slot] = top_cpu
+        memory[slot] = top_memory
 
     def selected(self, namespace: str, selector: InstanceLabelSelector) -> IntArray:
         """Per slot, how many placed Instances of `namespace` the selector selects (the
