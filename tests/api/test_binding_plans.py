@@ -10,10 +10,12 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 from support import ApiServer
 
 from keel.api.resources import (
+    Condition,
     Instance,
     InstanceSpec,
     Namespace,
@@ -179,3 +181,27 @@ def test_schedulers_on_different_api_servers_never_overcommit_a_node(
                     assert all(r.code == 409 and "insufficient cpu" in r.message for r in refused)
 
             asyncio.run(run())
+
+
+def test_binding_an_unschedulable_instance_says_it_is_scheduled_in_the_same_write(
+    server: ApiServer,
+) -> None:
+    async def run() -> None:
+        async with server.client() as client:
+            ns, node = await setup(client, "1", 1, "100m")
+            waiting = await client.get(Instance, "i0", namespace=ns)
+            said = Condition(type="Scheduled", status="False", reason="Preempting", message="x")
+            status = msgspec.structs.replace(
+                waiting.status, conditions=[said], nominated_node_name=node
+            )
+            await client.update_status(msgspec.structs.replace(waiting, status=status))
+            [result] = await client.bind_plan([PlanBinding(ns, "i0", node)])
+            assert result.bound, result
+            bound = await client.get(Instance, "i0", namespace=ns)
+            assert bound.metadata.resource_version == result.resource_version  # one write
+            [condition] = [c for c in bound.status.conditions if c.type == "Scheduled"]
+            assert (condition.status, condition.reason) == ("True", "Bound")
+            assert condition.message == f"bound to node {node}"
+            assert bound.status.nominated_node_name == ""
+
+    asyncio.run(run())

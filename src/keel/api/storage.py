@@ -38,6 +38,7 @@ from keel.api.resources import (
     NAME_RE,
     ORPHAN_FINALIZER,
     STOP_CONFIRMED,
+    Condition,
     Deployment,
     EndpointRegistration,
     Instance,
@@ -153,6 +154,32 @@ def bind_instance(
         check_preconditions(info, current, Preconditions(resource_version=resource_version))
     bound = msgspec.structs.replace(current, spec=msgspec.structs.replace(spec, node_name=node))
     return held_until_stopped(bound)
+
+
+def scheduled_now(obj: Resource, now: str) -> Resource:
+    """A bound Instance whose status still says it could not be placed (a `Scheduled`
+    condition not True, a nominated Node) says it is bound, in the binding's own write
+    (as Kubernetes' binding sets PodScheduled): one status write less per such Instance."""
+    if not isinstance(obj, Instance):
+        return obj
+    status = obj.status
+    current = next((c for c in status.conditions if c.type == "Scheduled"), None)
+    if (current is None or current.status == "True") and not status.nominated_node_name:
+        return obj
+    condition = Condition(
+        type="Scheduled",
+        status="True",
+        reason="Bound",
+        message=f"bound to node {obj.spec.node_name}",
+        last_transition_time=now,
+    )
+    others = [c for c in status.conditions if c.type != "Scheduled"]
+    return msgspec.structs.replace(
+        obj,
+        status=msgspec.structs.replace(
+            status, conditions=[*others, condition], nominated_node_name=""
+        ),
+    )
 
 
 def held_until_stopped(obj: Resource) -> Resource:
@@ -1169,9 +1196,8 @@ class Storage:
                 outcomes[i] = BindingOutcome(plan[i], error=why)
         return [o for o in outcomes if o is not None]
 
-    @staticmethod
     def _bound(
-        info: KindInfo, binding: PlannedBinding, kv: KeyValue | None
+        self, info: KindInfo, binding: PlannedBinding, kv: KeyValue | None
     ) -> tuple[Resource, Resource]:
         """The Instance as stored and as `binding` would store it (ApiError when it may
         not be bound)."""
@@ -1179,7 +1205,8 @@ class Storage:
             raise not_found(info, binding.name)
         current = from_kv(info, kv)
         proposed = bind_instance(info, current, binding.node, binding.resource_version)
-        return current, prepare_update(info, current, proposed, subresource="binding")
+        bound = prepare_update(info, current, proposed, subresource="binding")
+        return current, scheduled_now(bound, timestamp(self.clock.wall()))
 
     # -- delete
 
