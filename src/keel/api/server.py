@@ -308,6 +308,14 @@ def decode_body(
     return msgspec.structs.replace(obj, kind=info.kind, metadata=fixed)
 
 
+def _unexpected(request: Request, exc: Exception) -> Response:
+    """The answer to a failure that is not an ApiError: the store's, or a bug (500)."""
+    if isinstance(exc, StoreError):
+        return _error(store_error(exc))
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return _error(ApiError(500, "InternalError", f"internal error: {exc!r}"))
+
+
 def plan_result(outcome: BindingOutcome) -> PlanResult:
     binding = outcome.binding
     if outcome.error is not None:
@@ -839,11 +847,8 @@ class ApiServer:
             if request.query_params.get("fieldValidation") == "Strict":
                 exc = strict_decoding_error(kind, exc)
             response = _error(exc)
-        except StoreError as exc:
-            response = _error(store_error(exc))
         except Exception as exc:
-            log.exception("internal error on %s %s", request.method, request.url.path)
-            response = _error(ApiError(500, "InternalError", f"internal error: {exc!r}"))
+            response = _unexpected(request, exc)
         code = response.status_code
         self.metrics.observe_request(verb, kind, code, time.perf_counter() - started)
         return response
@@ -1568,11 +1573,8 @@ class ApiServer:
             response = _json(BindingPlan(results=[plan_result(o) for o in outcomes]), 201)
         except ApiError as exc:
             response = _error(exc)
-        except StoreError as exc:
-            response = _error(store_error(exc))
         except Exception as exc:
-            log.exception("internal error on %s %s", request.method, request.url.path)
-            response = _error(ApiError(500, "InternalError", f"internal error: {exc!r}"))
+            response = _unexpected(request, exc)
         elapsed = time.perf_counter() - started
         self.metrics.observe_request("create", "BindingPlan", response.status_code, elapsed)
         return response

@@ -107,6 +107,14 @@ def _verb(method: str, subresource: str | None) -> str | None:
     return None
 
 
+def _refusal(response: HttpResponse) -> str:
+    """Why the server refused a request: its Status reason, else the HTTP status."""
+    try:
+        return _status_decoder.decode(response.body).reason or str(response.status)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return str(response.status)
+
+
 def _fencing(headers: Mapping[str, str] | None) -> tuple[str, int] | None:
     for name, value in (headers or {}).items():
         if name.lower() == _FENCING_HEADER:
@@ -166,10 +174,7 @@ class MutationLog:
                 if revision <= before:
                     outcome = "noop"  # nothing was written: the object is as it was
         else:
-            try:
-                outcome = _status_decoder.decode(response.body).reason or str(response.status)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                outcome = str(response.status)
+            outcome = _refusal(response)
         loop = asyncio.get_running_loop()
         fencing = _fencing(request.headers)
         mutation = Mutation(
@@ -206,10 +211,7 @@ class MutationLog:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 results = _plan_decoder.decode(response.body).results
         elif response is not None:
-            try:
-                failed = _status_decoder.decode(response.body).reason or str(response.status)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                failed = str(response.status)
+            failed = _refusal(response)
         loop = asyncio.get_running_loop()
         fencing = _fencing(request.headers)
         answers = {(r.namespace, r.name): r for r in results}
